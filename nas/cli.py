@@ -1,0 +1,38 @@
+"""Command-line entry points: parse arguments, run, and turn user errors into one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nas.config import SearchConfig, UserError, load_config
+
+
+def run_guarded(fn: Callable[[], object]) -> int:
+    """Run fn; a UserError prints ``error: <one line>`` on stderr and returns 2, with no traceback."""
+    try:
+        fn()
+    except UserError as e:
+        message = " ".join(str(e).split())  # always one line
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def search_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="search.py", description="Differentiable architecture search (GDAS or DARTS) on a cell supernet.",
+        epilog="example: python search.py --config configs/quickstart.yaml search.epochs=2 run.dir=runs/try")
+    parser.add_argument("--config", metavar="YAML", help="recipe file (defaults apply to keys it leaves out)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from nas.search import run_search  # imported here so that --help and config errors are quick
+
+        cfg = load_config(SearchConfig, args.config, args.overrides)
+        run_search(cfg, name=Path(args.config).stem if args.config else "search")
+
+    return run_guarded(go)

@@ -1,0 +1,394 @@
+"""Run configuration: frozen dataclasses read from YAML plus dotted ``key=value`` overrides.
+
+Strict by design: an unknown key (the nearest valid key is suggested), a value of the wrong type or
+an invalid value raises ConfigError with one line naming the key, the bad value and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class UserError(ValueError):
+    """Bad user input (config, files, data, genotypes). The CLI prints ``error: <message>``, exit 2."""
+
+
+class ConfigError(UserError):
+    """A config file or override that is not valid."""
+
+
+def _key(default: Any, help: str, *, choices: tuple[Any, ...] = (), low: float | None = None,
+         high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
+    """A config key: its default, one line of help, and the valid values (choices or a range)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
+            "high_open": high_open}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagefolder")
+SPACES = ("darts", "nb201")
+MIXERS = ("gdas", "darts")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    classes: int = _key(10, "number of classes of the synthetic data set", low=2)
+    train: int = _key(2000, "training images (split into weight and alpha halves by search)", low=2)
+    test: int = _key(500, "test images", low=1)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _key("synthetic", "data set", choices=DATASETS)
+    root: str = _key("data", "folder holding the data set's files (CIFAR is downloaded here)")
+    image_size: int | None = _key(None, "resize images to this side in pixels (null: the data set's own; "
+                                        "imagefolder and synthetic: 32)", low=8)
+    subset: int = _key(0, "use only the first N training images of a seeded shuffle (0: all)", low=0)
+    train_portion: float = _key(0.5, "share of the training images for weight steps; the rest feed alpha steps",
+                                low=0.0, high=1.0, low_open=True, high_open=True)
+    batch_size: int = _key(64, "images per step (weight and alpha steps alike)", low=1)
+    augment: bool = _key(True, "random crop (4 px padding) and horizontal flip on training batches")
+    cutout: int = _key(0, "side in pixels of the cutout square on training batches (0: off)", low=0)
+    synthetic: SyntheticConfig = _key(SyntheticConfig(), "the synthetic data set (data.name=synthetic only)")
+
+    def check(self) -> None:
+        if self.name != "synthetic" and self.synthetic != SyntheticConfig():
+            raise ConfigError(f"data.synthetic.* applies only to data.name=synthetic, not data.name={self.name}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    space: str = _key("darts", "search space: darts (8 ops, 14 edges, normal + reduce cells) or nb201 "
+                               "(5 ops, 6 edges, one cell)", choices=SPACES)
+    C: int = _key(16, "initial channels", low=1)
+    layers: int = _key(8, "darts: cells in the network; nb201: cells per stage (N)", low=1)
+    stem_multiplier: int | None = _key(None, "stem channels = stem_multiplier * C (null: 3 for darts; nb201 "
+                                             "allows only 1)", low=1)
+
+    def check(self) -> None:
+        if self.space == "nb201" and self.stem_multiplier not in (None, 1):
+            raise ConfigError(f"model.stem_multiplier={self.stem_multiplier} is not valid for model.space=nb201, "
+                              "whose stem has C channels; valid: null or 1")
+        if self.space == "darts" and self.layers < 3:
+            raise ConfigError(f"model.layers={self.layers} is too few for model.space=darts, which needs a "
+                              "normal cell before each of its 2 reduction cells; valid: model.layers >= 3")
+
+    @property
+    def stem(self) -> int:
+        if self.stem_multiplier is not None:
+            return self.stem_multiplier
+        return 3 if self.space == "darts" else 1
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops",
+                      choices=MIXERS)
+    epochs: int = _key(50, "search epochs", low=1)
+    order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
+    derive: str = _key("darts", "darts space genotype rule: darts (2 distinct inputs per node) or gdas "
+                                "(top-2 (op, input) pairs)", choices=("darts", "gdas"))
+    tau_max: float = _key(10.0, "gdas: Gumbel-softmax temperature at the first epoch", low=0.0, low_open=True)
+    tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
+    tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
+                             choices=("linear", "exponential"))
+    lr: float = _key(0.025, "weight SGD learning rate at the first epoch (cosine annealed)", low=0.0)
+    lr_min: float = _key(0.001, "weight learning rate at the end of the cosine schedule", low=0.0)
+    momentum: float = _key(0.9, "weight SGD momentum", low=0.0, high=1.0)
+    nesterov: bool = _key(False, "Nesterov momentum for the weight SGD")
+    weight_decay: float = _key(3e-4, "weight SGD weight decay", low=0.0)
+    grad_clip: float = _key(5.0, "max global norm of weight gradients (0: no clipping)", low=0.0)
+    arch_lr: float = _key(3e-4, "alpha Adam learning rate", low=0.0)
+    arch_betas: tuple[float, float] = _key((0.5, 0.999), "alpha Adam betas", low=0.0, high=1.0)
+    arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
+
+    def check(self) -> None:
+        if self.tau_min > self.tau_max:
+            raise ConfigError(f"search.tau_min={self.tau_min} is above search.tau_max={self.tau_max}; "
+                              "valid: 0 < tau_min <= tau_max")
+        if self.lr_min > self.lr:
+            raise ConfigError(f"search.lr_min={self.lr_min} is above search.lr={self.lr}; valid: lr_min <= lr")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("search.nesterov=true needs search.momentum > 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = _key("", "run directory (empty: runs/<config name>-<date>-<time>)")
+    overwrite: bool = _key(False, "allow writing into a run directory that already holds a run")
+    device: str = _key("auto", "auto (cuda when present, else cpu), cpu, cuda or cuda:N")
+    threads: int = _key(0, "CPU threads for torch (0: torch's default)", low=0)
+    log_every: int = _key(0, "also print a progress line every N steps (0: once per epoch)", low=0)
+    deterministic: bool = _key(False, "use deterministic algorithms (slower on GPU)")
+
+    def check(self) -> None:
+        d = self.device
+        ok = d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())
+        if not ok:
+            raise ConfigError(f"run.device={d!r} is not valid; valid: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    seed: int = _key(0, "seed for weights, data split, data order and Gumbel samples", low=0)
+    data: DataConfig = _key(DataConfig(), "data")
+    model: ModelConfig = _key(ModelConfig(), "supernet")
+    search: SearchOptions = _key(SearchOptions(), "bilevel search")
+    run: RunConfig = _key(RunConfig(), "run directory and device")
+
+    def check(self) -> None:
+        s, default = self.search, SearchOptions()
+        if s.mixer == "darts":
+            for k in ("tau_max", "tau_min", "tau_schedule"):
+                if getattr(s, k) != getattr(default, k):
+                    raise ConfigError(f"search.{k} applies only to search.mixer=gdas; the darts mixer has no "
+                                      "temperature")
+        if self.model.space == "nb201" and s.derive != default.derive:
+            raise ConfigError(f"search.derive={s.derive} applies only to model.space=darts; nb201 genotypes take "
+                              "the argmax op of every edge")
+
+
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> C:
+    """Read a YAML file (or start from defaults when path is None), apply ``a.b=value`` overrides, check."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (for example search.epochs=2)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # not YAML: take it as a plain string, type checking decides
+        _set_dotted(raw, key, value)
+    return from_dict(cls, raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not a text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", root: type | None = None) -> C:
+    """Build a config dataclass from nested dicts, strictly: unknown keys and bad values raise."""
+    assert dataclasses.is_dataclass(cls)
+    root = root or cls
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints: dict[str, Any] = typing.get_type_hints(cls)
+    for name in raw:
+        if name not in fields:
+            raise ConfigError(_unknown_key_message(cls, root, prefix, str(name)))
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        f, dotted, tp = fields[name], prefix + name, hints[name]
+        if _is_section(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted!r} is a section: set its keys (for example "
+                                  f"{dotted}.{dataclasses.fields(tp)[0].name}=...), not {value!r}")
+            kwargs[name] = from_dict(tp, value, dotted + ".", root)
+        else:
+            kwargs[name] = _check_value(dotted, _coerce(dotted, value, tp), f.metadata)
+    cfg = cls(**kwargs)
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        check()
+    return cfg
+
+
+def _is_section(tp: Any) -> bool:
+    """A nested config class (a section such as ``data``), as opposed to a plain key."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _unknown_key_message(cls: type, root: type, prefix: str, name: str) -> str:
+    here = [f.name for f in dataclasses.fields(cls)]
+    near = difflib.get_close_matches(name, here, n=1, cutoff=0.6)
+    if not near:  # maybe the key belongs to another section: search every dotted key
+        everything = all_keys(root)
+        hit = difflib.get_close_matches(name, [k.split(".")[-1] for k in everything], n=1, cutoff=0.8)
+        near = [k for k in everything if hit and k.endswith("." + hit[0])][:1]
+        if near:
+            return f"unknown key {prefix + name!r} (did you mean {near[0]!r}?)"
+    hint = f"did you mean {prefix + near[0]!r}?" if near else "valid: " + ", ".join(prefix + k for k in here)
+    return f"unknown key {prefix + name!r} ({hint})"
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {len(args)} numbers"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return value as type tp, or raise ConfigError naming the key, the value and the expected type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    bad = ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    raise AssertionError(f"unsupported config type {tp} for {key}")
+
+
+def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> Any:
+    choices = meta.get("choices", ())
+    if choices and value not in choices:
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{key}={value!r} is not valid{hint}; valid: {', '.join(map(str, choices))}")
+    low, high = meta.get("low"), meta.get("high")
+    low_open, high_open = meta.get("low_open", False), meta.get("high_open", False)
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is None or isinstance(v, (str, bool)):
+            continue
+        too_low = low is not None and (v <= low if low_open else v < low)
+        too_high = high is not None and (v >= high if high_open else v > high)
+        if too_low or too_high:
+            lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
+            hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
+            raise ConfigError(f"{key}={value!r} is out of range; valid: {lo}{key.split('.')[-1]}{hi}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dicts (tuples become lists), ready for yaml.safe_dump."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = to_dict(v)
+        elif isinstance(v, tuple):
+            out[f.name] = list(v)
+        else:
+            out[f.name] = v
+    return out
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def all_keys(cls: type) -> list[str]:
+    """Every dotted key of a config class, in declaration order."""
+    keys: list[str] = []
+    hints: dict[str, Any] = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            keys += [f"{f.name}.{k}" for k in all_keys(tp)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def describe(cls: type) -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every key: the source of the README's key table."""
+    rows: list[tuple[str, Any, str]] = []
+    hints: dict[str, Any] = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            rows += [(f"{f.name}.{k}", d, h) for k, d, h in describe(tp)]
+        else:
+            value = getattr(default, f.name)
+            choices = f.metadata.get("choices", ())
+            text = f.metadata.get("help", "") + (f" [{' | '.join(choices)}]" if choices else "")
+            rows.append((f.name, list(value) if isinstance(value, tuple) else value, text))
+    return rows
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    """dataclasses.replace for nested keys: replace(cfg, **{"search.epochs": 2})."""
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            value = replace(getattr(cfg, head), **{rest: value})
+        cfg = dataclasses.replace(cfg, **{head: value})  # type: ignore[type-var]
+    return cfg
+
+
+if __name__ == "__main__":  # python -m nas.config: the table of search keys
+    for k, d, h in describe(SearchConfig):
+        print(f"| `{k}` | `{d!r}` | {h} |")

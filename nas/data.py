@@ -1,0 +1,164 @@
+"""Data for search and training: data sets held as uint8 tensors on the device, the seeded bilevel split of
+the training set (weights | alpha, DARTS Sec. 2.3), and batched augmentation (random crop with 4-pixel
+padding, horizontal flip, cutout of DeVries & Taylor 2017) with no per-image Python in the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.config import DataConfig
+from nas.datasets import DataError, ImageSet, load_cifar, load_fashion_mnist, load_image_folder, make_synthetic
+
+SYNTHETIC_SEEDS = {"train": 1_000, "test": 2_000}  # the synthetic set is the same for every run seed
+
+
+def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
+    """The ``split`` ("train" or "test") of the configured data set, resized to data.image_size if set."""
+    assert split in ("train", "test"), split
+    root = Path(cfg.root)
+    if cfg.name in ("cifar10", "cifar100"):
+        data = load_cifar(cfg.name, root, split)
+    elif cfg.name == "fashion-mnist":
+        data = load_fashion_mnist(root, split)
+    elif cfg.name == "imagefolder":
+        if not root.is_dir():
+            raise DataError(f"data.root={cfg.root!r} is not a folder; for data.name=imagefolder it must hold "
+                            "train/ and test/ with one folder of images per class")
+        classes = None
+        if split == "test":  # labels follow the training set's class folders
+            classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) \
+                if (root / "train").is_dir() else None
+        data = load_image_folder(root, split, cfg.image_size or 32, classes)
+    else:
+        n = cfg.synthetic.train if split == "train" else cfg.synthetic.test
+        data = make_synthetic(n, cfg.synthetic.classes, cfg.image_size or 32, SYNTHETIC_SEEDS[split])
+    size = cfg.image_size
+    if size is not None and tuple(data.images.shape[-2:]) != (size, size):
+        data.images = resize(data.images, size)
+    return data
+
+
+def resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 images (N, C, H, W) to size x size with antialiased bilinear filtering."""
+    out = []
+    for i in range(0, len(images), chunk):
+        x = F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    count = len(images) * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.clamp_min(1e-3).tolist()
+
+
+def bilevel_split(n: int, portion: float, seed: int, subset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded disjoint split of n training images: (weight-step indices, alpha-step indices)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if subset:
+        order = order[:subset]
+    cut = int(round(portion * len(order)))
+    train, valid = order[:cut], order[cut:]
+    if len(train) == 0 or len(valid) == 0:
+        raise DataError(f"{len(order)} training images with data.train_portion={portion} leave an empty half; "
+                        "use more images (data.subset) or a train_portion nearer 0.5")
+    return train, valid
+
+
+def _batch_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+
+
+class Batches:
+    """Batches of one split, held on the device as uint8: the order of each epoch and the augmentation of
+    each batch are functions of (seed, epoch, batch), so any position can be replayed exactly."""
+
+    def __init__(self, data: ImageSet, indices: torch.Tensor | None = None, *, batch_size: int,
+                 mean: list[float], std: list[float], device: torch.device | str = "cpu", seed: int = 0,
+                 shuffle: bool = True, augment: bool = False, cutout: int = 0, drop_last: bool = True):
+        idx = torch.arange(len(data)) if indices is None else indices
+        self.images = data.images[idx].to(device)  # (N, C, H, W) uint8
+        self.labels = data.labels[idx].to(device)  # (N,)
+        self.batch_size, self.seed = batch_size, seed
+        self.shuffle, self.augment, self.cutout = shuffle, augment, cutout
+        n = len(self.labels)
+        self.drop_last = drop_last and n >= batch_size
+        self.device = self.images.device
+        std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)  # x_float = x_uint8 * scale + shift  ==  (x/255 - mean) / std
+        self.shift = -torch.tensor(mean, device=self.device).view(1, -1, 1, 1) / std_t
+
+    @property
+    def num_images(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __len__(self) -> int:
+        n, b = self.num_images, self.batch_size
+        return n // b if self.drop_last else (n + b - 1) // b
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start``, ``start + 1``, ... of ``epoch``: (images float (B, C, H, W), labels (B,))."""
+        n, b = self.num_images, self.batch_size
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_batch_seed(self.seed, epoch)))
+        else:
+            order = torch.arange(n)
+        order = order.to(self.device)
+        for i in range(start, len(self)):
+            idx = order[i * b:(i + 1) * b]
+            x = self.images[idx]
+            if self.augment or self.cutout:
+                g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, i))
+                if self.augment:
+                    x = random_crop_flip(x, g)
+                x = torch.addcmul(self.shift, x.float(), self.scale)
+                if self.cutout:
+                    x = cutout(x, self.cutout, g)
+            else:
+                x = torch.addcmul(self.shift, x.float(), self.scale)
+            yield x, self.labels[idx]
+
+
+def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per image: a random crop of the zero-padded image at the original size, then a flip with p=0.5."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    rows = oy[:, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = ox[:, None] + torch.arange(w, device=x.device)  # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reads the columns backwards
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """Zero a size x size square (clipped at the border) centred at a random pixel of each image."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=g).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=g).to(x.device)
+    ys = torch.arange(h, device=x.device)
+    xs = torch.arange(w, device=x.device)
+    in_y = (ys >= cy[:, None] - size // 2) & (ys < cy[:, None] + size // 2)  # (N, H)
+    in_x = (xs >= cx[:, None] - size // 2) & (xs < cx[:, None] + size // 2)  # (N, W)
+    hole = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
+    return x.masked_fill(hole[:, None], 0.0)

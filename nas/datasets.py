@@ -1,0 +1,237 @@
+"""Readers for the supported data sets, each returning the whole split as one uint8 tensor.
+
+CIFAR-10/100 (the python pickles, downloaded by torchvision where a network exists), Fashion-MNIST (the
+four idx files), an image folder (``train/`` and ``test/`` with one folder per class) and a synthetic
+set drawn in-process whose classes differ in visual structure (orientation and pattern).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import pickle
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas.config import UserError
+
+
+class DataError(UserError):
+    """A data set that is missing, incomplete or unreadable."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor   # (N, C, H, W) uint8
+    labels: torch.Tensor   # (N,) int64
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR
+
+_CIFAR = {
+    "cifar10": dict(title="CIFAR-10", folder="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    meta="batches.meta", label_key="labels", names_key="label_names"),
+    "cifar100": dict(title="CIFAR-100", folder="cifar-100-python", archive="cifar-100-python.tar.gz",
+                     train=["train"], test=["test"], meta="meta", label_key="fine_labels",
+                     names_key="fine_label_names"),
+}
+
+# The only globals a CIFAR pickle may name: enough to rebuild numpy arrays, nothing that runs code.
+_SAFE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                 ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            obj = _SafeUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DataError(f"{path} is not a CIFAR python batch file ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a CIFAR python batch file")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def load_cifar(name: str, root: Path, split: str) -> ImageSet:
+    spec: dict[str, Any] = _CIFAR[name]
+    folder = root / spec["folder"]
+    if not folder.is_dir():
+        _download_cifar(name, root)
+    files = spec[split]
+    images, labels = [], []
+    for fname in files:
+        path = folder / fname
+        if not path.is_file():
+            raise DataError(f"{spec['title']} file {path} is missing; put the complete {spec['folder']}/ folder "
+                            f"or {spec['archive']} in {root}/")
+        batch = _unpickle(path)
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            lab = np.asarray(batch[spec["label_key"]], dtype=np.int64)
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{path} is not a {spec['title']} batch ({e})") from None
+        images.append(torch.from_numpy(data.copy()))
+        labels.append(torch.from_numpy(lab))
+    meta_path = folder / spec["meta"]
+    num = 10 if name == "cifar10" else 100
+    classes = [str(i) for i in range(num)]
+    if meta_path.is_file():
+        names = _unpickle(meta_path).get(spec["names_key"])
+        if isinstance(names, list) and len(names) == num:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return ImageSet(torch.cat(images), torch.cat(labels), classes)
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    from torchvision import datasets
+
+    spec: dict[str, Any] = _CIFAR[name]
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # a blocked network fails within a minute instead of hanging
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        print(f"{spec['title']} not found in {root}/: downloading it there", flush=True)
+        cls(str(root), train=True, download=True)
+    except Exception as e:  # torchvision raises URLError, RuntimeError or OSError depending on the failure
+        reason = str(getattr(e, "reason", None) or e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{spec['title']} is not in {root}/{spec['folder']}/ and could not be downloaded "
+                        f"({reason}); put {spec['archive']} or its extracted {spec['folder']}/ folder "
+                        f"in {root}/") from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+# ---------------------------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+def _read_idx(root: Path, stem: str) -> np.ndarray:
+    for path in (root / f"{stem}.gz", root / stem):
+        if path.is_file():
+            break
+    else:
+        raise DataError(f"Fashion-MNIST file {stem}.gz not found in {root}/; it needs train-images-idx3-ubyte.gz, "
+                        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+                        "(Debian: apt-get install dataset-fashion-mnist, then data.root=/usr/share/datasets/"
+                        "fashion-mnist)")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise DataError(f"{path} is not an idx file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(dims):
+        raise DataError(f"{path} is truncated: header says {dims}, found {body.size} values")
+    return body.reshape(dims)
+
+
+def load_fashion_mnist(root: Path, split: str) -> ImageSet:
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(root, f"{prefix}-images-idx3-ubyte")
+    labels = _read_idx(root, f"{prefix}-labels-idx1-ubyte")
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"Fashion-MNIST {split} images {images.shape} and labels {labels.shape} do not match")
+    return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                    FASHION_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------- image folder
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+def load_image_folder(root: Path, split: str, size: int, classes: list[str] | None = None) -> ImageSet:
+    """``root/<split>/<class>/<image>``, every image converted to RGB and resized to size x size."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder}/ not found; data.root must hold train/ and test/, each with one "
+                        "folder of images per class")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not found:
+        raise DataError(f"{folder}/ has no class folders; put each class's images in {folder}/<class name>/")
+    if classes is None:
+        classes = found
+    else:
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise DataError(f"{folder}/{unknown[0]}/ is a class the training set lacks; train classes: "
+                            f"{', '.join(classes)}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        paths = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if (folder / name).is_dir() else []
+        if not paths and split == "train":
+            raise DataError(f"class folder {folder / name}/ has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for path in paths:
+            try:
+                with Image.open(path) as opened:
+                    im = opened.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                images.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise DataError(f"cannot read image {path}: {e}") from None
+            labels.append(label)
+    if not images:
+        raise DataError(f"{folder}/ has no images")
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+def make_synthetic(n: int, classes: int, size: int, seed: int) -> ImageSet:
+    """Deterministic, learnable images: class c is a grating (c even) or a plaid (c odd) at an orientation
+    that depends on c, drawn with random phase, frequency, colours (always contrasting) and pixel noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    labels = labels[torch.randperm(n, generator=g)]
+    kinds = (classes + 1) // 2
+    plaid = labels % 2 == 1
+    # gratings repeat after 180 degrees and plaids after 90: spread each kind's orientations over its period
+    period = torch.where(plaid, math.pi / 2, math.pi)
+    theta = (labels // 2).float() * period / kinds  # (N,)
+    freq = 1.5 + 1.5 * torch.rand(n, generator=g)  # cycles per image
+    phase = 2 * math.pi * torch.rand(n, 2, generator=g)
+    coords = torch.linspace(-0.5, 0.5, size)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")  # (H, W)
+
+    def grating(angle: torch.Tensor, ph: torch.Tensor) -> torch.Tensor:
+        u = xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]
+        return torch.sin(2 * math.pi * freq[:, None, None] * u + ph[:, None, None])  # (N, H, W)
+
+    a = grating(theta, phase[:, 0])
+    b = grating(theta + math.pi / 2, phase[:, 1])
+    pattern = torch.where(plaid[:, None, None], a * b, a)  # in [-1, 1]
+    dark = 0.35 * torch.rand(n, 3, 1, 1, generator=g)
+    light = 0.65 + 0.35 * torch.rand(n, 3, 1, 1, generator=g)
+    swap = torch.rand(n, 1, 1, 1, generator=g) < 0.5
+    fg, bg = torch.where(swap, dark, light), torch.where(swap, light, dark)
+    mix = (pattern[:, None] + 1) / 2  # (N, 1, H, W)
+    img = bg + (fg - bg) * mix + 0.1 * torch.randn(n, 3, size, size, generator=g)
+    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    names = [f"{'plaid' if c % 2 else 'grating'}-{c // 2}" for c in range(classes)]
+    return ImageSet(images, labels.to(torch.int64), names)

@@ -1,0 +1,321 @@
+"""Genotypes: the discrete architecture a search ends with, its derivation from alpha, and its formats.
+
+Derivation (DARTS space): per intermediate node keep the 2 strongest distinct input edges, ranked by their
+best non-`none` softmax weight, each with that best op (Liu et al., ICLR 2019, Sec. 2.4); or GDAS's rule,
+the top-2 (op, input) pairs of the node (Dong & Yang, CVPR 2019, Sec. 3.3). NAS-Bench-201: the argmax op
+of every edge, `none` included (Dong & Yang, ICLR 2020).
+
+Formats, each written and parsed without eval, round-tripping exactly:
+  JSON (canonical)  {"space": "darts", "normal": [[["sep_conv_3x3", 0], ["skip_connect", 1]], ...], ...}
+  DARTS text        Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), reduce=..., ...)
+  NB201 string      |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas.config import UserError
+from nas.ops import list_ops
+from nas.spaces import NB201_OPS, SearchSpace
+
+Edge = tuple[str, int]          # (op name, global id of the input node)
+Node = tuple[Edge, ...]         # the edges kept into one intermediate node
+
+
+class GenotypeError(UserError):
+    """A genotype (file, string or structure) that is not valid."""
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A discrete cell architecture per cell type. NAS-Bench-201 genotypes have only ``normal``."""
+
+    space: str
+    normal: tuple[Node, ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[Node, ...] = ()
+    reduce_concat: tuple[int, ...] = ()
+
+    def cells(self) -> dict[str, tuple[tuple[Node, ...], tuple[int, ...]]]:
+        out = {"normal": (self.normal, self.normal_concat)}
+        if self.space == "darts":
+            out["reduce"] = (self.reduce, self.reduce_concat)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"space": self.space}
+        for name, (nodes, concat) in self.cells().items():
+            d[name] = [[[op, src] for op, src in node] for node in nodes]
+            d[f"{name}_concat"] = list(concat)
+        return d
+
+    def to_json(self) -> str:
+        """Canonical JSON: one node per line."""
+        lines = [f'  "space": {json.dumps(self.space)}']
+        for name, (nodes, concat) in self.cells().items():
+            rows = ",\n".join(f"    {json.dumps([[op, src] for op, src in node])}" for node in nodes)
+            lines.append(f'  "{name}": [\n{rows}\n  ]')
+            lines.append(f'  "{name}_concat": {json.dumps(list(concat))}')
+        return "{\n" + ",\n".join(lines) + "\n}\n"
+
+    def to_text(self) -> str:
+        """DARTS ``Genotype(...)`` text for the DARTS space, the NB201 string for NAS-Bench-201."""
+        return to_darts_text(self) if self.space == "darts" else to_nb201_string(self)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def check_genotype(g: Genotype) -> Genotype:
+    """Raise GenotypeError unless g is a well-formed genotype of its space; return g."""
+    if g.space == "nb201":
+        if g.reduce or g.reduce_concat:
+            raise GenotypeError("an nb201 genotype has only a normal cell, not a reduce cell")
+        if len(g.normal) != 3:
+            raise GenotypeError(f"an nb201 cell has 3 nodes, got {len(g.normal)}")
+        for i, node in enumerate(g.normal, start=1):
+            srcs = [src for _, src in node]
+            if srcs != list(range(i)):
+                raise GenotypeError(f"nb201 node {i} must have one edge from each of nodes 0..{i - 1} in order, "
+                                    f"got inputs {srcs}")
+            for op, _ in node:
+                if op not in NB201_OPS:
+                    raise GenotypeError(f"unknown nb201 op {op!r}; valid: {', '.join(NB201_OPS)}")
+        if tuple(g.normal_concat) != (3,):
+            raise GenotypeError(f"an nb201 cell outputs node 3, got concat {list(g.normal_concat)}")
+        return g
+    if g.space != "darts":
+        raise GenotypeError(f"unknown genotype space {g.space!r}; valid: darts, nb201")
+    valid_ops = [op for op in list_ops() if op != "none"]
+    for name, (nodes, concat) in g.cells().items():
+        if not nodes:
+            raise GenotypeError(f"the {name} cell has no nodes")
+        for i, node in enumerate(nodes):
+            if not node:
+                raise GenotypeError(f"{name} node {i + 2} has no input edges")
+            for op, src in node:
+                if op not in valid_ops:
+                    raise GenotypeError(f"unknown op {op!r} in the {name} cell; valid: {', '.join(valid_ops)}")
+                if not 0 <= src < i + 2:
+                    raise GenotypeError(f"{name} node {i + 2} takes input {src}, but only nodes 0..{i + 1} "
+                                        "come before it")
+        n = len(nodes) + 2
+        if not concat or any(not 0 <= c < n for c in concat):
+            raise GenotypeError(f"{name}_concat {list(concat)} must name nodes among 0..{n - 1}")
+    return g
+
+
+# ---------------------------------------------------------------------------------------------- derivation
+
+def derive(space: SearchSpace, alphas: dict[str, torch.Tensor], rule: str = "darts") -> Genotype:
+    """The genotype that alpha (logits, one (E, K) matrix per cell type) stands for."""
+    if rule not in ("darts", "gdas"):
+        raise UserError(f"unknown derivation rule {rule!r}; valid: darts, gdas")
+    cells = {t: _derive_cell(space, alphas[t].softmax(dim=-1), rule) for t in space.cell_types}
+    if space.name == "nb201":
+        return Genotype("nb201", cells["normal"], space.concat)
+    return Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat)
+
+
+def _derive_cell(space: SearchSpace, w: torch.Tensor, rule: str) -> tuple[Node, ...]:
+    ops = space.ops
+    rows = w.tolist()  # (E, K) softmax weights
+    nodes: list[Node] = []
+    for node in space.nodes:
+        edge_ids = space.edges_into(node)
+        if space.name == "nb201":  # keep every edge, argmax op (none included)
+            nodes.append(tuple((ops[max(range(len(ops)), key=lambda k: rows[e][k])], space.edges[e][0])
+                               for e in edge_ids))
+            continue
+        real = [k for k, op in enumerate(ops) if op != "none"]
+        if rule == "darts":
+            best = {e: max(real, key=lambda k: rows[e][k]) for e in edge_ids}
+            strongest = sorted(edge_ids, key=lambda e: -rows[e][best[e]])[:2]  # stable: ties keep order
+            nodes.append(tuple((ops[best[e]], space.edges[e][0]) for e in strongest))
+        else:
+            pairs = [(e, k) for e in edge_ids for k in real]
+            top = sorted(pairs, key=lambda ek: -rows[ek[0]][ek[1]])[:2]
+            nodes.append(tuple((ops[k], space.edges[e][0]) for e, k in top))
+    return tuple(nodes)
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+def from_dict(d: Any) -> Genotype:
+    if not isinstance(d, dict):
+        raise GenotypeError(f"a genotype JSON must be an object, not {type(d).__name__}")
+    space = d.get("space")
+    if space not in ("darts", "nb201"):
+        raise GenotypeError(f"genotype JSON has space {space!r}; valid: darts, nb201")
+    allowed = {"space", "normal", "normal_concat"} | ({"reduce", "reduce_concat"} if space == "darts" else set())
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise GenotypeError(f"genotype JSON has unknown key {extra[0]!r}; valid: {', '.join(sorted(allowed))}")
+    parts: dict[str, Any] = {}
+    for name in sorted(allowed - {"space"}):
+        if name not in d:
+            raise GenotypeError(f"genotype JSON lacks {name!r}")
+        parts[name] = _concat(d[name], name) if name.endswith("concat") else _nodes(d[name], name)
+    return check_genotype(Genotype(space, **parts))
+
+
+def _nodes(value: Any, name: str) -> tuple[Node, ...]:
+    if not isinstance(value, list):
+        raise GenotypeError(f"{name!r} must be a list of nodes, each a list of [op, input] pairs")
+    return tuple(tuple(_edge(e, name) for e in _as_list(node, name)) for node in value)
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise GenotypeError(f"{name!r}: a node must be a list of [op, input] pairs, got {value!r}")
+    return value
+
+
+def _edge(e: Any, name: str) -> Edge:
+    ok = (isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str)
+          and isinstance(e[1], int) and not isinstance(e[1], bool))
+    if not ok:
+        raise GenotypeError(f"{name!r}: an edge must be [op name, input node], got {e!r}")
+    return (e[0], e[1])
+
+
+def _concat(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+        raise GenotypeError(f"{name!r} must be a list of node numbers, got {value!r}")
+    return tuple(value)
+
+
+def to_darts_text(g: Genotype) -> str:
+    """DARTS' ``Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)`` notation."""
+    if g.space != "darts":
+        raise GenotypeError("only darts-space genotypes have a DARTS Genotype(...) text")
+    for nodes in (g.normal, g.reduce):
+        if any(len(node) != 2 for node in nodes):
+            raise GenotypeError("the DARTS Genotype(...) text needs exactly 2 inputs per node")
+
+    def edges(nodes: tuple[Node, ...]) -> str:
+        return "[" + ", ".join(f"({op!r}, {src})" for node in nodes for op, src in node) + "]"
+
+    def concat(c: tuple[int, ...]) -> str:
+        contiguous = len(c) > 1 and list(c) == list(range(c[0], c[-1] + 1))
+        return f"range({c[0]}, {c[-1] + 1})" if contiguous else str(list(c))
+
+    return (f"Genotype(normal={edges(g.normal)}, normal_concat={concat(g.normal_concat)}, "
+            f"reduce={edges(g.reduce)}, reduce_concat={concat(g.reduce_concat)})")
+
+
+def from_darts_text(text: str) -> Genotype:
+    """Parse DARTS' Genotype(...) text (optionally ``NAME = Genotype(...)``) by walking its syntax tree."""
+    try:
+        tree = ast.parse(text.strip(), mode="exec")
+    except SyntaxError as e:
+        raise GenotypeError(f"not a DARTS Genotype(...) text: {e.msg} at line {e.lineno}") from None
+    if len(tree.body) != 1:
+        raise GenotypeError("a DARTS genotype text holds exactly one Genotype(...) expression")
+    stmt = tree.body[0]
+    expr = stmt.value if isinstance(stmt, (ast.Expr, ast.Assign)) else None
+    if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "Genotype"
+            and not expr.args):
+        raise GenotypeError("expected Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)")
+    fields = {kw.arg: kw.value for kw in expr.keywords}
+    want = ("normal", "normal_concat", "reduce", "reduce_concat")
+    if set(fields) != set(want):
+        missing = [k for k in want if k not in fields]
+        extra = [str(k) for k in fields if k not in want]
+        what = f"lacks {missing[0]}" if missing else f"has unknown field {extra[0]}"
+        raise GenotypeError(f"Genotype(...) {what}; fields: {', '.join(want)}")
+    parts: dict[str, Any] = {}
+    for name in want:
+        parts[name] = _concat_node(fields[name], name) if name.endswith("concat") else _pairs(fields[name], name)
+    return check_genotype(Genotype("darts", **parts))
+
+
+def _literal(node: ast.expr, name: str) -> Any:
+    try:
+        return ast.literal_eval(node)  # literals only: numbers, strings, lists, tuples; never code
+    except ValueError:
+        raise GenotypeError(f"{name} must be a literal list, got {ast.unparse(node)!r}") from None
+
+
+def _pairs(node: ast.expr, name: str) -> tuple[Node, ...]:
+    flat = _literal(node, name)
+    if not isinstance(flat, list):
+        raise GenotypeError(f"{name} must be a list of (op, input) pairs")
+    edges = [_edge(e, name) for e in flat]
+    if len(edges) % 2:
+        raise GenotypeError(f"{name} must hold 2 (op, input) pairs per node, got {len(edges)} pairs")
+    return tuple((edges[i], edges[i + 1]) for i in range(0, len(edges), 2))
+
+
+def _concat_node(node: ast.expr, name: str) -> tuple[int, ...]:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
+        args = [_literal(a, name) for a in node.args]
+        if not (1 <= len(args) <= 2 and all(isinstance(a, int) for a in args)) or node.keywords:
+            raise GenotypeError(f"{name} must be range(a, b) or a list of node numbers")
+        return tuple(range(*args))
+    value = _literal(node, name)
+    return _concat(list(value) if isinstance(value, tuple) else value, name)
+
+
+def to_nb201_string(g: Genotype) -> str:
+    if g.space != "nb201":
+        raise GenotypeError("only nb201 genotypes have an NB201 string")
+    return "+".join("|" + "|".join(f"{op}~{src}" for op, src in node) + "|" for node in g.normal)
+
+
+def from_nb201_string(text: str) -> Genotype:
+    s = text.strip()
+    nodes: list[Node] = []
+    for part in s.split("+"):
+        if len(part) < 2 or not (part.startswith("|") and part.endswith("|")):
+            raise GenotypeError(f"not an NB201 string (|op~0|+|op~0|op~1|+|op~0|op~1|op~2|): {s!r}")
+        edges: list[Edge] = []
+        for item in part[1:-1].split("|"):
+            op, sep, src = item.partition("~")
+            if not sep or not src.isdigit():
+                raise GenotypeError(f"NB201 edge {item!r} is not of the form op~input")
+            edges.append((op, int(src)))
+        nodes.append(tuple(edges))
+    return check_genotype(Genotype("nb201", tuple(nodes), (3,)))
+
+
+def parse_genotype(text: str) -> Genotype:
+    """Parse any of the three formats, told apart by their first character."""
+    s = text.strip()
+    if s.startswith("{"):
+        try:
+            return from_dict(json.loads(s))
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"genotype JSON is malformed: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if s.startswith("|"):
+        return from_nb201_string(s)
+    if "Genotype(" in s:
+        return from_darts_text(s)
+    short = s if len(s) <= 60 else s[:57] + "..."
+    raise GenotypeError(f"cannot read genotype {short!r}; expected JSON ({{...}}), DARTS Genotype(...) text "
+                        "or an NB201 string (|op~0|+...)")
+
+
+def read_genotype(path: str | Path) -> Genotype:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenotypeError(f"cannot read genotype file {str(p)!r}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return parse_genotype(text)
+    except GenotypeError as e:
+        raise GenotypeError(f"{p}: {e}") from None
+
+
+def write_genotype(g: Genotype, path: str | Path) -> None:
+    Path(path).write_text(g.to_json())

@@ -1,0 +1,156 @@
+"""How alpha turns into the output of a mixed edge: GDAS and DARTS, and the temperature schedule.
+
+GDAS (Dong & Yang, CVPR 2019, Eq. 3-5): per edge, draw one op by the Gumbel-max trick, an exact sample of
+softmax(alpha); the forward pass computes only that op and its value is exactly that op's output, while
+the backward pass reaches every alpha entry through the soft weights softmax((log_softmax(alpha) + g) / tau)
+(straight-through). DARTS (Liu et al., ICLR 2019, Eq. 2): every edge outputs sum_k softmax(alpha)_k op_k(x).
+
+This is the only module that knows about Gumbel noise and tau.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.config import UserError
+
+
+def gumbel_like(alpha: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise of alpha's shape from a clamped uniform: never inf or NaN."""
+    finfo = torch.finfo(alpha.dtype)
+    u = torch.rand(alpha.shape, dtype=alpha.dtype, device=alpha.device)
+    u = u.clamp_(min=finfo.tiny, max=1.0 - finfo.eps)
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_softmax_hard(alpha: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One op per row of alpha (E, K): returns (hard, index).
+
+    index (E,) is argmax of log_softmax(alpha) + g, an exact sample of softmax(alpha) whatever tau is.
+    hard (E, K) equals one_hot(index) exactly in value, and its gradient is that of the soft weights
+    p = softmax((log_softmax(alpha) + g) / tau). It is written one_hot + (p - p.detach()) rather than
+    one_hot - p.detach() + p: the same gradient, but the forward value is exactly 0 or 1.
+    """
+    logits = (F.log_softmax(alpha, dim=-1) + gumbel_like(alpha)) / tau  # (E, K)
+    index = logits.argmax(dim=-1)  # (E,)
+    one_hot = F.one_hot(index, alpha.shape[-1]).to(alpha.dtype)
+    if not alpha.requires_grad:
+        return one_hot, index
+    p = logits.softmax(dim=-1)
+    return one_hot + (p - p.detach()), index
+
+
+class _StraightThrough(torch.autograd.Function):
+    """y = out * hard[k] + sum_{j != k} hard[j], computed as y = out (hard is exactly one-hot in value).
+
+    Backward: dy/dout = hard[k] = 1, dL/dhard[k] = <g, out>, dL/dhard[j] = sum(g) for j != k, as the
+    expression above gives; no full-size multiply or add in the forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, hard_row: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(out)
+        ctx.k, ctx.num_ops = k, hard_row.shape[0]
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (out,) = ctx.saved_tensors
+        grad_hard = g.sum().expand(ctx.num_ops).clone()
+        grad_hard[ctx.k] = (g * out).sum()
+        return g, grad_hard, None
+
+
+class Mixing(Protocol):
+    """Edge weights of one cell type for one forward pass."""
+
+    def edge(self, e: int, x: torch.Tensor, ops: nn.ModuleList) -> torch.Tensor: ...
+
+
+class GdasSample:
+    """One sampled op per edge, shared by every cell of the type."""
+
+    def __init__(self, alpha: torch.Tensor, tau: float):
+        hard, index = gumbel_softmax_hard(alpha, tau)
+        self.index: list[int] = index.tolist()  # (E,) as Python ints: which module to run
+        self.hard = hard if alpha.requires_grad else None  # (E, K); None when alpha takes no gradient
+
+    def edge(self, e: int, x: torch.Tensor, ops: nn.ModuleList) -> torch.Tensor:
+        k = self.index[e]
+        out = ops[k](x)
+        if self.hard is None:
+            return out
+        return _StraightThrough.apply(out, self.hard[e], k)
+
+
+class DartsWeights:
+    """softmax(alpha) per edge; every op runs."""
+
+    def __init__(self, alpha: torch.Tensor):
+        self.weights = F.softmax(alpha, dim=-1)  # (E, K)
+
+    def edge(self, e: int, x: torch.Tensor, ops: nn.ModuleList) -> torch.Tensor:
+        w = self.weights[e]
+        return sum(w[k] * op(x) for k, op in enumerate(ops))
+
+
+class Mixer(Protocol):
+    name: str
+    tau: float | None
+
+    def __call__(self, alpha: torch.Tensor) -> Mixing: ...
+
+    def set_epoch(self, epoch: int, epochs: int) -> None: ...
+
+
+class GDAS:
+    """Hard Gumbel-softmax sampling with a temperature annealed from tau_max to tau_min over the epochs."""
+
+    name = "gdas"
+
+    def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear"):
+        self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
+        self.tau: float | None = tau_max
+
+    def __call__(self, alpha: torch.Tensor) -> GdasSample:
+        assert self.tau is not None
+        return GdasSample(alpha, self.tau)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
+
+
+class DARTS:
+    """Continuous relaxation: every op weighted by softmax(alpha). No temperature."""
+
+    name = "darts"
+    tau: float | None = None
+
+    def __call__(self, alpha: torch.Tensor) -> DartsWeights:
+        return DartsWeights(alpha)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        pass
+
+
+def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: str = "linear") -> float:
+    """Temperature for 0-based ``epoch`` of ``epochs``: tau_max at the first epoch, tau_min at the last."""
+    t = epoch / (epochs - 1) if epochs > 1 else 0.0
+    if schedule == "linear":
+        return tau_max - (tau_max - tau_min) * t
+    if schedule == "exponential":
+        return tau_max * math.exp(t * math.log(tau_min / tau_max))
+    raise UserError(f"unknown tau schedule {schedule!r}; valid: linear, exponential")
+
+
+def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear") -> Mixer:
+    if name == "gdas":
+        return GDAS(tau_max, tau_min, schedule)
+    if name == "darts":
+        return DARTS()
+    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts")

@@ -1,0 +1,73 @@
+"""Search spaces as data: the candidate ops and the nodes and edges of a cell.
+
+DARTS (Liu et al., ICLR 2019, Sec. 2.1): two input nodes (the outputs of the two previous cells), four
+intermediate nodes each fed by every earlier node (14 edges), output = concat of the intermediate nodes;
+normal and reduction cells. NAS-Bench-201 (Dong & Yang, ICLR 2020, Sec. 3): one input node and three
+nodes each fed by every earlier node (6 edges), output = the last node; one cell type.
+
+Nodes are numbered globally: inputs first (0, 1 in DARTS; 0 in NAS-Bench-201), then the intermediate
+nodes. Edges are ordered by destination node, then by source: the row order of alpha.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from nas.config import UserError
+
+DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+             "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    ops: tuple[str, ...]          # candidate ops, in the column order of alpha
+    num_inputs: int               # input nodes of a cell
+    num_nodes: int                # intermediate nodes
+    cell_types: tuple[str, ...]   # the cell types that own an alpha
+    concat_all: bool              # output = concat of all intermediate nodes (else: the last node)
+
+    @cached_property
+    def edges(self) -> tuple[tuple[int, int], ...]:
+        """(src, dst) per edge, ordered by dst then src."""
+        first = self.num_inputs
+        return tuple((src, dst) for dst in range(first, first + self.num_nodes) for src in range(dst))
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.ops)
+
+    @property
+    def nodes(self) -> range:
+        """Global ids of the intermediate nodes."""
+        return range(self.num_inputs, self.num_inputs + self.num_nodes)
+
+    def edges_into(self, node: int) -> list[int]:
+        """Indices (rows of alpha) of the edges that end at ``node``."""
+        return [i for i, (_, dst) in enumerate(self.edges) if dst == node]
+
+    @property
+    def concat(self) -> tuple[int, ...]:
+        """Nodes whose outputs form the cell output."""
+        return tuple(self.nodes) if self.concat_all else (self.nodes[-1],)
+
+
+SPACES: dict[str, SearchSpace] = {
+    "darts": SearchSpace("darts", DARTS_OPS, num_inputs=2, num_nodes=4, cell_types=("normal", "reduce"),
+                         concat_all=True),
+    "nb201": SearchSpace("nb201", NB201_OPS, num_inputs=1, num_nodes=3, cell_types=("normal",),
+                         concat_all=False),
+}
+
+
+def get_space(name: str) -> SearchSpace:
+    if name not in SPACES:
+        raise UserError(f"unknown search space {name!r}; valid: {', '.join(SPACES)}")
+    return SPACES[name]

@@ -1,0 +1,175 @@
+"""The supernet: every edge of every cell is a MixedEdge holding all candidate ops, combined by a mixer.
+
+DARTS space: the search network of Liu et al. (ICLR 2019, Sec. 3.1): a 3x3 conv stem, ``layers`` cells
+with reduction cells at 1/3 and 2/3 of the depth, two-input cells with 1x1 (or factorized-reduce)
+preprocessing. NAS-Bench-201 space: the macro skeleton of Dong & Yang (ICLR 2020, Fig. 1): stem, three
+stages of N cells, residual reduction blocks between the stages, one cell shared by every position.
+
+alpha holds one (num_edges, num_ops) logit matrix per cell type; one mixing (one GDAS sample) per cell
+type per forward pass is shared by all cells of that type.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nas.genotype import Genotype, derive
+from nas.mixing import Mixer, Mixing
+from nas.ops import FactorizedReduce, ReLUConvBN, ResBlock, create_search_op
+from nas.spaces import SearchSpace, get_space
+
+
+class MixedEdge(nn.Module):
+    """All candidate ops of one edge; ``forward`` lets the mixing decide which run and how they combine."""
+
+    def __init__(self, space: SearchSpace, index: int, C: int, stride: int):
+        super().__init__()
+        self.index = index  # row of alpha
+        self.ops = nn.ModuleList(create_search_op(name, C, stride, pool_bn=space.name == "darts")
+                                 for name in space.ops)
+
+    def forward(self, x: torch.Tensor, mixing: Mixing) -> torch.Tensor:
+        return mixing.edge(self.index, x, self.ops)
+
+
+class SearchCell(nn.Module):
+    """The DAG of one cell: node j = sum of the mixed edges from every earlier node."""
+
+    def __init__(self, space: SearchSpace, C: int, reduction: bool):
+        super().__init__()
+        self.space = space
+        self.edges = nn.ModuleList(
+            MixedEdge(space, e, C, stride=2 if reduction and src < space.num_inputs else 1)
+            for e, (src, _) in enumerate(space.edges))
+        self._into = [space.edges_into(node) for node in space.nodes]  # edge indices per node
+
+    def forward(self, inputs: list[torch.Tensor], mixing: Mixing) -> torch.Tensor:
+        states = list(inputs)
+        for edge_ids in self._into:
+            node = None
+            for e in edge_ids:
+                h = self.edges[e](states[self.space.edges[e][0]], mixing)
+                node = h if node is None else node + h
+            assert node is not None
+            states.append(node)
+        out = [states[i] for i in self.space.concat]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+class DartsSearchCell(nn.Module):
+    """A DARTS cell: preprocess the outputs of the two previous cells to C channels, then the DAG."""
+
+    def __init__(self, space: SearchSpace, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.preprocess0: nn.Module = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
+                                       else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.dag = SearchCell(space, C, reduction)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, mixing: Mixing) -> torch.Tensor:
+        return self.dag([self.preprocess0(s0), self.preprocess1(s1)], mixing)
+
+
+class Supernet(nn.Module):
+    """alpha per cell type, the mixer, and the split of parameters into arch (alpha) and weights."""
+
+    def __init__(self, space: SearchSpace, mixer: Mixer):
+        super().__init__()
+        self.space, self.mixer = space, mixer
+        self.alpha = nn.ParameterDict({
+            t: nn.Parameter(1e-3 * torch.randn(space.num_edges, space.num_ops))  # (E, K) edge x op logits
+            for t in space.cell_types})
+        self._step: str | None = None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alpha.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("alpha.")]
+
+    def set_step(self, step: str) -> None:
+        """Which parameters the next backward pass computes gradients for: "weights", "alpha" or "none".
+
+        A weight step never computes alpha gradients and an alpha step never computes weight gradients:
+        the frozen side gets requires_grad=False, so autograd does not even record that work.
+        """
+        if step == self._step:
+            return
+        assert step in ("weights", "alpha", "none"), step
+        for p in self.arch_parameters():
+            p.requires_grad_(step == "alpha")
+        for p in self.weight_parameters():
+            p.requires_grad_(step == "weights")
+        self._step = step
+
+    def mixings(self) -> dict[str, Mixing]:
+        """One mixing (one GDAS sample) per cell type for this forward pass."""
+        return {t: self.mixer(a) for t, a in self.alpha.items()}
+
+    def genotype(self, rule: str = "darts") -> Genotype:
+        alphas = {t: a.detach().cpu() for t, a in self.alpha.items()}
+        return derive(self.space, alphas, rule)
+
+
+class DartsSupernet(Supernet):
+    def __init__(self, space: SearchSpace, mixer: Mixer, *, C: int, layers: int, num_classes: int,
+                 in_channels: int = 3, stem_multiplier: int = 3):
+        super().__init__(space, mixer)
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(DartsSearchCell(space, C_pp, C_p, C_curr, reduction, reduction_prev))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, len(space.concat) * C_curr
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mix = self.mixings()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, mix["reduce" if cell.reduction else "normal"])
+        return self.classifier(self.pool(s1).flatten(1))
+
+
+class NB201Supernet(Supernet):
+    def __init__(self, space: SearchSpace, mixer: Mixer, *, C: int, layers: int, num_classes: int,
+                 in_channels: int = 3):
+        super().__init__(space, mixer)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.cells = nn.ModuleList()
+        C_prev = C
+        for stage in range(3):
+            C_curr = C * 2 ** stage
+            if stage > 0:
+                self.cells.append(ResBlock(C_prev, C_curr, stride=2))
+            self.cells.extend(SearchCell(space, C_curr, reduction=False) for _ in range(layers))
+            C_prev = C_curr
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixing = self.mixings()["normal"]
+        h = self.stem(x)
+        for cell in self.cells:
+            h = cell([h], mixing) if isinstance(cell, SearchCell) else cell(h)
+        return self.classifier(self.pool(self.lastact(h)).flatten(1))
+
+
+def build_supernet(space: str | SearchSpace, *, C: int, layers: int, num_classes: int, mixer: Mixer,
+                   in_channels: int = 3, stem_multiplier: int | None = None) -> Supernet:
+    sp = get_space(space) if isinstance(space, str) else space
+    if sp.name == "darts":
+        return DartsSupernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
+                             stem_multiplier=3 if stem_multiplier is None else stem_multiplier)
+    return NB201Supernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels)
