@@ -21,6 +21,25 @@ def run_guarded(fn: Callable[[], object]) -> int:
     return 0
 
 
+def genotype_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nas.genotype", description="Check a genotype and print it in another format.",
+        epilog="example: python -m nas.genotype runs/quickstart --to darts")
+    parser.add_argument("genotype", help="genotype.json, a run directory, a DARTS Genotype(...) text file, "
+                                         "or a genotype string")
+    parser.add_argument("--to", choices=["json", "text"], default="json",
+                        help="json (canonical) or text (DARTS Genotype(...) text or the NB201 string)")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from nas.genotype import load_genotype
+
+        g = load_genotype(args.genotype)
+        print(g.to_json() if args.to == "json" else g.to_text(), end="" if args.to == "json" else "\n")
+
+    return run_guarded(go)
+
+
 def search_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="search.py", description="Differentiable architecture search (GDAS or DARTS) on a cell supernet.",

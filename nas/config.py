@@ -75,11 +75,24 @@ class ModelConfig:
     layers: int = _key(8, "darts: cells in the network; nb201: cells per stage (N)", low=1)
     stem_multiplier: int | None = _key(None, "stem channels = stem_multiplier * C (null: 3 for darts; nb201 "
                                              "allows only 1)", low=1)
+    ops: tuple[str, ...] | None = _key(None, "candidate ops on every edge (null: the space's own list)")
 
     def check(self) -> None:
         if self.space == "nb201" and self.stem_multiplier not in (None, 1):
             raise ConfigError(f"model.stem_multiplier={self.stem_multiplier} is not valid for model.space=nb201, "
                               "whose stem has C channels; valid: null or 1")
+        if self.ops is not None:
+            from nas.ops import check_op_name  # the registry is the authority on op names
+
+            for op in self.ops:
+                try:
+                    check_op_name(op, where=" in model.ops")
+                except UserError as e:
+                    raise ConfigError(str(e)) from None
+            if len(set(self.ops)) != len(self.ops):
+                raise ConfigError(f"model.ops lists an op twice: {list(self.ops)}")
+            if not [op for op in self.ops if op != "none"]:
+                raise ConfigError("model.ops needs at least one op other than none")
         if self.space == "darts" and self.layers < 3:
             raise ConfigError(f"model.layers={self.layers} is too few for model.space=darts, which needs a "
                               "normal cell before each of its 2 reduction cells; valid: model.layers >= 3")
@@ -264,6 +277,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a non-empty list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
         return f"a list of {len(args)} numbers"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
@@ -303,6 +318,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise bad
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, (list, tuple)) or not value:
+                raise bad
+            return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise bad
         return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))

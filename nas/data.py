@@ -32,8 +32,9 @@ def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
                             "train/ and test/ with one folder of images per class")
         classes = None
         if split == "test":  # labels follow the training set's class folders
-            classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) \
-                if (root / "train").is_dir() else None
+            if not (root / "train").is_dir():
+                raise DataError(f"image folder {root / 'train'}/ not found; the test labels follow its class folders")
+            classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
         data = load_image_folder(root, split, cfg.image_size or 32, classes)
     else:
         n = cfg.synthetic.train if split == "train" else cfg.synthetic.test
@@ -158,7 +159,8 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     cx = torch.randint(0, w, (n,), generator=g).to(x.device)
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
-    in_y = (ys >= cy[:, None] - size // 2) & (ys < cy[:, None] + size // 2)  # (N, H)
-    in_x = (xs >= cx[:, None] - size // 2) & (xs < cx[:, None] + size // 2)  # (N, W)
+    y0, x0 = cy - size // 2, cx - size // 2  # top-left corner; the square spans size pixels from there
+    in_y = (ys >= y0[:, None]) & (ys < y0[:, None] + size)  # (N, H)
+    in_x = (xs >= x0[:, None]) & (xs < x0[:, None] + size)  # (N, W)
     hole = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
     return x.masked_fill(hole[:, None], 0.0)

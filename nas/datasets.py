@@ -11,6 +11,7 @@ import gzip
 import math
 import pickle
 import socket
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ _CIFAR = {
 # The only globals a CIFAR pickle may name: enough to rebuild numpy arrays, nothing that runs code.
 _SAFE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                  ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                 ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+                 ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+                 ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -63,8 +65,8 @@ def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             obj = _SafeUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise DataError(f"{path} is not a CIFAR python batch file ({e})") from None
+    except Exception as e:  # a damaged file can fail in many ways inside pickle; all mean "not a batch file"
+        raise DataError(f"{path} is not a CIFAR python batch file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR python batch file")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -88,6 +90,8 @@ def load_cifar(name: str, root: Path, split: str) -> ImageSet:
             lab = np.asarray(batch[spec["label_key"]], dtype=np.int64)
         except (KeyError, ValueError) as e:
             raise DataError(f"{path} is not a {spec['title']} batch ({e})") from None
+        if len(data) != len(lab):
+            raise DataError(f"{path} holds {len(data)} images but {len(lab)} labels")
         images.append(torch.from_numpy(data.copy()))
         labels.append(torch.from_numpy(lab))
     meta_path = folder / spec["meta"]
@@ -137,11 +141,13 @@ def _read_idx(root: Path, stem: str) -> np.ndarray:
                         "fashion-mnist)")
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
         raise DataError(f"{path} is not an idx file of unsigned bytes")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated inside its header")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(dims):

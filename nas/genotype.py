@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from nas.config import UserError
-from nas.ops import list_ops
-from nas.spaces import NB201_OPS, SearchSpace
+from nas.ops import check_op_name, list_ops
+from nas.spaces import SearchSpace
 
 Edge = tuple[str, int]          # (op name, global id of the input node)
 Node = tuple[Edge, ...]         # the edges kept into one intermediate node
@@ -88,8 +88,7 @@ def check_genotype(g: Genotype) -> Genotype:
                 raise GenotypeError(f"nb201 node {i} must have one edge from each of nodes 0..{i - 1} in order, "
                                     f"got inputs {srcs}")
             for op, _ in node:
-                if op not in NB201_OPS:
-                    raise GenotypeError(f"unknown nb201 op {op!r}; valid: {', '.join(NB201_OPS)}")
+                _check_op(op, list_ops(), "")
         if tuple(g.normal_concat) != (3,):
             raise GenotypeError(f"an nb201 cell outputs node 3, got concat {list(g.normal_concat)}")
         return g
@@ -103,8 +102,7 @@ def check_genotype(g: Genotype) -> Genotype:
             if not node:
                 raise GenotypeError(f"{name} node {i + 2} has no input edges")
             for op, src in node:
-                if op not in valid_ops:
-                    raise GenotypeError(f"unknown op {op!r} in the {name} cell; valid: {', '.join(valid_ops)}")
+                _check_op(op, valid_ops, f" in the {name} cell")
                 if not 0 <= src < i + 2:
                     raise GenotypeError(f"{name} node {i + 2} takes input {src}, but only nodes 0..{i + 1} "
                                         "come before it")
@@ -112,6 +110,13 @@ def check_genotype(g: Genotype) -> Genotype:
         if not concat or any(not 0 <= c < n for c in concat):
             raise GenotypeError(f"{name}_concat {list(concat)} must name nodes among 0..{n - 1}")
     return g
+
+
+def _check_op(op: str, valid: list[str], where: str) -> None:
+    try:
+        check_op_name(op, valid, where)
+    except UserError as e:
+        raise GenotypeError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- derivation
@@ -315,6 +320,30 @@ def read_genotype(path: str | Path) -> Genotype:
         return parse_genotype(text)
     except GenotypeError as e:
         raise GenotypeError(f"{p}: {e}") from None
+
+
+if __name__ == "__main__":  # python -m nas.genotype SOURCE [--to FORMAT]
+    import sys
+
+    from nas.cli import genotype_main
+
+    sys.exit(genotype_main())
+
+
+def load_genotype(source: str) -> Genotype:
+    """A genotype from a file (any format), a run directory (its genotype.json) or a genotype string."""
+    s = source.strip()
+    if s.startswith(("{", "|")) or "Genotype(" in s:
+        return parse_genotype(s)
+    p = Path(source)
+    if p.is_dir():
+        if not (p / "genotype.json").is_file():
+            raise GenotypeError(f"run directory {source!r} has no genotype.json (has its search finished?)")
+        return read_genotype(p / "genotype.json")
+    if p.is_file():
+        return read_genotype(p)
+    raise GenotypeError(f"genotype {source!r} is neither a file, a run directory nor a genotype string "
+                        "(JSON, DARTS Genotype(...) text or NB201 |op~0|+... string)")
 
 
 def write_genotype(g: Genotype, path: str | Path) -> None:

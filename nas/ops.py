@@ -8,6 +8,7 @@ separable block, and skip_connect at stride 2 is a factorized reduce.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 
 import torch
@@ -32,10 +33,18 @@ def list_ops() -> list[str]:
     return sorted(OPS)
 
 
+def check_op_name(name: str, valid: list[str] | None = None, where: str = "") -> None:
+    """Raise UserError for a name not in ``valid`` (default: every registered op), suggesting the nearest."""
+    valid = list_ops() if valid is None else valid
+    if name not in valid:
+        near = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise UserError(f"unknown op {name!r}{where}{hint}; valid: {', '.join(valid)}")
+
+
 def create_op(name: str, C_in: int, C_out: int, stride: int, affine: bool = True) -> nn.Module:
     """Build candidate op ``name``; an unknown name raises UserError listing the registered ones."""
-    if name not in OPS:
-        raise UserError(f"unknown op {name!r}; valid: {', '.join(list_ops())}")
+    check_op_name(name)
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     return OPS[name](C_in, C_out, stride, affine)

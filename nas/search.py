@@ -5,6 +5,7 @@ optimizers, then one loop over epochs of alternating weight and alpha steps.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from nas.config import SearchConfig, UserError, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
 from nas.runlog import RunLog, prepare_run_dir
+from nas.spaces import get_space
 from nas.supernet import Supernet, build_supernet
 
 
@@ -93,7 +95,10 @@ def run_search(cfg: SearchConfig, name: str = "search") -> Path:
     # ---- supernet and the two optimizers
     s = cfg.search
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule)
-    model = build_supernet(cfg.model.space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
+    space = get_space(cfg.model.space)
+    if cfg.model.ops is not None:
+        space = dataclasses.replace(space, ops=cfg.model.ops)
+    model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem).to(device)
     model.train()
     weights = model.weight_parameters()

@@ -93,15 +93,18 @@ class Supernet(nn.Module):
         """Which parameters the next backward pass computes gradients for: "weights", "alpha" or "none".
 
         A weight step never computes alpha gradients and an alpha step never computes weight gradients:
-        the frozen side gets requires_grad=False, so autograd does not even record that work.
+        the frozen side gets requires_grad=False, so autograd does not even record that work, and its
+        gradients from the previous step are dropped (their memory is free during the other step).
         """
         if step == self._step:
             return
         assert step in ("weights", "alpha", "none"), step
-        for p in self.arch_parameters():
-            p.requires_grad_(step == "alpha")
-        for p in self.weight_parameters():
-            p.requires_grad_(step == "weights")
+        for params, active in ((self.arch_parameters(), step == "alpha"),
+                               (self.weight_parameters(), step == "weights")):
+            for p in params:
+                p.requires_grad_(active)
+                if not active:
+                    p.grad = None
         self._step = step
 
     def mixings(self) -> dict[str, Mixing]:

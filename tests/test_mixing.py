@@ -1,0 +1,118 @@
+"""GDAS and DARTS mixing: exact one-hot forward, straight-through gradient, sampling statistics, tau."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas import mixing
+from nas.mixing import DARTS, GDAS, DartsWeights, GdasSample, create_mixer, gumbel_like, gumbel_softmax_hard, tau_at
+
+
+def test_gumbel_noise_is_finite_even_at_the_ends_of_the_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
+    def extreme(shape, dtype=None, device=None):  # what a uniform sampler may return: exactly 0 and nearly 1
+        return torch.tensor([0.0, 1.0 - 2 ** -24, 0.5, 1.0], dtype=dtype).expand(*shape).clone()
+
+    monkeypatch.setattr(mixing.torch, "rand", extreme)
+    g = gumbel_like(torch.zeros(3, 4))
+    assert torch.isfinite(g).all()
+
+
+def test_gumbel_noise_is_finite_over_many_draws() -> None:
+    torch.manual_seed(0)
+    g = gumbel_like(torch.zeros(1000, 1000))
+    assert torch.isfinite(g).all()
+    assert abs(g.mean().item() - 0.5772) < 0.01  # Euler-Mascheroni: the mean of Gumbel(0, 1)
+
+
+@pytest.mark.parametrize("tau", [0.1, 1.0, 10.0])
+def test_samples_follow_softmax_alpha(tau: float) -> None:
+    """Chi-square goodness of fit of 40k samples to softmax(alpha); tau must not change the distribution."""
+    torch.manual_seed(1)
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5])
+    n = 40_000
+    _, index = gumbel_softmax_hard(logits.expand(n, -1).clone(), tau)
+    observed = torch.bincount(index, minlength=5).double()
+    expected = n * logits.softmax(-1).double()
+    chi2 = ((observed - expected) ** 2 / expected).sum().item()
+    assert chi2 < 18.47  # 4 degrees of freedom, p = 0.001
+
+
+def test_hard_weights_are_exactly_one_hot_and_carry_the_soft_gradient() -> None:
+    torch.manual_seed(2)
+    alpha = torch.randn(14, 8, requires_grad=True)
+    torch.manual_seed(3)
+    hard, index = gumbel_softmax_hard(alpha, tau=0.7)
+    assert torch.equal(hard.detach(), F.one_hot(index, 8).float())  # exact 0/1 values
+    c = torch.randn(14, 8)
+    (grad_hard,) = torch.autograd.grad((hard * c).sum(), alpha)
+    # the same noise through the soft weights gives the same gradient (straight-through)
+    torch.manual_seed(3)
+    g = gumbel_like(alpha)
+    soft = ((F.log_softmax(alpha, -1) + g) / 0.7).softmax(-1)
+    (grad_soft,) = torch.autograd.grad((soft * c).sum(), alpha)
+    assert torch.allclose(grad_hard, grad_soft, atol=1e-6)
+    assert torch.count_nonzero(grad_hard) == grad_hard.numel()
+
+
+def test_gdas_edge_forward_is_exactly_the_sampled_op_and_every_weight_gets_gradient() -> None:
+    alpha = torch.zeros(1, 3, requires_grad=True)
+    sample = GdasSample(alpha, tau=1.0)
+    k = sample.index[0]
+    calls: list[int] = []
+
+    def op(i: int, scale: float):
+        def f(x: torch.Tensor) -> torch.Tensor:
+            calls.append(i)
+            return x * scale
+        return f
+
+    ops = [op(0, 2.0), op(1, 3.0), op(2, 5.0)]
+    x = torch.randn(2, 4, 3, 3)
+    y = sample.edge(0, x, ops)  # type: ignore[arg-type]
+    assert calls == [k]
+    assert torch.equal(y, x * [2.0, 3.0, 5.0][k])
+    y.sum().backward()
+    assert alpha.grad is not None and torch.count_nonzero(alpha.grad) == 3
+
+
+def test_gdas_sample_without_alpha_gradient_builds_no_graph() -> None:
+    alpha = torch.zeros(6, 5)
+    sample = GdasSample(alpha, tau=1.0)
+    assert sample.hard is None and len(sample.index) == 6
+
+
+def test_darts_weights_are_softmax_and_sum_to_one() -> None:
+    alpha = torch.randn(14, 8)
+    w = DartsWeights(alpha).weights
+    assert torch.allclose(w.sum(-1), torch.ones(14))
+    assert torch.allclose(w, alpha.softmax(-1))
+    ops = [lambda x, s=s: x * s for s in range(8)]
+    x = torch.randn(2, 3)
+    expected = sum(w[4, k] * x * k for k in range(8))
+    assert torch.allclose(DartsWeights(alpha).edge(4, x, ops), expected)  # type: ignore[arg-type]
+
+
+def test_tau_schedules() -> None:
+    linear = [tau_at(e, 5, 10.0, 0.1) for e in range(5)]
+    assert linear[0] == 10.0 and math.isclose(linear[-1], 0.1)
+    assert all(a > b for a, b in zip(linear, linear[1:]))
+    assert math.isclose(linear[2], (10.0 + 0.1) / 2)
+    expo = [tau_at(e, 5, 10.0, 0.1, "exponential") for e in range(5)]
+    assert math.isclose(expo[0], 10.0) and math.isclose(expo[-1], 0.1)
+    assert math.isclose(expo[2], 1.0)  # geometric middle of 10 and 0.1
+    assert tau_at(0, 1, 10.0, 0.1) == 10.0  # a single epoch runs at tau_max
+
+
+def test_mixers() -> None:
+    gdas = create_mixer("gdas", tau_max=4.0, tau_min=1.0)
+    assert isinstance(gdas, GDAS) and gdas.tau == 4.0
+    gdas.set_epoch(3, 4)
+    assert gdas.tau == 1.0
+    darts = create_mixer("darts")
+    assert isinstance(darts, DARTS) and darts.tau is None
+    with pytest.raises(ValueError, match="unknown mixer 'gdsa'; valid: gdas, darts"):
+        create_mixer("gdsa")
