@@ -393,7 +393,7 @@ def describe(cls: type) -> list[tuple[str, Any, str]]:
         else:
             value = getattr(default, f.name)
             choices = f.metadata.get("choices", ())
-            text = f.metadata.get("help", "") + (f" [{' | '.join(choices)}]" if choices else "")
+            text = f.metadata.get("help", "") + (f" (one of: {', '.join(choices)})" if choices else "")
             rows.append((f.name, list(value) if isinstance(value, tuple) else value, text))
     return rows
 
@@ -408,6 +408,8 @@ def replace(cfg: C, **changes: Any) -> C:
     return cfg
 
 
-if __name__ == "__main__":  # python -m nas.config: the table of search keys
+if __name__ == "__main__":  # python -m nas.config: the README's table of search keys
+    print("| key | default | meaning |\n|---|---|---|")
     for k, d, h in describe(SearchConfig):
-        print(f"| `{k}` | `{d!r}` | {h} |")
+        shown = yaml.safe_dump(d, default_flow_style=True).strip().removesuffix("...").strip()
+        print(f"| `{k}` | `{shown}` | {h} |")

@@ -121,3 +121,11 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     f = tmp_path / "empty.yaml"
     f.write_text("")
     assert load_config(SearchConfig, f) == SearchConfig()
+
+
+def test_readme_lists_every_key_with_its_default() -> None:
+    """The README's key table is the output of `python -m nas.config`; this keeps it from going stale."""
+    readme = (ROOT / "README.md").read_text()
+    for key, default, _ in describe(SearchConfig):
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        assert f"| `{key}` | `{shown}` |" in readme, key
