@@ -125,15 +125,12 @@ class Batches:
         for i in range(start, len(self)):
             idx = order[i * b:(i + 1) * b]
             x = self.images[idx]
-            if self.augment or self.cutout:
-                g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, i))
-                if self.augment:
-                    x = random_crop_flip(x, g)
-                x = torch.addcmul(self.shift, x.float(), self.scale)
-                if self.cutout:
-                    x = cutout(x, self.cutout, g)
-            else:
-                x = torch.addcmul(self.shift, x.float(), self.scale)
+            g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, i))
+            if self.augment:
+                x = random_crop_flip(x, g)
+            x = torch.addcmul(self.shift, x.float(), self.scale)
+            if self.cutout:
+                x = cutout(x, self.cutout, g)  # after normalizing: the hole is the mean colour, as in DARTS
             yield x, self.labels[idx]
 
 

@@ -82,12 +82,15 @@ class Supernet(nn.Module):
             t: nn.Parameter(1e-3 * torch.randn(space.num_edges, space.num_ops))  # (E, K) edge x op logits
             for t in space.cell_types})
         self._step: str | None = None
+        self._weights: list[nn.Parameter] | None = None  # cached: walking ~5000 modules per step is costly
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.values())
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if not name.startswith("alpha.")]
+        if self._weights is None:  # Module.to() keeps the Parameter objects, so the list stays valid
+            self._weights = [p for name, p in self.named_parameters() if not name.startswith("alpha.")]
+        return self._weights
 
     def set_step(self, step: str) -> None:
         """Which parameters the next backward pass computes gradients for: "weights", "alpha" or "none".
