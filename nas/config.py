@@ -46,6 +46,8 @@ class SyntheticConfig:
     classes: int = _key(10, "number of classes of the synthetic data set", low=2)
     train: int = _key(2000, "training images (split into weight and alpha halves by search)", low=2)
     test: int = _key(500, "test images", low=1)
+    noise: float = _key(0.15, "std of the Gaussian pixel noise (pixels in [0, 1])", low=0.0)
+    distractor: float = _key(0.1, "amplitude of a grating at a random orientation drawn over every image", low=0.0)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,53 @@ class SearchConfig:
                               "the argmax op of every edge")
 
 
+@dataclass(frozen=True)
+class NetworkConfig:
+    space: str | None = _key(None, "space of the genotypes this recipe trains (null: whichever the genotype has)",
+                             choices=(None, *SPACES))
+    C: int = _key(36, "initial channels", low=1)
+    layers: int = _key(20, "darts: cells in the network; nb201: cells per stage (N)", low=1)
+    stem_multiplier: int | None = _key(None, "stem channels = stem_multiplier * C (null: 3 for darts, 1 for nb201)",
+                                       low=1)
+    auxiliary_weight: float = _key(0.4, "weight of the auxiliary head's loss (0: no head; darts only)", low=0.0)
+    drop_path: float = _key(0.2, "drop-path probability at the last epoch, growing linearly from 0 (darts only)",
+                            low=0.0, high=1.0, high_open=True)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = _key(600, "training epochs", low=1)
+    lr: float = _key(0.025, "SGD learning rate at the first epoch (cosine annealed)", low=0.0)
+    lr_min: float = _key(0.0, "learning rate at the end of the cosine schedule", low=0.0)
+    momentum: float = _key(0.9, "SGD momentum", low=0.0, high=1.0)
+    nesterov: bool = _key(False, "Nesterov momentum")
+    weight_decay: float = _key(3e-4, "SGD weight decay", low=0.0)
+    grad_clip: float = _key(5.0, "max global norm of the gradients (0: no clipping)", low=0.0)
+    eval_every: int = _key(1, "test every N epochs (the last epoch always)", low=1)
+
+    def check(self) -> None:
+        if self.lr_min > self.lr:
+            raise ConfigError(f"train.lr_min={self.lr_min} is above train.lr={self.lr}; valid: lr_min <= lr")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("train.nesterov=true needs train.momentum > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = _key(0, "seed for weights, data order, augmentation and drop-path", low=0)
+    data: DataConfig = _key(DataConfig(batch_size=96, cutout=16), "data")
+    model: NetworkConfig = _key(NetworkConfig(), "the network built from the genotype")
+    train: TrainOptions = _key(TrainOptions(), "training from scratch")
+    run: RunConfig = _key(RunConfig(), "run directory and device")
+
+    def check(self) -> None:
+        if self.data.train_portion != DataConfig().train_portion:
+            raise ConfigError("data.train_portion applies only to search; training uses the whole training split")
+        if self.model.space == "nb201" and (self.model.auxiliary_weight or self.model.drop_path):
+            raise ConfigError("model.auxiliary_weight and model.drop_path apply only to darts-space networks; set "
+                              "both to 0 for model.space=nb201")
+
+
 C = TypeVar("C")
 
 
@@ -225,10 +274,16 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", root: type | None = None) -> C:
-    """Build a config dataclass from nested dicts, strictly: unknown keys and bad values raise."""
+def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", root: type | None = None,
+              base: Any = None) -> C:
+    """Build a config dataclass from nested dicts, strictly: unknown keys and bad values raise.
+
+    Keys not in ``raw`` keep their value in ``base`` (default: cls()), so a section inherits the defaults its
+    parent declares for it (TrainConfig's data section has batch_size 96, not DataConfig's 64).
+    """
     assert dataclasses.is_dataclass(cls)
     root = root or cls
+    base = cls() if base is None else base
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints: dict[str, Any] = typing.get_type_hints(cls)
     for name in raw:
@@ -241,10 +296,10 @@ def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", root: type | 
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted!r} is a section: set its keys (for example "
                                   f"{dotted}.{dataclasses.fields(tp)[0].name}=...), not {value!r}")
-            kwargs[name] = from_dict(tp, value, dotted + ".", root)
+            kwargs[name] = from_dict(tp, value, dotted + ".", root, getattr(base, name))
         else:
             kwargs[name] = _check_value(dotted, _coerce(dotted, value, tp), f.metadata)
-    cfg = cls(**kwargs)
+    cfg = dataclasses.replace(base, **kwargs)
     check = getattr(cfg, "check", None)
     if check is not None:
         check()
@@ -331,9 +386,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> Any:
     choices = meta.get("choices", ())
     if choices and value not in choices:
-        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        names = ["null" if c is None else str(c) for c in choices]
+        near = difflib.get_close_matches(str(value), names, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"{key}={value!r} is not valid{hint}; valid: {', '.join(map(str, choices))}")
+        raise ConfigError(f"{key}={value!r} is not valid{hint}; valid: {', '.join(names)}")
+    if not choices and value is None:
+        return value
     low, high = meta.get("low"), meta.get("high")
     low_open, high_open = meta.get("low_open", False), meta.get("high_open", False)
     for v in value if isinstance(value, tuple) else (value,):
@@ -393,7 +451,8 @@ def describe(cls: type) -> list[tuple[str, Any, str]]:
         else:
             value = getattr(default, f.name)
             choices = f.metadata.get("choices", ())
-            text = f.metadata.get("help", "") + (f" (one of: {', '.join(choices)})" if choices else "")
+            names = ["null" if c is None else str(c) for c in choices]
+            text = f.metadata.get("help", "") + (f" (one of: {', '.join(names)})" if choices else "")
             rows.append((f.name, list(value) if isinstance(value, tuple) else value, text))
     return rows
 
@@ -408,8 +467,19 @@ def replace(cfg: C, **changes: Any) -> C:
     return cfg
 
 
-if __name__ == "__main__":  # python -m nas.config: the README's table of search keys
-    print("| key | default | meaning |\n|---|---|---|")
-    for k, d, h in describe(SearchConfig):
+def key_table(cls: type) -> str:
+    """The markdown table of every key of ``cls`` with its default and help (the README's tables)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for k, d, h in describe(cls):
         shown = yaml.safe_dump(d, default_flow_style=True).strip().removesuffix("...").strip()
-        print(f"| `{k}` | `{shown}` | {h} |")
+        rows.append(f"| `{k}` | `{shown}` | {h} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m nas.config [search|train]: the README's key tables
+    import sys
+
+    which = sys.argv[1] if len(sys.argv) > 1 else "search"
+    if which not in ("search", "train"):
+        sys.exit(f"usage: python -m nas.config [search|train]; got {which!r}")
+    print(key_table(SearchConfig if which == "search" else TrainConfig))

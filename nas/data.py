@@ -38,11 +38,28 @@ def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
         data = load_image_folder(root, split, cfg.image_size or 32, classes)
     else:
         n = cfg.synthetic.train if split == "train" else cfg.synthetic.test
-        data = make_synthetic(n, cfg.synthetic.classes, cfg.image_size or 32, SYNTHETIC_SEEDS[split])
+        s = cfg.synthetic
+        data = make_synthetic(n, s.classes, cfg.image_size or 32, SYNTHETIC_SEEDS[split], s.noise, s.distractor)
     size = cfg.image_size
     if size is not None and tuple(data.images.shape[-2:]) != (size, size):
         data.images = resize(data.images, size)
     return data
+
+
+def dataset_info(cfg: DataConfig) -> tuple[int, int, int]:
+    """(classes, channels, image side) of the configured data set, without reading its images."""
+    native = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "fashion-mnist": (10, 1, 28)}
+    if cfg.name in native:
+        classes, channels, size = native[cfg.name]
+    elif cfg.name == "synthetic":
+        classes, channels, size = cfg.synthetic.classes, 3, 32
+    else:
+        train = Path(cfg.root) / "train"
+        if not train.is_dir():
+            raise DataError(f"image folder {train}/ not found; data.root must hold train/ and test/, each with one "
+                            "folder of images per class")
+        classes, channels, size = sum(1 for p in train.iterdir() if p.is_dir()), 3, 32
+    return classes, channels, cfg.image_size or size
 
 
 def resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:

@@ -209,17 +209,21 @@ def load_image_folder(root: Path, split: str, size: int, classes: list[str] | No
 
 # ---------------------------------------------------------------------------------------------- synthetic
 
-def make_synthetic(n: int, classes: int, size: int, seed: int) -> ImageSet:
+def make_synthetic(n: int, classes: int, size: int, seed: int, noise: float = 0.15,
+                   distractor: float = 0.1) -> ImageSet:
     """Deterministic, learnable images: class c is a grating (c even) or a plaid (c odd) at an orientation
-    that depends on c, drawn with random phase, frequency, colours (always contrasting) and pixel noise."""
+    that depends on c, drawn with random phase, frequency, colours (always contrasting) and pixel noise.
+    Classes stay distinct under horizontal flips. A faint grating at a random orientation (``distractor``
+    amplitude) and Gaussian pixel noise (``noise`` std, in [0, 1] pixel units) make the task not trivial."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % classes
     labels = labels[torch.randperm(n, generator=g)]
     kinds = (classes + 1) // 2
     plaid = labels % 2 == 1
-    # gratings repeat after 180 degrees and plaids after 90: spread each kind's orientations over its period
-    period = torch.where(plaid, math.pi / 2, math.pi)
-    theta = (labels // 2).float() * period / kinds  # (N,)
+    # Orientations are chosen so that a horizontal flip (theta -> 180 - theta, the training augmentation) never
+    # turns one class into another: gratings take [0, 90] degrees and plaids, which repeat every 90, take [0, 45].
+    span = torch.where(plaid, math.pi / 4, math.pi / 2)
+    theta = (labels // 2).float() * span / max(kinds - 1, 1)  # (N,)
     freq = 1.5 + 1.5 * torch.rand(n, generator=g)  # cycles per image
     phase = 2 * math.pi * torch.rand(n, 2, generator=g)
     coords = torch.linspace(-0.5, 0.5, size)
@@ -237,7 +241,9 @@ def make_synthetic(n: int, classes: int, size: int, seed: int) -> ImageSet:
     swap = torch.rand(n, 1, 1, 1, generator=g) < 0.5
     fg, bg = torch.where(swap, dark, light), torch.where(swap, light, dark)
     mix = (pattern[:, None] + 1) / 2  # (N, 1, H, W)
-    img = bg + (fg - bg) * mix + 0.1 * torch.randn(n, 3, size, size, generator=g)
+    img = bg + (fg - bg) * mix + noise * torch.randn(n, 3, size, size, generator=g)
+    if distractor:
+        img = img + distractor * grating(math.pi * torch.rand(n, generator=g), phase[:, 1])[:, None]
     images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     names = [f"{'plaid' if c % 2 else 'grating'}-{c // 2}" for c in range(classes)]
     return ImageSet(images, labels.to(torch.int64), names)

@@ -14,7 +14,9 @@ Formats, each written and parsed without eval, round-tripping exactly:
 from __future__ import annotations
 
 import ast
+import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -330,9 +332,83 @@ if __name__ == "__main__":  # python -m nas.genotype SOURCE [--to FORMAT]
     sys.exit(genotype_main())
 
 
+# ---------------------------------------------------------------------------------------------- published
+
+# Published CIFAR-10 cells of the DARTS (NASNet-like) space, as data: (DARTS Genotype text, source).
+PUBLISHED: dict[str, tuple[str, str]] = {
+    "DARTS_V1": (
+        "Genotype(normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), ('sep_conv_3x3', 1), "
+        "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], "
+        "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+        "('max_pool_3x3', 0), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], "
+        "reduce_concat=[2, 3, 4, 5])",
+        "Liu et al., DARTS (first order), ICLR 2019; github.com/quark0/darts cnn/genotypes.py"),
+    "DARTS_V2": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+        "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+        "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+        "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], "
+        "reduce_concat=[2, 3, 4, 5])",
+        "Liu et al., DARTS (second order), ICLR 2019; github.com/quark0/darts cnn/genotypes.py"),
+    "GDAS_V1": (
+        "Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 0), ('sep_conv_5x5', 2), "
+        "('sep_conv_3x3', 3), ('skip_connect', 0), ('sep_conv_5x5', 4), ('sep_conv_3x3', 3)], "
+        "normal_concat=[2, 3, 4, 5], reduce=[('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('sep_conv_5x5', 2), "
+        "('sep_conv_5x5', 1), ('dil_conv_5x5', 2), ('sep_conv_3x3', 1), ('sep_conv_5x5', 0), ('sep_conv_5x5', 1)], "
+        "reduce_concat=[2, 3, 4, 5])",
+        "Dong & Yang, GDAS, CVPR 2019; github.com/D-X-Y/AutoDL-Projects lib/nas_infer_model/DXYs/genotypes.py"),
+    "PC_DARTS": (
+        "Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0), ('dil_conv_3x3', 1), "
+        "('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), ('dil_conv_3x3', 1)], "
+        "normal_concat=range(2, 6), reduce=[('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('sep_conv_5x5', 1), "
+        "('sep_conv_5x5', 2), ('sep_conv_3x3', 0), ('sep_conv_3x3', 3), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2)], "
+        "reduce_concat=range(2, 6))",
+        "Xu et al., PC-DARTS, ICLR 2020; github.com/yuhuixu1993/PC-DARTS genotypes.py (PC_DARTS_cifar)"),
+    "PDARTS": (
+        "Genotype(normal=[('skip_connect', 0), ('dil_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), "
+        "('sep_conv_3x3', 1), ('sep_conv_3x3', 3), ('sep_conv_3x3', 0), ('dil_conv_5x5', 4)], "
+        "normal_concat=range(2, 6), reduce=[('avg_pool_3x3', 0), ('sep_conv_5x5', 1), ('sep_conv_3x3', 0), "
+        "('dil_conv_5x5', 2), ('max_pool_3x3', 0), ('dil_conv_3x3', 1), ('dil_conv_3x3', 1), ('dil_conv_5x5', 3)], "
+        "reduce_concat=range(2, 6))",
+        "Chen et al., P-DARTS, ICCV 2019; github.com/chenxin061/pdarts genotypes.py"),
+    "DrNAS": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_5x5', 1), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2), "
+        "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2), ('dil_conv_5x5', 3)], "
+        "normal_concat=range(2, 6), reduce=[('max_pool_3x3', 0), ('sep_conv_5x5', 1), ('dil_conv_5x5', 2), "
+        "('sep_conv_5x5', 1), ('sep_conv_5x5', 1), ('dil_conv_5x5', 3), ('skip_connect', 4), ('sep_conv_5x5', 1)], "
+        "reduce_concat=range(2, 6))",
+        "Chen et al., DrNAS, ICLR 2021; github.com/xiangning-chen/DrNAS DARTS-space/genotypes.py (DrNAS_cifar10)"),
+    "NASNet": (
+        "Genotype(normal=[('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 0), ('sep_conv_3x3', 0), "
+        "('avg_pool_3x3', 1), ('skip_connect', 0), ('avg_pool_3x3', 0), ('avg_pool_3x3', 0), ('sep_conv_3x3', 1), "
+        "('skip_connect', 1)], normal_concat=[2, 3, 4, 5, 6], reduce=[('sep_conv_5x5', 1), ('sep_conv_7x7', 0), "
+        "('max_pool_3x3', 1), ('sep_conv_7x7', 0), ('avg_pool_3x3', 1), ('sep_conv_5x5', 0), ('skip_connect', 3), "
+        "('avg_pool_3x3', 2), ('sep_conv_3x3', 2), ('max_pool_3x3', 1)], reduce_concat=[4, 5, 6])",
+        "Zoph et al., NASNet-A, CVPR 2018, as transcribed in github.com/quark0/darts cnn/genotypes.py"),
+    "AmoebaNet": (
+        "Genotype(normal=[('avg_pool_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 2), "
+        "('sep_conv_3x3', 0), ('avg_pool_3x3', 3), ('sep_conv_3x3', 1), ('skip_connect', 1), ('skip_connect', 0), "
+        "('avg_pool_3x3', 1)], normal_concat=[4, 5, 6], reduce=[('avg_pool_3x3', 0), ('sep_conv_3x3', 1), "
+        "('max_pool_3x3', 0), ('sep_conv_7x7', 2), ('sep_conv_7x7', 0), ('avg_pool_3x3', 1), ('max_pool_3x3', 0), "
+        "('max_pool_3x3', 1), ('conv_7x1_1x7', 0), ('sep_conv_3x3', 5)], reduce_concat=[3, 4, 6])",
+        "Real et al., AmoebaNet-A, AAAI 2019, as transcribed in github.com/quark0/darts cnn/genotypes.py"),
+}
+
+
+def published_genotype(name: str) -> Genotype:
+    if name not in PUBLISHED:
+        near = difflib.get_close_matches(name, list(PUBLISHED), n=1, cutoff=0.5)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise GenotypeError(f"unknown genotype name {name!r}{hint}; published: {', '.join(PUBLISHED)}")
+    return from_darts_text(PUBLISHED[name][0])
+
+
 def load_genotype(source: str) -> Genotype:
-    """A genotype from a file (any format), a run directory (its genotype.json) or a genotype string."""
+    """A genotype from a published name, a file (any format), a run directory (its genotype.json) or a
+    genotype string."""
     s = source.strip()
+    if s in PUBLISHED:
+        return published_genotype(s)
     if s.startswith(("{", "|")) or "Genotype(" in s:
         return parse_genotype(s)
     p = Path(source)
@@ -342,6 +418,8 @@ def load_genotype(source: str) -> Genotype:
         return read_genotype(p / "genotype.json")
     if p.is_file():
         return read_genotype(p)
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", s):  # looks like a name, not a path
+        published_genotype(s)  # raises: unknown name, with the nearest published one
     raise GenotypeError(f"genotype {source!r} is neither a file, a run directory nor a genotype string "
                         "(JSON, DARTS Genotype(...) text or NB201 |op~0|+... string)")
 

@@ -14,7 +14,8 @@ from typing import Any
 from nas.config import UserError
 
 # Files that mark a directory as holding a run; run.overwrite=true removes exactly these.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "genotypes.jsonl", "alpha.jsonl", "genotype.json", "results.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "genotypes.jsonl", "alpha.jsonl", "genotype.json", "results.json",
+             "summary.json")
 
 
 def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
