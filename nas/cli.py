@@ -6,19 +6,57 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nas.config import SearchConfig, TrainConfig, UserError, load_config
 
+RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
+
 
 def run_guarded(fn: Callable[[], object]) -> int:
-    """Run fn; a UserError prints ``error: <one line>`` on stderr and returns 2, with no traceback."""
+    """Run fn and turn the ways a run ends into exit statuses, with one line on stderr and no traceback:
+    bad input 2, a non-finite loss 3, a graceful stop on SIGINT / SIGTERM 130 / 143."""
+    from nas.checkpoint import NumericalFault, Stopped
+
+    def one_line(e: BaseException) -> str:
+        return " ".join(str(e).split())
+
     try:
         fn()
     except UserError as e:
-        message = " ".join(str(e).split())  # always one line
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except NumericalFault as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 3
+    except Stopped as e:
+        print(one_line(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted before the step finished; the last checkpoint is kept", file=sys.stderr)
+        return 130
     return 0
+
+
+def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> Any:
+    """The config of the run in ``run_dir``, with only the run.* keys that may change on resume overridden."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"--resume {run_dir!r} is not a directory")
+    if not (path / "config.yaml").is_file() or not (path / "checkpoint.pt").is_file():
+        missing = "config.yaml" if not (path / "config.yaml").is_file() else "checkpoint.pt"
+        raise UserError(f"--resume {run_dir!r} is not a run directory with a checkpoint (no {missing})")
+    other = {"search": ("train", "evaluate.py"), "train": ("search", "search.py")}[kind]
+    text = (path / "config.yaml").read_text()
+    if f"\n{other[0]}:" in f"\n{text}" and f"\n{kind}:" not in f"\n{text}":
+        raise UserError(f"{run_dir!r} is a {'train' if kind == 'search' else 'search'} run; resume it with "
+                        f"python {other[1]} --resume {run_dir}")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in RESUMABLE:
+            raise UserError(f"{key!r} cannot change when resuming (the run must continue as it started); "
+                            f"valid on resume: {', '.join(RESUMABLE)}")
+    return load_config(cls, path / "config.yaml", overrides)
 
 
 def genotype_main(argv: list[str] | None = None) -> int:
@@ -45,14 +83,22 @@ def search_main(argv: list[str] | None = None) -> int:
         prog="search.py", description="Differentiable architecture search (GDAS or DARTS) on a cell supernet.",
         epilog="example: python search.py --config configs/quickstart.yaml search.epochs=2 run.dir=runs/try")
     parser.add_argument("--config", metavar="YAML", help="recipe file (defaults apply to keys it leaves out)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (log.txt still has it all)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     args = parser.parse_intermixed_args(argv)
 
     def go() -> None:
         from nas.search import run_search  # imported here so that --help and config errors are quick
 
+        if args.resume:
+            if args.config:
+                raise UserError("--resume continues with the run directory's own config.yaml; drop --config")
+            cfg = resume_config(SearchConfig, args.resume, args.overrides, "search")
+            run_search(cfg, resume=Path(args.resume), quiet=args.quiet)
+            return
         cfg = load_config(SearchConfig, args.config, args.overrides)
-        run_search(cfg, name=Path(args.config).stem if args.config else "search")
+        run_search(cfg, name=Path(args.config).stem if args.config else "search", quiet=args.quiet)
 
     return run_guarded(go)
 
@@ -76,21 +122,33 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         prog="evaluate.py", description="Train a genotype from scratch and test it; or --summary its size.",
         epilog="example: python evaluate.py --config configs/eval/darts-cifar10.yaml --genotype DARTS_V2 --summary")
     parser.add_argument("--config", metavar="YAML", help="training recipe (defaults apply to keys it leaves out)")
-    parser.add_argument("--genotype", required=True, metavar="G",
+    parser.add_argument("--genotype", metavar="G",
                         help="a published name (DARTS_V2, GDAS_V1, ...), genotype.json, a search run directory, "
                              "a DARTS Genotype(...) text file or an NB201 string")
     parser.add_argument("--summary", action="store_true",
                         help="print parameters and multiply-adds as JSON, train nothing")
     parser.add_argument("--seeds", metavar="N|S1,S2,...", help="repeat with N seeds (or these seeds), mean ± std")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (log.txt still has it all)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     args = parser.parse_intermixed_args(argv)
+    if not args.resume and not args.genotype:
+        parser.error("the following arguments are required: --genotype (or --resume RUN_DIR)")
 
     def go() -> None:
         import json
 
-        from nas.genotype import load_genotype
+        from nas.genotype import load_genotype, read_genotype
         from nas.train import run_repeats, run_train, summarize
 
+        if args.resume:
+            if args.config or args.genotype or args.seeds or args.summary:
+                raise UserError("--resume continues with the run directory's own config.yaml and genotype.json; "
+                                "drop --config, --genotype, --seeds and --summary")
+            cfg = resume_config(TrainConfig, args.resume, args.overrides, "train")
+            run_train(cfg, read_genotype(Path(args.resume) / "genotype.json"), resume=Path(args.resume),
+                      quiet=args.quiet)
+            return
         cfg = load_config(TrainConfig, args.config, args.overrides)
         genotype = load_genotype(args.genotype)
         if args.summary:
@@ -98,8 +156,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             return
         name = Path(args.config).stem if args.config else "train"
         if args.seeds:
-            run_repeats(cfg, genotype, parse_seeds(args.seeds, cfg.seed), name)
+            run_repeats(cfg, genotype, parse_seeds(args.seeds, cfg.seed), name, quiet=args.quiet)
         else:
-            run_train(cfg, genotype, name)
+            run_train(cfg, genotype, name, quiet=args.quiet)
 
     return run_guarded(go)

@@ -144,7 +144,11 @@ class RunConfig:
     overwrite: bool = _key(False, "allow writing into a run directory that already holds a run")
     device: str = _key("auto", "auto (cuda when present, else cpu), cpu, cuda or cuda:N")
     threads: int = _key(0, "CPU threads for torch (0: torch's default)", low=0)
-    log_every: int = _key(0, "also print a progress line every N steps (0: once per epoch)", low=0)
+    log_every: int = _key(0, "without a terminal, also print a progress line every N steps (0: once per epoch)",
+                          low=0)
+    checkpoint_every: int = _key(0, "also write checkpoint.pt every N steps (0: at the end of each epoch only)",
+                                 low=0)
+    tensorboard: bool = _key(True, "write TensorBoard events to <run dir>/tb")
     deterministic: bool = _key(False, "use deterministic algorithms (slower on GPU)")
 
     def check(self) -> None:

@@ -1,21 +1,27 @@
-"""The run directory: creating it without clobbering an earlier run, and the files a run writes there
-(config.yaml, metrics.jsonl, ...), each written atomically so a crash never leaves half a file."""
+"""The run directory and what a run shows and records: creating the directory without clobbering an earlier run,
+atomic JSON files, JSON-lines records, progress (tqdm bars on a terminal, plain lines otherwise), TensorBoard
+events, and the run's metadata (command, git commit, versions, device)."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nas.config import UserError
 
-# Files that mark a directory as holding a run; run.overwrite=true removes exactly these.
+# Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "genotypes.jsonl", "alpha.jsonl", "genotype.json", "results.json",
-             "summary.json")
+             "summary.json", "checkpoint.pt", "meta.json", "log.txt")
+RUN_DIRS = ("tb", "cells")
 
 
 def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
@@ -27,14 +33,21 @@ def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
         raise UserError(f"run.dir={path!r} is a file, not a directory")
     existing = [f for f in RUN_FILES if (run_dir / f).exists()]
     if existing and not overwrite:
-        raise UserError(f"run.dir={path!r} already holds a run ({existing[0]}); choose another run.dir, or set "
-                        "run.overwrite=true to replace it")
+        raise UserError(f"run.dir={path!r} already holds a run ({existing[0]}); choose another run.dir, resume it "
+                        "with --resume, or set run.overwrite=true to replace it")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         for f in existing:
             (run_dir / f).unlink()
+        for d in RUN_DIRS:
+            if overwrite and (run_dir / d).is_dir():
+                for p in sorted((run_dir / d).rglob("*"), reverse=True):
+                    p.unlink() if p.is_file() else p.rmdir()
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot create run.dir={path!r}: {e.strerror or e}") from None
+        raise UserError(f"cannot write run.dir={path!r}: {e.strerror or e}") from None
     return run_dir
 
 
@@ -49,11 +62,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class RunLog:
-    """Appends records to the run directory's JSON-lines files and prints progress lines."""
+    """Records in the run directory, and the lines a run prints (also appended to log.txt)."""
 
     def __init__(self, run_dir: Path, quiet: bool = False):
         self.dir, self.quiet = run_dir, quiet
         self.start = time.time()
+        self.tty = sys.stdout.isatty() and not quiet
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.dir / name
@@ -68,9 +82,187 @@ class RunLog:
     def append(self, name: str, record: dict[str, Any]) -> None:
         with (self.dir / name).open("a") as f:
             f.write(json.dumps(record) + "\n")
-            f.flush()
 
     def print(self, message: str) -> None:
-        if not self.quiet:
-            elapsed = time.time() - self.start
-            print(f"[{elapsed // 60:3.0f}:{elapsed % 60:02.0f}] {message}", file=sys.stdout, flush=True)
+        elapsed = time.time() - self.start
+        line = f"[{elapsed // 60:3.0f}:{elapsed % 60:02.0f}] {message}"
+        with (self.dir / "log.txt").open("a") as f:
+            f.write(line + "\n")
+        if self.quiet:
+            return
+        if self.tty:
+            from tqdm import tqdm
+
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
+
+
+class Progress:
+    """A bar over the epochs and one over the steps of the current epoch on a terminal; on other outputs a plain
+    line every ``every`` steps (the epoch lines are the caller's); nothing when quiet."""
+
+    def __init__(self, log: RunLog, epochs: int, steps: int, every: int, first_epoch: int = 0):
+        self.log, self.steps, self.every = log, steps, every
+        self.epoch_bar: Any = None
+        self.step_bar: Any = None
+        self.last = 0.0
+        if log.tty:
+            from tqdm import tqdm
+
+            self.epoch_bar = tqdm(total=epochs, initial=first_epoch, desc="epochs", unit="epoch", position=0,
+                                  dynamic_ncols=True)
+
+    def start_epoch(self, epoch: int, first_step: int) -> None:
+        if self.epoch_bar is not None:
+            from tqdm import tqdm
+
+            self.step_bar = tqdm(total=self.steps, initial=first_step, desc=f"epoch {epoch + 1}", unit="step",
+                                 position=1, leave=False, dynamic_ncols=True)
+
+    def wants_postfix(self, step: int) -> bool:
+        """Whether step() will show numbers now (fetching them from the device costs a synchronization)."""
+        if self.step_bar is not None:
+            return time.monotonic() - self.last > 0.5 or step == self.steps
+        return bool(self.every) and not self.log.quiet and step % self.every == 0
+
+    def step(self, epoch: int, step: int, postfix: dict[str, str] | None) -> None:
+        if self.step_bar is not None:
+            self.step_bar.update(step - self.step_bar.n)
+            if postfix:
+                self.step_bar.set_postfix(postfix, refresh=False)
+                self.last = time.monotonic()
+        elif postfix:
+            self.log.print(f"  epoch {epoch + 1} step {step}/{self.steps}  " +
+                           "  ".join(f"{k} {v}" for k, v in postfix.items()))
+
+    def end_epoch(self) -> None:
+        if self.step_bar is not None:
+            self.step_bar.close()
+            self.step_bar = None
+        if self.epoch_bar is not None:
+            self.epoch_bar.update(1)
+
+    def close(self) -> None:
+        for bar in (self.step_bar, self.epoch_bar):
+            if bar is not None:
+                bar.close()
+
+
+class Board:
+    """TensorBoard events under <run dir>/tb. ``first_step`` drops events a resumed run will write again."""
+
+    def __init__(self, run_dir: Path, first_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=first_step or None)
+
+    def scalars(self, record: dict[str, Any], step: int, group: str) -> None:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "steps"):
+                name = key.replace("_", "/", 1) if key.startswith(("train_", "valid_", "test_")) else key
+                self.writer.add_scalar(f"{group}/{name}", value, step)
+
+    def alpha(self, alphas: dict[str, torch.Tensor], space: Any, step: int) -> None:
+        from nas.plot import alpha_figure
+
+        for cell, a in alphas.items():
+            self.writer.add_figure(f"alpha/{cell}", alpha_figure(a, space, f"softmax(alpha) {cell}, epoch {step}"),
+                                   step)
+            self.writer.add_histogram(f"alpha_logits/{cell}", a.detach().cpu(), step)
+            self.writer.add_histogram(f"alpha_softmax/{cell}", a.detach().softmax(-1).cpu(), step)
+
+    def genotype(self, genotype: Any, step: int, images: bool = True) -> None:
+        from nas.plot import cell_figure
+
+        self.writer.add_text("genotype", f"`{genotype.to_text()}`", step)
+        if images:
+            for cell in genotype.cells():
+                self.writer.add_figure(f"cells/{cell}", cell_figure(genotype, cell), step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+
+
+def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
+    """Append this session (start or resume) to meta.json: command line, git commit, versions, device."""
+    import numpy
+    import torchvision
+
+    path = run_dir / "meta.json"
+    meta = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    dev = {"type": device.type}
+    if device.type == "cuda":
+        dev["name"] = torch.cuda.get_device_name(device)
+    meta["sessions"].append({
+        "started": datetime.now().isoformat(timespec="seconds"), "resumed": resumed, "command": sys.argv,
+        "cwd": os.getcwd(), "host": platform.node(), "git": _git_commit(), "device": dev,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "numpy": numpy.__version__},
+        "threads": torch.get_num_threads()})
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device={name!r} but no CUDA device is available; valid here: auto, cpu")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"run.device={name!r} but there are only {torch.cuda.device_count()} CUDA devices")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Run:
+    """What every run starts with: its device, directory, log and, when resuming, the checkpoint's state."""
+
+    def __init__(self, run_cfg: Any, seed: int, name: str, kind: str, config_yaml: str, resume: Path | None,
+                 quiet: bool):
+        from nas.checkpoint import CHECKPOINT, load_checkpoint
+
+        self.device = resolve_device(run_cfg.device)
+        if run_cfg.threads:
+            torch.set_num_threads(run_cfg.threads)
+        if run_cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.state: dict[str, Any] | None = None
+        if resume is None:
+            seed_everything(seed)
+            self.dir = prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)
+        else:
+            self.dir = resume
+            self.state = load_checkpoint(resume / CHECKPOINT, kind)
+        self.log = RunLog(self.dir, quiet)
+        if resume is None:
+            self.log.write_text("config.yaml", config_yaml)
+        record_session(self.dir, self.device, resumed=resume is not None)
+        self.checkpoint_path = self.dir / CHECKPOINT
+
+    def resume_hint(self, script: str) -> str:
+        return f"python {script} --resume {self.dir}"

@@ -1,46 +1,36 @@
 """run_search: first-order bilevel architecture search (DARTS, Liu et al. 2019, Eq. 3-4 with xi = 0),
-with GDAS (Dong & Yang, CVPR 2019) or DARTS mixing. Read top to bottom: setup, data, supernet and
-optimizers, then one loop over epochs of alternating weight and alpha steps.
+with GDAS (Dong & Yang, CVPR 2019) or DARTS mixing. Read top to bottom: setup (or resume), data, supernet and
+optimizers, then one loop over epochs of alternating weight and alpha steps, checkpointing as it goes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import random
+import math
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from nas.config import SearchConfig, UserError, dump_yaml
+from nas.checkpoint import (
+    GracefulStop,
+    NumericalFault,
+    Stopped,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_jsonl,
+)
+from nas.config import SearchConfig, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
-from nas.runlog import RunLog, prepare_run_dir
+from nas.runlog import Board, Progress, Run
 from nas.spaces import get_space
 from nas.supernet import Supernet, build_supernet
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"run.device={name!r} but no CUDA device is available; valid here: auto, cpu")
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise UserError(f"run.device={name!r} but there are only {torch.cuda.device_count()} CUDA devices")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+RECORDS = ("metrics.jsonl", "genotypes.jsonl", "alpha.jsonl")  # one line per finished epoch
 
 
 def weight_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
@@ -69,35 +59,34 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor,
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-def run_search(cfg: SearchConfig, name: str = "search") -> Path:
-    """Search an architecture as ``cfg`` says; returns the run directory (genotype.json is the result)."""
-    # ---- setup
-    device = resolve_device(cfg.run.device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.seed, cfg.run.deterministic)
-    run_dir = prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite)
-    log = RunLog(run_dir)
-    log.write_text("config.yaml", dump_yaml(cfg))
+def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
+    """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
+    (genotype.json is the result)."""
+    # ---- setup: a new run directory, or the checkpoint of the run being resumed
+    run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
+    device, log, state = run.device, run.log, run.state
+    s = cfg.search
+    if state is not None and state["epoch"] >= s.epochs and (run.dir / "genotype.json").exists():
+        log.print(f"{run.dir} has finished its {s.epochs} epochs; genotype.json is its result")
+        return run.dir
 
     # ---- data: the training set only, split into a weight half and an alpha half; search never reads test
     data = load_dataset(cfg.data, "train")
     mean, std = channel_stats(data.images)
     w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
-    common = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=device, augment=cfg.data.augment,
-                  cutout=cfg.data.cutout)
-    train = Batches(data, w_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]
-    valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)  # type: ignore[arg-type]
+    common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=device,
+                                  augment=cfg.data.augment, cutout=cfg.data.cutout)
+    train = Batches(data, w_idx, seed=cfg.seed, **common)
+    valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
     num_classes, in_channels = len(data.classes), data.images.shape[1]
     del data
     steps = min(len(train), len(valid))
 
     # ---- supernet and the two optimizers
-    s = cfg.search
-    mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule)
     space = get_space(cfg.model.space)
     if cfg.model.ops is not None:
         space = dataclasses.replace(space, ops=cfg.model.ops)
+    mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule)
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem).to(device)
     model.train()
@@ -107,53 +96,120 @@ def run_search(cfg: SearchConfig, name: str = "search") -> Path:
     w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=s.epochs, eta_min=s.lr_min)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas,
                              weight_decay=s.arch_weight_decay)
-    log.print(f"run directory {run_dir}")
+    log.print(f"run directory {run.dir}")
     log.print(f"{cfg.data.name}: {train.num_images} images for weight steps, {valid.num_images} for alpha steps, "
               f"{num_classes} classes, {tuple(train.images.shape[1:])} per image; device {device}")
     log.print(f"{s.mixer} search in the {cfg.model.space} space: C={cfg.model.C}, layers={cfg.model.layers}, "
               f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} steps of 2 x {cfg.data.batch_size} "
               f"images per epoch, {s.epochs} epochs")
 
+    # ---- resume: every state the next step depends on; records after the checkpoint are redone
+    start_epoch, start_step, partial = 0, 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["w_opt"])
+        a_opt.load_state_dict(state["a_opt"])
+        w_sched.load_state_dict(state["w_sched"])
+        start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
+        set_rng_state(state["rng"])
+        for f in RECORDS:
+            truncate_jsonl(run.dir / f, start_epoch)
+        log.print(f"resuming at epoch {start_epoch + 1}, step {start_step}")
+
+    def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
+        """State after ``step`` steps of ``epoch`` (0-based): resuming runs step + 1 next."""
+        save_checkpoint(run.checkpoint_path, {
+            "kind": "search", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
+            "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(), "w_sched": w_sched.state_dict(),
+            "rng": rng_state()})
+
+    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard else None
+    progress = Progress(log, s.epochs, steps, cfg.run.log_every, start_epoch)
+
     # ---- the bilevel loop
-    for epoch in range(s.epochs):
-        mixer.set_epoch(epoch, s.epochs)
-        lr = w_sched.get_last_lr()[0]
-        sums = torch.zeros(4, device=device)  # train loss sum, train correct, valid loss sum, valid correct
-        seen_w = seen_a = 0
-        t0 = time.perf_counter()
-        batches = zip(train.epoch(epoch), valid.epoch(epoch), strict=False)  # the shorter half sets the length
-        for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=1):
-            if s.order == "alpha_first":
-                a_loss, a_correct = alpha_step(model, xa, ya, a_opt)
-                w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip)
-            else:
-                w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip)
-                a_loss, a_correct = alpha_step(model, xa, ya, a_opt)
-            sums += torch.stack([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct])
-            seen_w, seen_a = seen_w + len(yw), seen_a + len(ya)
-            if cfg.run.log_every and step % cfg.run.log_every == 0:
-                t_loss, _, v_loss, _ = sums.tolist()
-                log.print(f"  epoch {epoch + 1} step {step}/{steps}  train loss {t_loss / seen_w:.3f}  "
-                          f"valid loss {v_loss / seen_a:.3f}")
-        w_sched.step()
-        elapsed = time.perf_counter() - t0
+    with GracefulStop() as stop:
+        for epoch in range(start_epoch, s.epochs):
+            mixer.set_epoch(epoch, s.epochs)
+            lr = w_sched.get_last_lr()[0]
+            first = start_step if epoch == start_epoch else 0
+            resumed = bool(first and partial)
+            # train loss sum, train correct, valid loss sum, valid correct (on the device: no sync per step)
+            sums = partial["sums"].to(device) if resumed else torch.zeros(4, device=device)  # type: ignore[index]
+            n_w, n_a = (partial["images"] if resumed else (0, 0))  # type: ignore[index]
+            spent = partial["time_s"] if resumed else 0.0  # type: ignore[index]
+            progress.start_epoch(epoch, first)
+            t0 = time.perf_counter()
+            batches = zip(train.epoch(epoch, first), valid.epoch(epoch, first), strict=False)
+            for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
+                if s.order == "alpha_first":
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt)
+                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip)
+                else:
+                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt)
+                if not torch.isfinite(w_loss + a_loss):
+                    last = "none yet" if not run.checkpoint_path.exists() else str(run.checkpoint_path)
+                    raise NumericalFault(
+                        f"the loss is not finite (weight step {w_loss.item()}, alpha step {a_loss.item()}) at "
+                        f"epoch {epoch + 1} step {step}; the last good checkpoint is kept: {last}")
+                sums += torch.stack([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct])
+                n_w, n_a = n_w + len(yw), n_a + len(ya)
+                postfix = None
+                if progress.wants_postfix(step):
+                    t_l, t_c, v_l, v_c = sums.tolist()
+                    rate = (n_w + n_a) / max(spent + time.perf_counter() - t0, 1e-9)
+                    postfix = {"loss": f"{t_l / n_w:.3f}", "acc": f"{100 * t_c / n_w:.1f}%",
+                               "valid": f"{100 * v_c / n_a:.1f}%", "img/s": f"{rate:.0f}"}
+                    if mixer.tau is not None:
+                        postfix["tau"] = f"{mixer.tau:.2f}"
+                progress.step(epoch, step, postfix)
+                due = bool(cfg.run.checkpoint_every) and step % cfg.run.checkpoint_every == 0 and step < steps
+                if stop.signum is not None or due:  # the epoch so far, fetched from the device only here
+                    checkpoint(epoch, step, {"sums": sums.cpu(), "images": (n_w, n_a),
+                                             "time_s": spent + time.perf_counter() - t0})
+                if stop.signum is not None:
+                    progress.close()
+                    raise Stopped(stop.signum, f"stopped at epoch {epoch + 1} step {step} with a checkpoint; "
+                                               f"resume with: {run.resume_hint('search.py')}")
+            w_sched.step()
+            elapsed = spent + time.perf_counter() - t0
+            progress.end_epoch()
 
-        # ---- end of epoch: metrics, alpha and the genotype it stands for
-        t_loss, t_correct, v_loss, v_correct = sums.tolist()
-        genotype = model.genotype(s.derive)
-        record = {"epoch": epoch + 1, "train_loss": t_loss / seen_w, "train_acc": 100 * t_correct / seen_w,
-                  "valid_loss": v_loss / seen_a, "valid_acc": 100 * v_correct / seen_a, "tau": mixer.tau,
-                  "lr": lr, "time_s": elapsed, "images_per_s": (seen_w + seen_a) / elapsed, "steps": steps}
-        log.append("metrics.jsonl", record)
-        log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
-        log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
-                                                          for t, a in model.alpha.items()}})
-        tau = "" if mixer.tau is None else f"  tau {mixer.tau:.2f}"
-        log.print(f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.3f} acc {record['train_acc']:.1f}%"
-                  f"  valid loss {record['valid_loss']:.3f} acc {record['valid_acc']:.1f}%{tau}  lr {lr:.4f}  "
-                  f"{elapsed:.1f}s  {record['images_per_s']:.0f} img/s")
-        log.print(f"  genotype {genotype}")
+            # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
+            t_loss, t_correct, v_loss, v_correct = sums.tolist()
+            genotype = model.genotype(s.derive)
+            record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
+                      "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
+                      "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps}
+            log.append("metrics.jsonl", record)
+            log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
+            log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
+                                                              for t, a in model.alpha.items()}})
+            checkpoint(epoch + 1, 0, None)
+            tau = "" if mixer.tau is None else f"  tau {mixer.tau:.2f}"
+            log.print(f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.3f} acc "
+                      f"{record['train_acc']:.1f}%  valid loss {record['valid_loss']:.3f} acc "
+                      f"{record['valid_acc']:.1f}%{tau}  lr {lr:.4f}  {elapsed:.1f}s  "
+                      f"{record['images_per_s']:.0f} img/s")
+            log.print(f"  genotype {genotype}")
+            if board is not None:
+                board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)},
+                              epoch + 1, "search")
+                board.alpha({t: a for t, a in model.alpha.items()}, space, epoch + 1)
+                board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
+            if stop.signum is not None:
+                progress.close()
+                raise Stopped(stop.signum, f"stopped after epoch {epoch + 1} with a checkpoint; resume with: "
+                                           f"{run.resume_hint('search.py')}")
+    progress.close()
 
+    # ---- the result: genotype.json and drawings of its cells
+    genotype = model.genotype(s.derive)
     log.write_text("genotype.json", genotype.to_json())
-    log.print(f"done: genotype written to {run_dir / 'genotype.json'}")
-    return run_dir
+    from nas.plot import draw_cells
+
+    drawings = draw_cells(genotype, run.dir / "cells")
+    if board is not None:
+        board.close()
+    log.print(f"done: genotype written to {run.dir / 'genotype.json'}; cell drawings in {drawings[0].parent}")
+    return run.dir

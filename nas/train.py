@@ -6,6 +6,7 @@ linearly over training, cutout). Read top to bottom: setup, data, network and op
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import time
 from pathlib import Path
@@ -15,12 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.checkpoint import (
+    GracefulStop,
+    NumericalFault,
+    Stopped,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_jsonl,
+)
 from nas.config import TrainConfig, UserError, dump_yaml, to_dict
 from nas.data import Batches, channel_stats, dataset_info, load_dataset
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
-from nas.runlog import RunLog, prepare_run_dir
-from nas.search import resolve_device, seed_everything
+from nas.runlog import Board, Progress, Run, RunLog, prepare_run_dir
 
 
 def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:
@@ -62,18 +71,20 @@ def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
     return loss / batches.num_images, 100 * correct / batches.num_images
 
 
-def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train") -> dict[str, Any]:
-    """Train ``genotype``'s network as ``cfg`` says; writes results.json in the run directory and returns it."""
-    # ---- setup
+def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resume: Path | None = None,
+              quiet: bool = False) -> dict[str, Any]:
+    """Train ``genotype``'s network as ``cfg`` says (or continue the run in ``resume``); writes results.json in
+    the run directory and returns it."""
+    # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
-    device = resolve_device(cfg.run.device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.seed, cfg.run.deterministic)
-    run_dir = prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite)
-    log = RunLog(run_dir)
-    log.write_text("config.yaml", dump_yaml(cfg))
-    log.write_text("genotype.json", genotype.to_json())
+    run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet)
+    device, log, state = run.device, run.log, run.state
+    t = cfg.train
+    if state is not None and state["epoch"] >= t.epochs and (run.dir / "results.json").exists():
+        log.print(f"{run.dir} has finished its {t.epochs} epochs; results.json is its result")
+        return dict(json.loads((run.dir / "results.json").read_text()))
+    if resume is None:
+        log.write_text("genotype.json", genotype.to_json())
 
     # ---- data: the whole training split (or data.subset of it) for training, the test split for testing
     train_set = load_dataset(cfg.data, "train")
@@ -92,73 +103,138 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train") -> dict
     # ---- network and optimizer
     model = make_network(cfg, genotype, num_classes, in_channels).to(device)
     params, flops = count_parameters(model), count_flops(model, in_channels, size)
-    t = cfg.train
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                           weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=t.lr_min)
     aux_weight = cfg.model.auxiliary_weight
-    log.print(f"run directory {run_dir}")
+    log.print(f"run directory {run.dir}")
     log.print(f"genotype {genotype}")
     log.print(f"{cfg.data.name}: {train.num_images} training images, {test.num_images} test images, {num_classes} "
               f"classes; {params / 1e6:.3f}M parameters, {flops / 1e6:.1f}M multiply-adds per image; device {device}")
 
-    # ---- the training loop
-    best_acc, best_epoch, test_loss, test_acc = -1.0, 0, float("nan"), float("nan")
-    start = time.perf_counter()
-    train_time = 0.0
-    seen = 0
-    for epoch in range(t.epochs):
-        model.drop_path_prob = cfg.model.drop_path * epoch / t.epochs  # type: ignore[assignment]
-        lr = sched.get_last_lr()[0]
-        sums = torch.zeros(2, device=device)  # loss sum, correct
-        n = 0
-        t0 = time.perf_counter()
-        for x, y in train.epoch(epoch):
-            logits, aux = model(x)
-            loss = F.cross_entropy(logits, y)
-            total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux, y)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if t.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()])
-            n += len(y)
-        sched.step()
-        elapsed = time.perf_counter() - t0
-        train_time += elapsed
-        seen += n
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sums[0].item() / n,
-                                  "train_acc": 100 * sums[1].item() / n, "lr": lr,
-                                  "drop_path": model.drop_path_prob, "time_s": elapsed, "images_per_s": n / elapsed}
-        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-            test_loss, test_acc = evaluate(model, test)
-            if test_acc > best_acc:
-                best_acc, best_epoch = test_acc, epoch + 1
-            record.update(test_loss=test_loss, test_acc=test_acc)
-        log.append("metrics.jsonl", record)
-        tested = f"  test loss {test_loss:.3f} acc {test_acc:.2f}%" if "test_acc" in record else ""
-        log.print(f"epoch {epoch + 1}/{t.epochs}  train loss {record['train_loss']:.3f} acc "
-                  f"{record['train_acc']:.2f}%{tested}  lr {lr:.4f}  {elapsed:.1f}s  "
-                  f"{record['images_per_s']:.0f} img/s")
+    # ---- resume: every state the next step depends on; records after the checkpoint are redone
+    progress_state: dict[str, Any] = {"best_acc": -1.0, "best_epoch": 0, "test": [float("nan"), float("nan")],
+                                      "train_time": 0.0, "seen": 0, "wall": 0.0}
+    start_epoch, start_step, partial = 0, 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
+        progress_state = state["progress"]
+        set_rng_state(state["rng"])
+        truncate_jsonl(run.dir / "metrics.jsonl", start_epoch)
+        log.print(f"resuming at epoch {start_epoch + 1}, step {start_step}")
 
-    results = {"final_test_acc": test_acc, "best_test_acc": best_acc, "best_epoch": best_epoch,
-               "final_test_loss": test_loss, "params": params, "flops": flops, "epochs": t.epochs,
-               "wall_time_s": time.perf_counter() - start, "images_per_s": seen / train_time, "seed": cfg.seed,
+    def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
+        save_checkpoint(run.checkpoint_path, {
+            "kind": "train", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
+            "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
+            "progress": {**progress_state, "wall": progress_state["wall"] + time.perf_counter() - start}})
+
+    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard else None
+    if board is not None and state is None:
+        board.genotype(genotype, 0)
+    steps = len(train)
+    progress = Progress(log, t.epochs, steps, cfg.run.log_every, start_epoch)
+
+    # ---- the training loop
+    start = time.perf_counter()
+    with GracefulStop() as stop:
+        for epoch in range(start_epoch, t.epochs):
+            model.drop_path_prob = cfg.model.drop_path * epoch / t.epochs  # type: ignore[assignment]
+            lr = sched.get_last_lr()[0]
+            first = start_step if epoch == start_epoch else 0
+            resumed = bool(first and partial)
+            sums = partial["sums"].to(device) if resumed else torch.zeros(2, device=device)  # type: ignore[index]
+            n = partial["images"] if resumed else 0  # type: ignore[index]
+            spent = partial["time_s"] if resumed else 0.0  # type: ignore[index]
+            progress.start_epoch(epoch, first)
+            t0 = time.perf_counter()
+            for step, (x, y) in enumerate(train.epoch(epoch, first), start=first + 1):
+                logits, aux = model(x)
+                loss = F.cross_entropy(logits, y)
+                total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux, y)
+                if not torch.isfinite(total):
+                    last = str(run.checkpoint_path) if run.checkpoint_path.exists() else "none yet"
+                    raise NumericalFault(f"the loss is not finite ({total.item()}) at epoch {epoch + 1} step "
+                                         f"{step}; the last good checkpoint is kept: {last}")
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if t.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                opt.step()
+                sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()])
+                n += len(y)
+                postfix = None
+                if progress.wants_postfix(step):
+                    loss_sum, correct = sums.tolist()
+                    postfix = {"loss": f"{loss_sum / n:.3f}", "acc": f"{100 * correct / n:.1f}%",
+                               "img/s": f"{n / max(spent + time.perf_counter() - t0, 1e-9):.0f}"}
+                progress.step(epoch, step, postfix)
+                due = bool(cfg.run.checkpoint_every) and step % cfg.run.checkpoint_every == 0 and step < steps
+                if stop.signum is not None or due:
+                    checkpoint(epoch, step, {"sums": sums.cpu(), "images": n,
+                                             "time_s": spent + time.perf_counter() - t0})
+                if stop.signum is not None:
+                    progress.close()
+                    raise Stopped(stop.signum, f"stopped at epoch {epoch + 1} step {step} with a checkpoint; "
+                                               f"resume with: {run.resume_hint('evaluate.py')}")
+            sched.step()
+            elapsed = spent + time.perf_counter() - t0
+            progress.end_epoch()
+            progress_state["train_time"] += elapsed
+            progress_state["seen"] += n
+
+            # ---- end of epoch: test (every eval_every epochs and at the last), metrics, checkpoint
+            loss_sum, correct = sums.tolist()
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": 100 * correct / n,
+                                      "lr": lr, "drop_path": model.drop_path_prob, "time_s": elapsed,
+                                      "images_per_s": n / elapsed}
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                test_loss, test_acc = evaluate(model, test)
+                progress_state["test"] = [test_loss, test_acc]
+                if test_acc > progress_state["best_acc"]:
+                    progress_state["best_acc"], progress_state["best_epoch"] = test_acc, epoch + 1
+                record.update(test_loss=test_loss, test_acc=test_acc)
+            log.append("metrics.jsonl", record)
+            checkpoint(epoch + 1, 0, None)
+            tested = f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.2f}%" if "test_acc" in record \
+                else ""
+            log.print(f"epoch {epoch + 1}/{t.epochs}  train loss {record['train_loss']:.3f} acc "
+                      f"{record['train_acc']:.2f}%{tested}  lr {lr:.4f}  {elapsed:.1f}s  "
+                      f"{record['images_per_s']:.0f} img/s")
+            if board is not None:
+                board.scalars(record, epoch + 1, "train")
+            if stop.signum is not None:
+                progress.close()
+                raise Stopped(stop.signum, f"stopped after epoch {epoch + 1} with a checkpoint; resume with: "
+                                           f"{run.resume_hint('evaluate.py')}")
+    progress.close()
+    if board is not None:
+        board.close()
+
+    test_loss, test_acc = progress_state["test"]
+    results = {"final_test_acc": test_acc, "best_test_acc": progress_state["best_acc"],
+               "best_epoch": progress_state["best_epoch"], "final_test_loss": test_loss, "params": params,
+               "flops": flops, "epochs": t.epochs,
+               "wall_time_s": progress_state["wall"] + time.perf_counter() - start,
+               "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
     log.write_json("results.json", results)
-    log.print(f"done: test accuracy {test_acc:.2f}% (best {best_acc:.2f}% at epoch {best_epoch}); "
-              f"results in {run_dir / 'results.json'}")
+    log.print(f"done: test accuracy {test_acc:.2f}% (best {progress_state['best_acc']:.2f}% at epoch "
+              f"{progress_state['best_epoch']}); results in {run.dir / 'results.json'}")
     return results
 
 
-def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str = "train") -> dict[str, Any]:
+def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str = "train",
+                quiet: bool = False) -> dict[str, Any]:
     """Train once per seed, each in <run.dir>/seed-<s>; writes summary.json with mean and std over the runs."""
     parent = prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite)
     runs = []
     for seed in seeds:
         sub = dataclasses.replace(cfg, seed=seed, run=dataclasses.replace(cfg.run, dir=str(parent / f"seed-{seed}")))
-        runs.append(run_train(sub, genotype, name))
+        runs.append(run_train(sub, genotype, name, quiet=quiet))
 
     def stats(key: str) -> dict[str, float]:
         values = [r[key] for r in runs]
