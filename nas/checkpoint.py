@@ -53,8 +53,11 @@ def load_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file fails inside the unpickler in many ways
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
+        if "Unsupported global" in str(e) or "Unsupported operand" in str(e):
+            reason = "it holds Python objects, and only tensors and plain data are ever loaded"
+        else:
+            reason = "the file is damaged, truncated or not a checkpoint"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {reason}") from None
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise CheckpointError(f"{path} is not a checkpoint of this version of nas (version {VERSION})")
     if state.get("kind") != kind:

@@ -1,0 +1,179 @@
+"""Stop, kill and resume: a search or a training killed with SIGKILL mid-epoch and resumed ends identical to the
+uninterrupted run; SIGINT / SIGTERM checkpoint and exit 130 / 143; checkpoints are written atomically; a
+non-finite loss stops the run and keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas import search as search_module
+from nas.checkpoint import CheckpointError, NumericalFault, load_checkpoint, save_checkpoint
+from nas.cli import search_main
+from nas.config import SearchConfig, load_config
+from nas.search import run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH = ["search.epochs=3", "data.synthetic.train=256", "data.image_size=8", "data.batch_size=16", "model.C=4",
+          "model.layers=3", "run.deterministic=true", "run.log_every=1", "run.tensorboard=false"]  # 8 steps/epoch
+TRAIN = ["--config", "configs/eval/quick.yaml", "--genotype", "DARTS_V2", "train.epochs=3",
+         "data.synthetic.train=256", "data.synthetic.test=64", "data.image_size=8", "data.batch_size=16", "model.C=4",
+         "model.layers=3", "run.deterministic=true", "run.log_every=1", "run.tensorboard=false"]  # 16 steps/epoch
+
+
+def start(script: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, f"the run ended before printing {text!r}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout}s"
+        time.sleep(0.02)
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def strip_times(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "images_per_s")}
+            for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("search") / "full"
+    proc = run("search.py", *SEARCH, f"run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("kill_after,checkpoint_every", [("epoch 1 step 1/8", 0), ("epoch 2 step 6/8", 3),
+                                                         ("epoch 3 step 1/8", 2)])
+def test_search_killed_mid_epoch_resumes_identically(uninterrupted: Path, tmp_path: Path, kill_after: str,
+                                                     checkpoint_every: int) -> None:
+    run_dir, log = tmp_path / "killed", tmp_path / "log.txt"
+    proc = start("search.py", [*SEARCH, f"run.checkpoint_every={checkpoint_every}", f"run.dir={run_dir}"], log)
+    wait_for(log, kill_after, proc)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: wherever it is, even inside a checkpoint write
+    assert proc.wait() == -signal.SIGKILL
+    if not (run_dir / "checkpoint.pt").exists():  # killed before its first checkpoint: nothing to resume
+        assert kill_after.startswith("epoch 1")
+        return
+    resumed = run("search.py", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch" in resumed.stdout
+    for name in ("alpha.jsonl", "genotypes.jsonl", "genotype.json"):
+        assert (run_dir / name).read_text() == (uninterrupted / name).read_text(), name
+    assert strip_times(run_dir / "metrics.jsonl") == strip_times(uninterrupted / "metrics.jsonl")
+    a = load_checkpoint(run_dir / "checkpoint.pt", "search")["model"]
+    b = load_checkpoint(uninterrupted / "checkpoint.pt", "search")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # every weight and alpha, bit for bit
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_checkpoint_and_exit_with_a_resume_hint(uninterrupted: Path, tmp_path: Path, sig: int,
+                                                        code: int) -> None:
+    run_dir, log = tmp_path / "stopped", tmp_path / "log.txt"
+    proc = start("search.py", [*SEARCH, f"run.dir={run_dir}"], log)
+    wait_for(log, "epoch 2 step 3/8", proc)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    text = log.read_text()
+    assert f"resume with: python search.py --resume {run_dir}" in text and "Traceback" not in text
+    state = load_checkpoint(run_dir / "checkpoint.pt", "search")
+    assert state["epoch"] == 1 and state["step"] >= 3  # mid-epoch 2: it finished the step it was in
+    assert run("search.py", "--resume", str(run_dir)).returncode == 0
+    assert (run_dir / "alpha.jsonl").read_text() == (uninterrupted / "alpha.jsonl").read_text()
+
+
+def test_training_killed_mid_epoch_resumes_identically(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    assert run("evaluate.py", *TRAIN, f"run.dir={full}").returncode == 0
+    run_dir, log = tmp_path / "killed", tmp_path / "log.txt"
+    proc = start("evaluate.py", [*TRAIN, "run.checkpoint_every=4", f"run.dir={run_dir}"], log)
+    wait_for(log, "epoch 2 step 10/16", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run("evaluate.py", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert strip_times(run_dir / "metrics.jsonl") == strip_times(full / "metrics.jsonl")
+    a, b = (json.loads((d / "results.json").read_text()) for d in (run_dir, full))
+    assert a["final_test_acc"] == b["final_test_acc"] and a["final_test_loss"] == b["final_test_loss"]
+    wa = load_checkpoint(run_dir / "checkpoint.pt", "train")["model"]
+    wb = load_checkpoint(full / "checkpoint.pt", "train")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resuming_a_finished_run_changes_nothing(uninterrupted: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (uninterrupted / "genotype.json").read_text()
+    assert search_main(["--resume", str(uninterrupted)]) == 0
+    assert "has finished its 3 epochs" in capsys.readouterr().out
+    assert (uninterrupted / "genotype.json").read_text() == before
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"kind": "search", "epoch": 1, "step": 0, "w": torch.arange(4.0)})
+
+    def killed(*args: object) -> None:  # the process dies after writing the temporary file, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"kind": "search", "epoch": 2, "step": 0, "w": torch.zeros(4)})
+    state = load_checkpoint(path, "search")
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(4.0))
+
+
+def test_checkpoints_never_unpickle_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"version": 1, "kind": "search", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        load_checkpoint(path, "search")
+    assert not marker.exists()
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(SearchConfig, None, [*SEARCH, "run.checkpoint_every=1", f"run.dir={tmp_path / 'run'}"])
+    real = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1  # two losses per step: the 6th is the alpha loss of step 3
+        loss = real(logits, y)
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(search_module.nn.functional, "cross_entropy", poisoned)
+    with pytest.raises(NumericalFault, match=r"not finite .* at epoch 1 step 3; the last good checkpoint is kept"):
+        run_search(cfg, quiet=True)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt", "search")
+    assert (state["epoch"], state["step"]) == (0, 2)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_numerical_fault_exits_3_from_the_cli(tmp_path: Path) -> None:
+    proc = run("search.py", *SEARCH, "search.epochs=1", "search.lr=1e25", "search.lr_min=0", "search.grad_clip=0",
+               f"run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("error: the loss is not finite") and proc.stderr.count("\n") == 1
