@@ -107,6 +107,16 @@ class GracefulStop:
             raise KeyboardInterrupt
         self.signum = signum
 
+    def checkpoint_due(self, step: int, steps: int, every: int) -> bool:
+        """Whether to checkpoint after ``step``: every ``every`` steps (the epoch end checkpoints anyway), or
+        because a signal asked to stop."""
+        return self.signum is not None or (every > 0 and step % every == 0 and step < steps)
+
+    def stop_if_asked(self, where: str, resume_hint: str) -> None:
+        """Raise Stopped when a signal arrived; call it only after the checkpoint is written."""
+        if self.signum is not None:
+            raise Stopped(self.signum, f"stopped {where} with a checkpoint; resume with: {resume_hint}")
+
     def __enter__(self) -> GracefulStop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -78,14 +78,19 @@ def genotype_main(argv: list[str] | None = None) -> int:
     return run_guarded(go)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The flags search.py and evaluate.py share."""
+    parser.add_argument("--config", metavar="YAML", help="recipe file (defaults apply to keys it leaves out)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help=f"continue the {what} in RUN_DIR from its checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (log.txt still has it all)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+
+
 def search_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="search.py", description="Differentiable architecture search (GDAS or DARTS) on a cell supernet.",
         epilog="example: python search.py --config configs/quickstart.yaml search.epochs=2 run.dir=runs/try")
-    parser.add_argument("--config", metavar="YAML", help="recipe file (defaults apply to keys it leaves out)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (log.txt still has it all)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    add_run_arguments(parser, "search")
     args = parser.parse_intermixed_args(argv)
 
     def go() -> None:
@@ -121,16 +126,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="evaluate.py", description="Train a genotype from scratch and test it; or --summary its size.",
         epilog="example: python evaluate.py --config configs/eval/darts-cifar10.yaml --genotype DARTS_V2 --summary")
-    parser.add_argument("--config", metavar="YAML", help="training recipe (defaults apply to keys it leaves out)")
+    add_run_arguments(parser, "training")
     parser.add_argument("--genotype", metavar="G",
                         help="a published name (DARTS_V2, GDAS_V1, ...), genotype.json, a search run directory, "
                              "a DARTS Genotype(...) text file or an NB201 string")
     parser.add_argument("--summary", action="store_true",
                         help="print parameters and multiply-adds as JSON, train nothing")
     parser.add_argument("--seeds", metavar="N|S1,S2,...", help="repeat with N seeds (or these seeds), mean ± std")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (log.txt still has it all)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     args = parser.parse_intermixed_args(argv)
     if not args.resume and not args.genotype:
         parser.error("the following arguments are required: --genotype (or --resume RUN_DIR)")

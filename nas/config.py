@@ -36,6 +36,13 @@ def _key(default: Any, help: str, *, choices: tuple[Any, ...] = (), low: float |
     return field(default=default, metadata=meta)
 
 
+def _check_sgd(section: str, lr: float, lr_min: float, momentum: float, nesterov: bool) -> None:
+    if lr_min > lr:
+        raise ConfigError(f"{section}.lr_min={lr_min} is above {section}.lr={lr}; valid: lr_min <= lr")
+    if nesterov and momentum == 0:
+        raise ConfigError(f"{section}.nesterov=true needs {section}.momentum > 0")
+
+
 DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagefolder")
 SPACES = ("darts", "nb201")
 MIXERS = ("gdas", "darts")
@@ -132,10 +139,7 @@ class SearchOptions:
         if self.tau_min > self.tau_max:
             raise ConfigError(f"search.tau_min={self.tau_min} is above search.tau_max={self.tau_max}; "
                               "valid: 0 < tau_min <= tau_max")
-        if self.lr_min > self.lr:
-            raise ConfigError(f"search.lr_min={self.lr_min} is above search.lr={self.lr}; valid: lr_min <= lr")
-        if self.nesterov and self.momentum == 0:
-            raise ConfigError("search.nesterov=true needs search.momentum > 0")
+        _check_sgd("search", self.lr, self.lr_min, self.momentum, self.nesterov)
 
 
 @dataclass(frozen=True)
@@ -203,10 +207,7 @@ class TrainOptions:
     eval_every: int = _key(1, "test every N epochs (the last epoch always)", low=1)
 
     def check(self) -> None:
-        if self.lr_min > self.lr:
-            raise ConfigError(f"train.lr_min={self.lr_min} is above train.lr={self.lr}; valid: lr_min <= lr")
-        if self.nesterov and self.momentum == 0:
-            raise ConfigError("train.nesterov=true needs train.momentum > 0")
+        _check_sgd("train", self.lr, self.lr_min, self.momentum, self.nesterov)
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,13 @@ class Progress:
         for bar in (self.step_bar, self.epoch_bar):
             if bar is not None:
                 bar.close()
+        self.step_bar = self.epoch_bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # bars close however the loop ends (done, stopped, fault)
+        self.close()
 
 
 class Board:

@@ -17,7 +17,6 @@ from torch import nn
 from nas.checkpoint import (
     GracefulStop,
     NumericalFault,
-    Stopped,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -127,7 +126,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     progress = Progress(log, s.epochs, steps, cfg.run.log_every, start_epoch)
 
     # ---- the bilevel loop
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, progress:
         for epoch in range(start_epoch, s.epochs):
             mixer.set_epoch(epoch, s.epochs)
             lr = w_sched.get_last_lr()[0]
@@ -163,14 +162,10 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                     if mixer.tau is not None:
                         postfix["tau"] = f"{mixer.tau:.2f}"
                 progress.step(epoch, step, postfix)
-                due = bool(cfg.run.checkpoint_every) and step % cfg.run.checkpoint_every == 0 and step < steps
-                if stop.signum is not None or due:  # the epoch so far, fetched from the device only here
+                if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
                     checkpoint(epoch, step, {"sums": sums.cpu(), "images": (n_w, n_a),
                                              "time_s": spent + time.perf_counter() - t0})
-                if stop.signum is not None:
-                    progress.close()
-                    raise Stopped(stop.signum, f"stopped at epoch {epoch + 1} step {step} with a checkpoint; "
-                                               f"resume with: {run.resume_hint('search.py')}")
+                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search.py"))
             w_sched.step()
             elapsed = spent + time.perf_counter() - t0
             progress.end_epoch()
@@ -197,11 +192,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                               epoch + 1, "search")
                 board.alpha({t: a for t, a in model.alpha.items()}, space, epoch + 1)
                 board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
-            if stop.signum is not None:
-                progress.close()
-                raise Stopped(stop.signum, f"stopped after epoch {epoch + 1} with a checkpoint; resume with: "
-                                           f"{run.resume_hint('search.py')}")
-    progress.close()
+            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
 
     # ---- the result: genotype.json and drawings of its cells
     genotype = model.genotype(s.derive)

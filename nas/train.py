@@ -19,7 +19,6 @@ from torch import nn
 from nas.checkpoint import (
     GracefulStop,
     NumericalFault,
-    Stopped,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -140,7 +139,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
 
     # ---- the training loop
     start = time.perf_counter()
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, progress:
         for epoch in range(start_epoch, t.epochs):
             model.drop_path_prob = cfg.model.drop_path * epoch / t.epochs  # type: ignore[assignment]
             lr = sched.get_last_lr()[0]
@@ -172,14 +171,10 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                     postfix = {"loss": f"{loss_sum / n:.3f}", "acc": f"{100 * correct / n:.1f}%",
                                "img/s": f"{n / max(spent + time.perf_counter() - t0, 1e-9):.0f}"}
                 progress.step(epoch, step, postfix)
-                due = bool(cfg.run.checkpoint_every) and step % cfg.run.checkpoint_every == 0 and step < steps
-                if stop.signum is not None or due:
+                if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
                     checkpoint(epoch, step, {"sums": sums.cpu(), "images": n,
                                              "time_s": spent + time.perf_counter() - t0})
-                if stop.signum is not None:
-                    progress.close()
-                    raise Stopped(stop.signum, f"stopped at epoch {epoch + 1} step {step} with a checkpoint; "
-                                               f"resume with: {run.resume_hint('evaluate.py')}")
+                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("evaluate.py"))
             sched.step()
             elapsed = spent + time.perf_counter() - t0
             progress.end_epoch()
@@ -206,11 +201,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                       f"{record['images_per_s']:.0f} img/s")
             if board is not None:
                 board.scalars(record, epoch + 1, "train")
-            if stop.signum is not None:
-                progress.close()
-                raise Stopped(stop.signum, f"stopped after epoch {epoch + 1} with a checkpoint; resume with: "
-                                           f"{run.resume_hint('evaluate.py')}")
-    progress.close()
+            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("evaluate.py"))
     if board is not None:
         board.close()
 
