@@ -154,6 +154,10 @@ class RunConfig:
                                  low=0)
     tensorboard: bool = _key(True, "write TensorBoard events to <run dir>/tb")
     deterministic: bool = _key(False, "use deterministic algorithms (slower on GPU)")
+    amp: str = _key("off", "mixed precision: bf16 or fp16 autocast (fp16 with a gradient scaler; CUDA only)",
+                    choices=("off", "bf16", "fp16"))
+    channels_last: bool = _key(False, "keep activations in channels-last memory format (faster convolutions on GPUs)")
+    compile: bool = _key(False, "torch.compile the network (evaluate.py only)")
 
     def check(self) -> None:
         d = self.device
@@ -177,6 +181,8 @@ class SearchConfig:
                 if getattr(s, k) != getattr(default, k):
                     raise ConfigError(f"search.{k} applies only to search.mixer=gdas; the darts mixer has no "
                                       "temperature")
+        if self.run.compile:
+            raise ConfigError("run.compile applies only to evaluate.py; a supernet's graph changes with every sample")
         if self.model.space == "nb201" and s.derive != default.derive:
             raise ConfigError(f"search.derive={s.derive} applies only to model.space=darts; nb201 genotypes take "
                               "the argmax op of every edge")

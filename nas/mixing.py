@@ -66,10 +66,76 @@ class _StraightThrough(torch.autograd.Function):
         return g, grad_hard, None
 
 
-class Mixing(Protocol):
-    """Edge weights of one cell type for one forward pass."""
+class _BNStraightThrough(torch.autograd.Function):
+    """The sampled op's final BatchNorm (training mode, no affine parameters) and the straight-through in one:
+    y = BN(z) in value; dL/dz is BN's own backward; dL/dhard[k] = <g, y>, computed from z and the batch statistics
+    as sum_c invstd_c * sum(g * (z - mean_c)); dL/dhard[j] = sum(g) for j != k.
 
-    def edge(self, e: int, x: torch.Tensor, ops: nn.ModuleList) -> torch.Tensor: ...
+    It keeps z, which a plain network's BN keeps anyway, and never y: the straight-through costs no extra memory.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, hard_row: torch.Tensor, k: int, bn: nn.BatchNorm2d) -> torch.Tensor:
+        factor = 0.0
+        if bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does in training
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        y, mean, invstd, reserve, impl = torch._batch_norm_impl_index(
+            z, None, None, bn.running_mean, bn.running_var, True, factor, bn.eps, torch.backends.cudnn.enabled)
+        ctx.save_for_backward(z, mean, invstd, reserve)
+        ctx.k, ctx.num_ops, ctx.impl, ctx.eps = k, hard_row.shape[0], impl, bn.eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        z, mean, invstd, reserve = ctx.saved_tensors
+        g = g.contiguous(memory_format=torch.channels_last if z.is_contiguous(memory_format=torch.channels_last)
+                         else torch.contiguous_format)
+        grad_z = torch.ops.aten._batch_norm_impl_index_backward(
+            ctx.impl, z, g, None, None, None, mean, invstd, True, ctx.eps, [True, False, False], reserve)[0]
+        g_sum = g.sum((2, 3)).sum(0)  # (C,); the contiguous dims first reduce faster than (0, 2, 3) at once
+        dot = (((g * z).sum((2, 3)).sum(0) - mean * g_sum) * invstd).sum()
+        grad_hard = g_sum.sum().expand(ctx.num_ops).clone()
+        grad_hard[ctx.k] = dot
+        return grad_z, grad_hard, None, None
+
+
+class _AvgPoolStraightThrough(torch.autograd.Function):
+    """An average pooling P and the straight-through in one. P is linear, so dL/dhard[k] = <g, P x> = <P^T g, x>,
+    and P^T g is the input gradient the pooling's backward computes anyway: no output kept, nothing recomputed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, hard_row: torch.Tensor, k: int, pool: nn.AvgPool2d) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.k, ctx.num_ops, ctx.pool = k, hard_row.shape[0], pool
+        return pool(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        p = ctx.pool
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        grad_x = torch.ops.aten.avg_pool2d_backward(g.contiguous(memory_format=fmt), x, p.kernel_size, p.stride,
+                                                    p.padding, p.ceil_mode, p.count_include_pad, p.divisor_override)
+        grad_hard = g.sum().expand(ctx.num_ops).clone()
+        grad_hard[ctx.k] = (grad_x * x).sum()
+        return grad_x, grad_hard, None, None
+
+
+def zero_carrier(hard_row: torch.Tensor, k: int) -> torch.Tensor:
+    """A 0-dim tensor equal to exactly 0 whose gradient reaches hard[j] for every j != k: the whole of a sampled
+    `none` edge in the alpha step (its output is 0, so dL/dhard[k] = <g, 0> = 0 and dL/dhard[j] = sum(g))."""
+    return hard_row.sum() - hard_row[k]
+
+
+class Mixing(Protocol):
+    """Edge weights of one cell type for one forward pass.
+
+    ``edge`` returns the edge's output, or None for exact zeros that cost nothing (a sampled `none` when alpha
+    takes no gradient), or a 0-dim tensor of value 0 that carries alpha's gradient (a sampled `none` otherwise).
+    """
+
+    def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None: ...
 
 
 class GdasSample:
@@ -80,12 +146,20 @@ class GdasSample:
         self.index: list[int] = index.tolist()  # (E,) as Python ints: which module to run
         self.hard = hard if alpha.requires_grad else None  # (E, K); None when alpha takes no gradient
 
-    def edge(self, e: int, x: torch.Tensor, ops: nn.ModuleList) -> torch.Tensor:
+    def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
         k = self.index[e]
-        out = ops[k](x)
+        kind = edge.kinds[k]
+        if kind == "zero":
+            return None if self.hard is None else zero_carrier(self.hard[e], k)
+        op = edge.ops[k]
         if self.hard is None:
-            return out
-        return _StraightThrough.apply(out, self.hard[e], k)
+            return op(x)
+        if kind == "bn" and op.training:
+            body, bn = edge.tails[k]
+            return _BNStraightThrough.apply(body(x), self.hard[e], k, bn)
+        if kind == "avgpool":
+            return _AvgPoolStraightThrough.apply(x, self.hard[e], k, edge.tails[k])
+        return _StraightThrough.apply(op(x), self.hard[e], k)
 
 
 class DartsWeights:
@@ -94,9 +168,9 @@ class DartsWeights:
     def __init__(self, alpha: torch.Tensor):
         self.weights = F.softmax(alpha, dim=-1)  # (E, K)
 
-    def edge(self, e: int, x: torch.Tensor, ops: nn.ModuleList) -> torch.Tensor:
+    def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
         w = self.weights[e]
-        return sum(w[k] * op(x) for k, op in enumerate(ops))
+        return sum(w[k] * op(x) for k, op in enumerate(edge.ops))  # every op, `none` included, as DARTS does
 
 
 class Mixer(Protocol):

@@ -20,7 +20,7 @@ from nas.genotype import Genotype, Node
 from nas.ops import FactorizedReduce, ReLUConvBN, ResBlock, create_op
 
 
-def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+def drop_path(x: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
     """Zero whole samples with probability p and scale the survivors by 1 / (1 - p)."""
     keep = 1.0 - p
     mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
@@ -41,7 +41,8 @@ class DartsCell(nn.Module):
         self.node_sizes = [len(node) for node in nodes]
         self.concat = concat
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float | torch.Tensor | None) -> torch.Tensor:
+        """``drop_prob``: drop-path probability for every non-identity op in training (None: no drop-path)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         k = 0
         for size in self.node_sizes:
@@ -49,7 +50,7 @@ class DartsCell(nn.Module):
             for _ in range(size):
                 op = self.ops[k]
                 h = op(states[self.inputs[k]])
-                if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
+                if self.training and drop_prob is not None and not isinstance(op, nn.Identity):
                     h = drop_path(h, drop_prob)
                 total = h if total is None else total + h
                 k += 1
@@ -83,7 +84,10 @@ class DartsNetwork(nn.Module):
     def __init__(self, genotype: Genotype, *, C: int, layers: int, num_classes: int, auxiliary: bool,
                  in_channels: int = 3, stem_multiplier: int = 3):
         super().__init__()
-        self.drop_path_prob = 0.0  # set per epoch by the trainer
+        # The drop-path probability lives in a tensor, so a compiled network need not recompile when it changes.
+        self.drop_prob: torch.Tensor
+        self.register_buffer("drop_prob", torch.zeros(()), persistent=False)
+        self.use_drop_path = False
         self.aux_index = 2 * layers // 3
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -106,11 +110,22 @@ class DartsNetwork(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
 
+    @property
+    def drop_path_prob(self) -> float:
+        return float(self.drop_prob)
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, p: float) -> None:
+        """Set per epoch by the trainer; drop-path stays off until p first exceeds 0."""
+        self.drop_prob.fill_(p)
+        self.use_drop_path = self.use_drop_path or p > 0
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         aux = None
+        drop = self.drop_prob if self.use_drop_path else None
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, drop)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 aux = self.auxiliary_head(s1)
         return self.classifier(self.pool(s1).flatten(1)), aux

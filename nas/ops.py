@@ -110,9 +110,16 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.body(x))
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything but the final BN."""
         x = self.relu(x)
-        shifted = nn.functional.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        if x.shape[-2] % 2 or x.shape[-1] % 2:  # odd: pad so both halves give ceil(H / 2)
+            shifted = nn.functional.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+        else:  # even: the shifted view needs no copy
+            shifted = x[:, :, 1:, 1:]
+        return torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
 
 
 class Zero(nn.Module):
@@ -216,3 +223,30 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.conv_b(self.conv_a(x))
+
+
+def split_final_bn(op: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.BatchNorm2d] | None:
+    """(everything before the op's final non-affine BatchNorm, that BN), or None if the op does not end in one.
+
+    GDAS uses it to fuse the final BN with the straight-through gradient, so that an edge's output need not be
+    kept for the backward pass (the BN's input is kept anyway).
+    """
+    if isinstance(op, FactorizedReduce):
+        return (op.body, op.bn) if not op.bn.affine else None
+    if isinstance(op, nn.Sequential) and len(op) > 0:
+        last = op[-1]
+        head = nn.Sequential(*list(op)[:-1])  # the same modules, so the same parameters
+        if isinstance(last, nn.BatchNorm2d):
+            return (head, last) if not last.affine and len(op) > 1 else None
+        inner = split_final_bn(last)
+        if inner is not None:
+            inner_body, bn = inner
+            return (lambda x: inner_body(head(x))), bn
+    return None
+
+
+def sole_avg_pool(op: nn.Module) -> nn.AvgPool2d | None:
+    """The AvgPool2d an op consists of (a pooling op without BN or channel change), else None."""
+    if isinstance(op, Pool) and len(op) == 1 and isinstance(op[0], nn.AvgPool2d):
+        return op[0]
+    return None

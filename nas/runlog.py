@@ -235,6 +235,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device, amp: str) -> Any:
+    """The autocast context for run.amp ("off": a no-op context)."""
+    import contextlib
+
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -253,6 +267,9 @@ class Run:
         from nas.checkpoint import CHECKPOINT, load_checkpoint
 
         self.device = resolve_device(run_cfg.device)
+        if run_cfg.amp == "fp16" and self.device.type != "cuda":
+            raise UserError(f"run.amp=fp16 needs a CUDA device, and this run is on {self.device.type}; "
+                            "valid here: off, bf16")
         if run_cfg.threads:
             torch.set_num_threads(run_cfg.threads)
         if run_cfg.deterministic:

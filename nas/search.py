@@ -5,6 +5,7 @@ optimizers, then one loop over epochs of alternating weight and alpha steps, che
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -25,36 +26,48 @@ from nas.checkpoint import (
 from nas.config import SearchConfig, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
-from nas.runlog import Board, Progress, Run
+from nas.runlog import Board, Progress, Run, autocast, grad_scaler
 from nas.spaces import get_space
 from nas.supernet import Supernet, build_supernet
 
 RECORDS = ("metrics.jsonl", "genotypes.jsonl", "alpha.jsonl")  # one line per finished epoch
+NO_AMP = contextlib.nullcontext()
 
 
 def weight_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
-                weights: list[nn.Parameter], grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+                weights: list[nn.Parameter], grad_clip: float, amp: Any = NO_AMP,
+                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on the weights (train half); alpha is frozen, so no alpha gradient is computed."""
     model.set_step("weights")
-    logits = model(x)
-    loss = nn.functional.cross_entropy(logits, y)
+    with amp:
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # clip the true gradients
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(weights, grad_clip)
-    opt.step()
+    opt.step() if scaler is None else scaler.step(opt)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor,
-               opt: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, amp: Any = NO_AMP,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One Adam step on alpha (valid half); the weights are frozen, so no weight gradient is computed."""
     model.set_step("alpha")
-    logits = model(x)
-    loss = nn.functional.cross_entropy(logits, y)
+    with amp:
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -88,7 +101,10 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule)
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem).to(device)
+    memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     model.train()
+    amp, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
     weights = model.weight_parameters()
     w_opt = torch.optim.SGD(weights, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
                             weight_decay=s.weight_decay)
@@ -109,6 +125,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])
         w_sched.load_state_dict(state["w_sched"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
         set_rng_state(state["rng"])
         for f in RECORDS:
@@ -120,7 +138,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
         save_checkpoint(run.checkpoint_path, {
             "kind": "search", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
             "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(), "w_sched": w_sched.state_dict(),
-            "rng": rng_state()})
+            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state()})
 
     board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard else None
     progress = Progress(log, s.epochs, steps, cfg.run.log_every, start_epoch)
@@ -140,12 +158,15 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             t0 = time.perf_counter()
             batches = zip(train.epoch(epoch, first), valid.epoch(epoch, first), strict=False)
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
+                xw, xa = xw.contiguous(memory_format=memory_format), xa.contiguous(memory_format=memory_format)
                 if s.order == "alpha_first":
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt)
-                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler)
+                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
                 else:
-                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip)
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt)
+                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler)
+                if scaler is not None:
+                    scaler.update()
                 if not torch.isfinite(w_loss + a_loss):
                     last = "none yet" if not run.checkpoint_path.exists() else str(run.checkpoint_path)
                     raise NumericalFault(

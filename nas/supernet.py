@@ -11,26 +11,41 @@ type per forward pass is shared by all cells of that type.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from nas.genotype import Genotype, derive
 from nas.mixing import Mixer, Mixing
-from nas.ops import FactorizedReduce, ReLUConvBN, ResBlock, create_search_op
+from nas.ops import FactorizedReduce, ReLUConvBN, ResBlock, Zero, create_search_op, sole_avg_pool, split_final_bn
 from nas.spaces import SearchSpace, get_space
 
 
 class MixedEdge(nn.Module):
-    """All candidate ops of one edge; ``forward`` lets the mixing decide which run and how they combine."""
+    """All candidate ops of one edge; ``forward`` lets the mixing decide which run and how they combine.
+
+    Each op is classified once, for GDAS's memory-free straight-through: "zero" (`none`), "bn" (ends in a
+    non-affine BatchNorm: ``tails`` holds (everything before it, the BN)), "avgpool" (an average pooling alone:
+    ``tails`` holds it) or "plain".
+    """
 
     def __init__(self, space: SearchSpace, index: int, C: int, stride: int):
         super().__init__()
         self.index = index  # row of alpha
         self.ops = nn.ModuleList(create_search_op(name, C, stride, pool_bn=space.name == "darts")
                                  for name in space.ops)
+        self.tails: list[Any] = [split_final_bn(op) or sole_avg_pool(op) for op in self.ops]  # not registered again
+        self.kinds = ["zero" if isinstance(op, Zero) else "bn" if isinstance(tail, tuple) else
+                      "avgpool" if tail is not None else "plain" for op, tail in zip(self.ops, self.tails, strict=True)]
 
-    def forward(self, x: torch.Tensor, mixing: Mixing) -> torch.Tensor:
-        return mixing.edge(self.index, x, self.ops)
+    def forward(self, x: torch.Tensor, mixing: Mixing) -> torch.Tensor | None:
+        return mixing.edge(self.index, x, self)
+
+    def zeros(self, x: torch.Tensor) -> torch.Tensor:
+        """This edge's output shape, all zeros (for a node whose every edge sampled `none`)."""
+        zero: nn.Module = self.ops[self.kinds.index("zero")]
+        return zero(x)
 
 
 class SearchCell(nn.Module):
@@ -47,12 +62,20 @@ class SearchCell(nn.Module):
     def forward(self, inputs: list[torch.Tensor], mixing: Mixing) -> torch.Tensor:
         states = list(inputs)
         for edge_ids in self._into:
-            node = None
+            node: torch.Tensor | None = None
+            carrier: torch.Tensor | None = None  # 0-dim, value 0: alpha's gradient through sampled `none` edges
             for e in edge_ids:
                 h = self.edges[e](states[self.space.edges[e][0]], mixing)
-                node = h if node is None else node + h
-            assert node is not None
-            states.append(node)
+                if h is None:  # a sampled `none`: exact zeros, nothing to add
+                    continue
+                if h.dim() == 0:
+                    carrier = h if carrier is None else carrier + h
+                else:
+                    node = h if node is None else node + h
+            if node is None:  # every edge into this node sampled `none`
+                first: MixedEdge = self.edges[edge_ids[0]]  # type: ignore[assignment]
+                node = first.zeros(states[self.space.edges[edge_ids[0]][0]])
+            states.append(node if carrier is None else node + carrier)
         out = [states[i] for i in self.space.concat]
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 

@@ -5,6 +5,7 @@ linearly over training, cutout). Read top to bottom: setup, data, network and op
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -28,7 +29,7 @@ from nas.config import TrainConfig, UserError, dump_yaml, to_dict
 from nas.data import Batches, channel_stats, dataset_info, load_dataset
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
-from nas.runlog import Board, Progress, Run, RunLog, prepare_run_dir
+from nas.runlog import Board, Progress, Run, RunLog, autocast, grad_scaler, prepare_run_dir
 
 
 def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:
@@ -58,13 +59,15 @@ def summarize(cfg: TrainConfig, genotype: Genotype) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
+def evaluate(model: nn.Module, batches: Batches, amp: Any = None,
+             memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
     """(mean loss, top-1 accuracy in %) over every image of ``batches``, in evaluation mode."""
     model.eval()
     sums = torch.zeros(2, device=batches.device)
     for x, y in batches.epoch(0):
-        logits, _ = model(x)
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()])
+        with amp if amp is not None else contextlib.nullcontext():
+            logits, _ = model(x.contiguous(memory_format=memory_format))
+        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) == y).sum()])
     model.train()
     loss, correct = sums.tolist()
     return loss / batches.num_images, 100 * correct / batches.num_images
@@ -102,6 +105,10 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     # ---- network and optimizer
     model = make_network(cfg, genotype, num_classes, in_channels).to(device)
     params, flops = count_parameters(model), count_flops(model, in_channels, size)
+    memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    amp, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
+    net: nn.Module = torch.compile(model) if cfg.run.compile else model  # type: ignore[assignment]
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                           weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=t.lr_min)
@@ -119,6 +126,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
         progress_state = state["progress"]
         set_rng_state(state["rng"])
@@ -129,6 +138,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
         save_checkpoint(run.checkpoint_path, {
             "kind": "train", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
             "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "progress": {**progress_state, "wall": progress_state["wall"] + time.perf_counter() - start}})
 
     board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard else None
@@ -141,7 +151,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     start = time.perf_counter()
     with GracefulStop() as stop, progress:
         for epoch in range(start_epoch, t.epochs):
-            model.drop_path_prob = cfg.model.drop_path * epoch / t.epochs  # type: ignore[assignment]
+            drop_prob = cfg.model.drop_path * epoch / t.epochs  # grows linearly from 0
+            model.drop_path_prob = drop_prob  # type: ignore[assignment]
             lr = sched.get_last_lr()[0]
             first = start_step if epoch == start_epoch else 0
             resumed = bool(first and partial)
@@ -151,18 +162,27 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
             progress.start_epoch(epoch, first)
             t0 = time.perf_counter()
             for step, (x, y) in enumerate(train.epoch(epoch, first), start=first + 1):
-                logits, aux = model(x)
-                loss = F.cross_entropy(logits, y)
-                total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux, y)
+                with amp:
+                    logits, aux = net(x.contiguous(memory_format=memory_format))
+                    loss = F.cross_entropy(logits, y)
+                    total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux, y)
                 if not torch.isfinite(total):
                     last = str(run.checkpoint_path) if run.checkpoint_path.exists() else "none yet"
                     raise NumericalFault(f"the loss is not finite ({total.item()}) at epoch {epoch + 1} step "
                                          f"{step}; the last good checkpoint is kept: {last}")
                 opt.zero_grad(set_to_none=True)
-                total.backward()
+                if scaler is None:
+                    total.backward()
+                else:
+                    scaler.scale(total).backward()
+                    scaler.unscale_(opt)  # clip the true gradients
                 if t.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
+                if scaler is None:
+                    opt.step()
+                else:
+                    scaler.step(opt)
+                    scaler.update()
                 sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()])
                 n += len(y)
                 postfix = None
@@ -184,10 +204,10 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
             # ---- end of epoch: test (every eval_every epochs and at the last), metrics, checkpoint
             loss_sum, correct = sums.tolist()
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": 100 * correct / n,
-                                      "lr": lr, "drop_path": model.drop_path_prob, "time_s": elapsed,
+                                      "lr": lr, "drop_path": drop_prob, "time_s": elapsed,
                                       "images_per_s": n / elapsed}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                test_loss, test_acc = evaluate(model, test)
+                test_loss, test_acc = evaluate(net, test, amp, memory_format)
                 progress_state["test"] = [test_loss, test_acc]
                 if test_acc > progress_state["best_acc"]:
                     progress_state["best_acc"], progress_state["best_epoch"] = test_acc, epoch + 1

@@ -24,7 +24,8 @@ def small(space: str, mixer: str = "gdas", seed: int = 0) -> Supernet:
 
 
 def count_op_calls(model: nn.Module) -> dict[tuple[int, int], int]:
-    """Hook every candidate op; returns a dict (edge module id, op index) -> calls, filled during forward."""
+    """Hook every candidate op (and, for GDAS's fused path, the op's final BN): returns a dict
+    (edge module id, op index) -> forward calls, filled during forward."""
     calls: dict[tuple[int, int], int] = {}
     for edge in model.modules():
         if isinstance(edge, MixedEdge):
@@ -35,15 +36,31 @@ def count_op_calls(model: nn.Module) -> dict[tuple[int, int], int]:
     return calls
 
 
+def edges_by_cell_type(model: Supernet) -> list[tuple[str, MixedEdge]]:
+    if isinstance(model, DartsSupernet):
+        return [("reduce" if c.reduction else "normal", e) for c in model.cells for e in c.dag.edges]
+    return [("normal", e) for c in model.cells if isinstance(c, SearchCell) for e in c.edges]
+
+
+@pytest.mark.parametrize("step", ["weights", "alpha"])
 @pytest.mark.parametrize("space", ["darts", "nb201"])
-def test_gdas_runs_exactly_one_op_per_edge(space: str) -> None:
+def test_gdas_runs_exactly_the_sampled_op_on_each_edge(space: str, step: str) -> None:
     model = small(space)
     calls = count_op_calls(model)
-    model.set_step("alpha")
+    inner_calls: dict[tuple[int, int], int] = {}
+    for _, edge in edges_by_cell_type(model):
+        for k, op in enumerate(edge.ops):  # the fused path runs the op's layers, not op.forward itself
+            for layer in list(op.modules())[1:]:
+                layer.register_forward_hook(lambda m, i, o, key=(id(edge), k): inner_calls.update({key: 1}))
+    model.set_step(step)
+    sample = model.mixings()
+    model.mixings = lambda: sample  # type: ignore[method-assign]
     model(torch.randn(2, 3, 8, 8))
-    num_edges = sum(1 for m in model.modules() if isinstance(m, MixedEdge))
-    assert sum(calls.values()) == num_edges  # one op per edge, never more
-    assert len(calls) == num_edges  # and on every edge
+    ran = {key: 1 for key in calls} | inner_calls
+    expected = {(id(edge), sample[t].index[edge.index]): 1 for t, edge in edges_by_cell_type(model)
+                if edge.kinds[sample[t].index[edge.index]] != "zero"}  # a sampled none runs nothing at all
+    assert ran == expected  # the sampled op on every edge, and nothing else
+    assert all(n == 1 for n in calls.values())  # never twice
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
@@ -55,28 +72,38 @@ def test_darts_mixer_runs_every_op(space: str) -> None:
     assert len(calls) == num_edges * model.space.num_ops
 
 
-def test_gdas_edge_output_equals_the_sampled_op_output() -> None:
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("space_name", ["darts", "nb201"])
+def test_gdas_edge_output_equals_the_sampled_op_output(space_name: str, grad: bool) -> None:
     torch.manual_seed(0)
-    space = get_space("darts")
+    space = get_space(space_name)
     edge = MixedEdge(space, index=3, C=4, stride=1)
     x = torch.randn(2, 4, 6, 6)
-    alpha = torch.randn(space.num_edges, space.num_ops, requires_grad=True)
-    for _ in range(20):
+    alpha = torch.zeros(space.num_edges, space.num_ops, requires_grad=grad)
+    seen = set()
+    for _ in range(60):
         sample = GdasSample(alpha, tau=1.0)
         k = sample.index[3]
+        seen.add(k)
         y = edge(x, sample)
-        assert torch.equal(y, edge.ops[k](x))  # bit-identical to the op alone
+        if edge.kinds[k] == "zero":  # nothing (weight step) or a 0-dim zero that carries alpha's gradient
+            assert y is None if not grad else (y.dim() == 0 and y.item() == 0.0)
+        else:
+            assert torch.equal(y, edge.ops[k](x))  # bit-identical to the op alone
+    assert seen == set(range(space.num_ops))
 
 
-def test_a_sampled_none_computes_no_convolution() -> None:
+def test_a_sampled_none_costs_nothing() -> None:
     space = get_space("darts")
-    edge = MixedEdge(space, index=0, C=4, stride=2)
-    calls = count_op_calls(nn.ModuleList([edge]))
+    cell = SearchCell(space, C=4, reduction=True)
+    calls = count_op_calls(cell)
     alpha = torch.full((space.num_edges, space.num_ops), -1e4)
     alpha[:, space.ops.index("none")] = 0.0  # none has all the mass
-    y = edge(torch.randn(2, 4, 6, 6), GdasSample(alpha, tau=1.0))
-    assert list(calls) == [(id(edge), space.ops.index("none"))]
-    assert isinstance(edge.ops[0], Zero) and y.shape == (2, 4, 3, 3) and torch.count_nonzero(y) == 0
+    inputs = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)]
+    out = cell(inputs, GdasSample(alpha, tau=1.0))
+    assert isinstance(cell.edges[0].ops[0], Zero)
+    assert out.shape == (2, 16, 3, 3) and torch.count_nonzero(out) == 0  # 4 nodes of zeros, at stride 2
+    assert set(calls) <= {(id(e), 0) for e in cell.edges}  # only `none` ops ran: no convolution, no pooling
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
@@ -185,3 +212,40 @@ def test_in_channels_and_custom_op_list() -> None:
     assert tuple(model.alpha["normal"].shape) == (14, 2)
     g = model.genotype()
     assert {op for node in g.normal for op, _ in node} <= {"skip_connect", "sep_conv_3x3"}
+
+
+def textbook_edge(self: GdasSample, e: int, x: torch.Tensor, edge: MixedEdge) -> torch.Tensor | None:
+    """GDAS's edge as the paper's code writes it: out * hard[k] + the other hard weights (exact zeros)."""
+    k = self.index[e]
+    out = edge.ops[k](x)
+    if self.hard is None:
+        return out
+    h = self.hard[e]
+    return out * h[k] + (h.sum() - h[k])
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_memory_free_straight_through_equals_the_textbook_gdas_edge(space: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused BN, recompute and none paths give the textbook values and alpha gradients, and leave the same
+    BN running statistics behind."""
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    results = []
+    for edge_fn in (GdasSample.edge, textbook_edge):
+        monkeypatch.setattr(GdasSample, "edge", edge_fn)
+        model = small(space, seed=3)
+        with torch.no_grad():  # a spread-out alpha, so every kind of op gets sampled somewhere
+            for a in model.arch_parameters():
+                a.copy_(torch.randn(a.shape, generator=torch.Generator().manual_seed(1)))
+        model.set_step("alpha")
+        torch.manual_seed(11)
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+        results.append((logits.detach(), {t: a.grad.clone() for t, a in model.alpha.items()}, buffers))
+    (fast_logits, fast_grads, fast_buffers), (ref_logits, ref_grads, ref_buffers) = results
+    assert torch.equal(fast_logits, ref_logits)
+    for t in ref_grads:
+        assert torch.allclose(fast_grads[t], ref_grads[t], rtol=1e-4, atol=1e-6), t
+    assert fast_buffers.keys() == ref_buffers.keys()
+    assert all(torch.equal(fast_buffers[k], ref_buffers[k]) for k in ref_buffers)

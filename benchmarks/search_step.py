@@ -1,0 +1,196 @@
+"""Time a full search step (weight step + alpha step, as nas.search's loop does it) for GDAS and DARTS mixing,
+and the same work for the child, and print one JSON object of medians and ratios.
+
+The child is the same topology with every edge fixed to the op GDAS sampled for it at that step (the GDAS process
+records its samples and the child process that follows it replays them), trained as a plain network: SGD on its
+weights, on the same two batches a search step sees. "gdas_over_child" is what GDAS's search machinery costs on top
+of training the networks it samples.
+
+Each variant runs in its own process (fresh allocator, no shared caches); the processes alternate
+(gdas, child, darts, gdas, ...) so that drifts of a noisy machine hit all variants alike; each drops warm-up steps.
+
+    python benchmarks/search_step.py --space darts            # C=16, 8 cells, batch 64, 2 threads, CPU
+    python benchmarks/search_step.py --space nb201            # C=16, N=5, batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def fixed_sample(model: object, indices: dict[str, list[int]]) -> dict:
+    """A mixing per cell type that runs the given op on every edge, with no alpha involved."""
+    from nas.mixing import GdasSample
+
+    out = {}
+    for t, index in indices.items():
+        sample = GdasSample.__new__(GdasSample)
+        sample.index, sample.hard = index, None
+        out[t] = sample
+    return out
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One variant in this process: returns per-step times (ms), peak memory above the pre-step baseline (MiB) and
+    the share of step time spent producing batches."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from nas.data import Batches, channel_stats
+    from nas.datasets import make_synthetic
+    from nas.mixing import GdasSample, create_mixer
+    from nas.search import alpha_step, weight_step
+    from nas.supernet import build_supernet
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    steps = args.warmup + args.steps
+    data = make_synthetic(2 * args.batch * steps, 10, 32, seed=0)
+    mean, std = channel_stats(data.images)
+    half = len(data) // 2
+    common = dict(batch_size=args.batch, mean=mean, std=std, device=device, augment=True)
+    train = Batches(data, torch.arange(half), seed=0, **common)  # type: ignore[arg-type]
+    valid = Batches(data, torch.arange(half, len(data)), seed=1, **common)  # type: ignore[arg-type]
+
+    torch.manual_seed(0)
+    mixer = create_mixer("darts" if args.variant == "darts" else "gdas", tau_max=10.0, tau_min=10.0)
+    model = build_supernet(args.space, C=args.C, layers=args.layers, num_classes=10, mixer=mixer).to(device)
+    model.train()
+    weights = model.weight_parameters()
+    w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    samples = Path(args.samples)
+    if args.variant == "child":
+        # Fix each step's network to the ops the GDAS run sampled (its weight step's and its alpha step's): the
+        # child has no alpha and no sampling. Without a recorded GDAS run, draw from the same seed instead.
+        model.set_step("weights")
+        if samples.exists():
+            recorded = json.loads(samples.read_text())
+            plan = [[fixed_sample(model, r) for r in recorded[2 * i: 2 * i + 2]] for i in range(steps)]
+        else:
+            torch.manual_seed(1)
+            frozen = {t: a.detach() for t, a in model.alpha.items()}
+            plan = [[{t: GdasSample(a, 10.0) for t, a in frozen.items()} for _ in range(2)] for _ in range(steps)]
+    elif args.variant == "gdas":
+        drawn: list[dict[str, list[int]]] = []
+        sample_once = model.mixings
+
+        def recording() -> dict:
+            mixing = sample_once()
+            drawn.append({t: m.index for t, m in mixing.items()})  # type: ignore[attr-defined]
+            return mixing
+
+        model.mixings = recording  # type: ignore[method-assign]
+
+    torch.manual_seed(1)
+    times, data_times = [], []
+    batches = zip(train.epoch(0), valid.epoch(0), strict=False)
+    base = torch.cuda.memory_allocated(device) if cuda else rss_mib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(steps):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        (xw, yw), (xa, ya) = next(batches)
+        if cuda:
+            torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        if args.variant == "child":
+            for (x, y), fixed in zip(((xw, yw), (xa, ya)), plan[i], strict=True):
+                model.mixings = lambda fixed=fixed: fixed  # type: ignore[method-assign]
+                weight_step(model, x, y, w_opt, weights, 5.0)
+        elif args.variant == "darts":  # DARTS takes the alpha step first
+            alpha_step(model, xa, ya, a_opt)
+            weight_step(model, xw, yw, w_opt, weights, 5.0)
+        else:
+            weight_step(model, xw, yw, w_opt, weights, 5.0)
+            alpha_step(model, xa, ya, a_opt)
+        if cuda:
+            torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        if i >= args.warmup:
+            times.append(1000 * (t2 - t0))
+            data_times.append(1000 * (t1 - t0))
+    if args.variant == "gdas":
+        samples.write_text(json.dumps(drawn))
+    if cuda:
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:  # the high-water mark of resident memory above what the process held before the first step
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"times_ms": times, "data_ms": data_times, "peak_mib": peak}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", choices=["darts", "nb201"], default="darts")
+    p.add_argument("--C", type=int, default=16)
+    p.add_argument("--layers", type=int, default=None, help="cells (darts, default 8) or cells per stage (nb201, "
+                                                            "default 5)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per process")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per process")
+    p.add_argument("--rounds", type=int, default=3, help="processes per variant, alternating")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--variants", default="gdas,child,darts")
+    p.add_argument("--variant", help=argparse.SUPPRESS)  # set in the worker processes
+    p.add_argument("--samples", help=argparse.SUPPRESS)  # where the GDAS worker records its samples for the child
+    args = p.parse_args()
+    if args.layers is None:
+        args.layers = 8 if args.space == "darts" else 5
+    if args.variant:
+        print(json.dumps(worker(args)))
+        return
+
+    variants = args.variants.split(",")
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    passthrough = [f"--{k}={getattr(args, k)}" for k in ("space", "C", "layers", "batch", "steps", "warmup",
+                                                          "threads", "device")]
+    import tempfile
+
+    samples = Path(tempfile.mkdtemp()) / "samples.json"
+    for _ in range(args.rounds):
+        for v in variants:
+            out = subprocess.run([sys.executable, __file__, *passthrough, f"--variant={v}", f"--samples={samples}"],
+                                 capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                sys.exit(f"the {v} worker failed:\n{out.stderr}")
+            results[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    report: dict[str, object] = {}
+    for v in variants:
+        times = [t for r in results[v] for t in r["times_ms"]]
+        report[f"{v}_ms"] = round(statistics.median(times), 1)
+        report[f"{v}_peak_mib"] = round(max(r["peak_mib"] for r in results[v]), 1)
+        report[f"{v}_data_share"] = round(sum(t for r in results[v] for t in r["data_ms"]) / sum(times), 4)
+    if "gdas" in variants and "child" in variants:
+        report["gdas_over_child"] = round(report["gdas_ms"] / report["child_ms"], 3)  # type: ignore[operator]
+        report["gdas_peak_over_child"] = round(report["gdas_peak_mib"] / report["child_peak_mib"], 3)  # type: ignore
+    if "gdas" in variants and "darts" in variants:
+        report["darts_over_gdas"] = round(report["darts_ms"] / report["gdas_ms"], 2)  # type: ignore[operator]
+    report["settings"] = {"space": args.space, "C": args.C, "layers": args.layers, "batch": args.batch,
+                          "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": args.threads,
+                          "device": args.device}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
