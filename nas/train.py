@@ -108,6 +108,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     amp, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
+    if cfg.model.drop_path > 0:  # on from the first epoch (at p = 0 it is the identity): one graph to compile
+        model.use_drop_path = True  # type: ignore[assignment]
     net: nn.Module = torch.compile(model) if cfg.run.compile else model  # type: ignore[assignment]
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                           weight_decay=t.weight_decay)

@@ -72,3 +72,21 @@ def test_fp16_needs_cuda_and_compile_is_for_evaluate(tmp_path: Path, capsys: pyt
     assert "run.amp=fp16 needs a CUDA device" in capsys.readouterr().err
     assert search_main([*TINY, "run.compile=true", f"run.dir={tmp_path / 'b'}"]) == 2
     assert "run.compile applies only to evaluate.py" in capsys.readouterr().err
+
+
+def test_compiled_evaluation_compiles_one_training_and_one_test_graph(tmp_path: Path) -> None:
+    """run.compile=true trains and tests through torch.compile; the drop-path probability changes every epoch
+    without a recompilation (it lives in a tensor), so three epochs need two graphs."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    rc = evaluate_main(["--config", "configs/eval/quick.yaml", "--genotype", "DARTS_V2", "train.epochs=3",
+                        "data.synthetic.train=32", "data.synthetic.test=16", "data.image_size=8", "data.batch_size=16",
+                        "model.C=4", "model.layers=3", "run.compile=true", "run.tensorboard=false",
+                        f"run.dir={tmp_path / 'run'}", "--quiet"])
+    assert rc == 0
+    assert counters["stats"]["unique_graphs"] == 2
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["drop_path"] for m in metrics] == [0.0, 0.1 / 3, 0.2 / 3]
+    torch._dynamo.reset()
