@@ -8,6 +8,8 @@ of training the networks it samples.
 
 Each variant runs in its own process (fresh allocator, no shared caches); the processes alternate
 (gdas, child, darts, gdas, ...) so that drifts of a noisy machine hit all variants alike; each drops warm-up steps.
+A GDAS step costs what its samples cost, so each round draws its own samples (and batches): the median is taken over
+rounds x steps different networks, not the same few networks timed again.
 Each variant is timed in both memory formats (NCHW and channels-last, which decide how fast oneDNN's CPU kernels
 and cuDNN's run) and judged by its faster one: every method at its best, as a user would run it.
 
@@ -67,8 +69,8 @@ def worker(args: argparse.Namespace) -> dict:
     mean, std = channel_stats(data.images)
     half = len(data) // 2
     common = dict(batch_size=args.batch, mean=mean, std=std, device=device, augment=True)
-    train = Batches(data, torch.arange(half), seed=0, **common)  # type: ignore[arg-type]
-    valid = Batches(data, torch.arange(half, len(data)), seed=1, **common)  # type: ignore[arg-type]
+    train = Batches(data, torch.arange(half), seed=2 * args.round, **common)  # type: ignore[arg-type]
+    valid = Batches(data, torch.arange(half, len(data)), seed=2 * args.round + 1, **common)  # type: ignore[arg-type]
 
     torch.manual_seed(0)
     mixer = create_mixer("darts" if args.variant == "darts" else "gdas", tau_max=10.0, tau_min=10.0)
@@ -89,7 +91,7 @@ def worker(args: argparse.Namespace) -> dict:
             recorded = json.loads(samples.read_text())
             plan = [[fixed_sample(model, r) for r in recorded[2 * i: 2 * i + 2]] for i in range(steps)]
         else:
-            torch.manual_seed(1)
+            torch.manual_seed(1 + args.round)
             frozen = {t: a.detach() for t, a in model.alpha.items()}
             plan = [[{t: GdasSample(a, 10.0) for t, a in frozen.items()} for _ in range(2)] for _ in range(steps)]
     elif args.variant == "gdas":
@@ -103,7 +105,7 @@ def worker(args: argparse.Namespace) -> dict:
 
         model.mixings = recording  # type: ignore[method-assign]
 
-    torch.manual_seed(1)
+    torch.manual_seed(1 + args.round)  # each round draws its own GDAS samples (the child replays them)
     times, data_times = [], []
     batches = zip(train.epoch(0), valid.epoch(0), strict=False)
     base = torch.cuda.memory_allocated(device) if cuda else rss_mib()
@@ -159,6 +161,7 @@ def main() -> None:
     p.add_argument("--formats", default="nchw,nhwc", help="memory formats to time each variant in: nchw, nhwc")
     p.add_argument("--format", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)  # set in the worker processes
+    p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--samples", help=argparse.SUPPRESS)  # where the GDAS worker records its samples for the child
     args = p.parse_args()
     if args.layers is None:
@@ -175,12 +178,12 @@ def main() -> None:
     import tempfile
 
     tmp = Path(tempfile.mkdtemp())
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for f in formats:
             for v in variants:
-                out = subprocess.run([sys.executable, __file__, *passthrough, f"--variant={v}", f"--format={f}",
-                                      f"--samples={tmp / f'samples-{f}.json'}"], capture_output=True, text=True,
-                                     check=False)
+                cmd = [sys.executable, __file__, *passthrough, f"--variant={v}", f"--format={f}", f"--round={r}",
+                       f"--samples={tmp / f'samples-{f}.json'}"]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if out.returncode != 0:
                     sys.exit(f"the {v} worker ({f}) failed:\n{out.stderr}")
                 results[(v, f)].append(json.loads(out.stdout.strip().splitlines()[-1]))
