@@ -26,7 +26,7 @@ from nas.checkpoint import (
 from nas.config import SearchConfig, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
-from nas.runlog import Board, Progress, Run, autocast, grad_scaler
+from nas.runlog import Board, Progress, Run, autocast, backward_step, grad_scaler
 from nas.spaces import get_space
 from nas.supernet import Supernet, build_supernet
 
@@ -42,15 +42,7 @@ def weight_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     with amp:
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
-    opt.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)  # clip the true gradients
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(weights, grad_clip)
-    opt.step() if scaler is None else scaler.step(opt)
+    backward_step(loss, opt, scaler, weights, grad_clip)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -61,13 +53,7 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
     with amp:
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
-    opt.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        opt.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
+    backward_step(loss, opt, scaler)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -211,7 +197,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             if board is not None:
                 board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)},
                               epoch + 1, "search")
-                board.alpha({t: a for t, a in model.alpha.items()}, space, epoch + 1)
+                board.alpha(dict(model.alpha), space, epoch + 1)
                 board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
             stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
 

@@ -29,7 +29,7 @@ from nas.config import TrainConfig, UserError, dump_yaml, to_dict
 from nas.data import Batches, channel_stats, dataset_info, load_dataset
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
-from nas.runlog import Board, Progress, Run, RunLog, autocast, grad_scaler, prepare_run_dir
+from nas.runlog import Board, Progress, Run, RunLog, autocast, backward_step, grad_scaler, prepare_run_dir
 
 
 def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:
@@ -172,18 +172,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                     last = str(run.checkpoint_path) if run.checkpoint_path.exists() else "none yet"
                     raise NumericalFault(f"the loss is not finite ({total.item()}) at epoch {epoch + 1} step "
                                          f"{step}; the last good checkpoint is kept: {last}")
-                opt.zero_grad(set_to_none=True)
-                if scaler is None:
-                    total.backward()
-                else:
-                    scaler.scale(total).backward()
-                    scaler.unscale_(opt)  # clip the true gradients
-                if t.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                if scaler is None:
-                    opt.step()
-                else:
-                    scaler.step(opt)
+                backward_step(total, opt, scaler, model.parameters(), t.grad_clip)
+                if scaler is not None:
                     scaler.update()
                 sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()])
                 n += len(y)
