@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nas.config import SearchConfig, TrainConfig, UserError, load_config
+from nas.config import SearchConfig, StudyConfig, TrainConfig, UserError, load_config
 
 RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
 
@@ -17,15 +18,20 @@ def run_guarded(fn: Callable[[], object]) -> int:
     """Run fn and turn the ways a run ends into exit statuses, with one line on stderr and no traceback:
     bad input 2, a non-finite loss 3, a graceful stop on SIGINT / SIGTERM 130 / 143."""
     from nas.checkpoint import NumericalFault, Stopped
+    from nas.compare import RunsFailed
 
     def one_line(e: BaseException) -> str:
         return " ".join(str(e).split())
 
+    follow_parent()
     try:
         fn()
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except RunsFailed as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
     except NumericalFault as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 3
@@ -36,6 +42,25 @@ def run_guarded(fn: Callable[[], object]) -> int:
         print("interrupted before the step finished; the last checkpoint is kept", file=sys.stderr)
         return 130
     return 0
+
+
+def follow_parent() -> None:
+    """A run that a study started (NAS_PARENT_PID set) dies with the study: should the study be killed (even by
+    SIGKILL), the kernel kills the run too (Linux), so no orphan keeps writing into the study directory. Its
+    checkpoints are atomic, so --resume continues from the last one."""
+    parent = os.environ.get("NAS_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the study died before the line above
+        os._exit(137)
 
 
 def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> Any:
@@ -161,5 +186,45 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             run_repeats(cfg, genotype, parse_seeds(args.seeds, cfg.seed), name, quiet=args.quiet)
         else:
             run_train(cfg, genotype, name, quiet=args.quiet)
+
+    return run_guarded(go)
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="compare.py", description="Compare search methods: every method searched with every seed on the same "
+        "data and supernet, random cells beside them, every cell retrained with one recipe, one report.",
+        epilog="example: python compare.py --config configs/compare/quick.yaml run.dir=runs/quick-compare")
+    parser.add_argument("--config", metavar="YAML", help="study recipe (defaults apply to keys it leaves out)")
+    parser.add_argument("--resume", metavar="STUDY_DIR", help="continue a study: finished runs are skipped, "
+                                                              "interrupted ones resume from their checkpoints")
+    parser.add_argument("--report", metavar="STUDY_DIR", help="build the report from whatever has finished, and list "
+                                                              "what has not; runs nothing")
+    parser.add_argument("--plan", action="store_true", help="create the study (or read --resume's) and print the "
+                                                            "command line of every run still to do; runs nothing")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs at once: one per GPU where there are GPUs; on a CPU the cores are split")
+    parser.add_argument("--quiet", action="store_true", help="print only the study's own lines and errors")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    args = parser.parse_intermixed_args(argv)
+
+    def go() -> None:
+        from nas.compare import report_study, run_study
+
+        if args.report:
+            if args.config or args.resume or args.plan or args.overrides:
+                raise UserError("--report reads the study directory as it is; drop --config, --resume, --plan and "
+                                "overrides")
+            print(report_study(args.report))
+            return
+        if args.resume:
+            if args.config:
+                raise UserError("--resume continues with the study directory's own study.yaml; drop --config")
+            run_study(resume=Path(args.resume), overrides=args.overrides, jobs=args.jobs, plan=args.plan,
+                      quiet=args.quiet)
+            return
+        cfg = load_config(StudyConfig, args.config, args.overrides)
+        run_study(cfg, Path(args.config).stem if args.config else "compare", jobs=args.jobs, plan=args.plan,
+                  quiet=args.quiet)
 
     return run_guarded(go)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -232,6 +233,117 @@ class TrainConfig:
                               "both to 0 for model.space=nb201")
 
 
+STUDY_SECTIONS = ("seed", "data", "model", "run", "eval", "random", "methods", "seeds", "per_method")
+
+
+@dataclass(frozen=True)
+class RandomCells:
+    samples: int = _key(4, "genotypes drawn uniformly from the space, under the derivation rule's constraints "
+                           "(0: no random baseline)", low=0)
+    seed: int = _key(0, "seed of the random genotypes", low=0)
+
+
+@dataclass(frozen=True)
+class EvalData:
+    subset: int | None = _key(None, "training images for retraining (null: data.subset; 0: all)", low=0)
+    batch_size: int = _key(96, "images per training step", low=1)
+    augment: bool = _key(True, "random crop (4 px padding) and horizontal flip on training batches")
+    cutout: int = _key(16, "side in pixels of the cutout square (0: off)", low=0)
+
+
+@dataclass(frozen=True)
+class EvalRecipe:
+    seeds: tuple[int, ...] = _key((0,), "training seeds: every genotype is trained from scratch once per seed", low=0)
+    data: EvalData = _key(EvalData(), "batches for retraining; the data set itself is the study's data section")
+    model: NetworkConfig = _key(NetworkConfig(), "the network built from each genotype")
+    train: TrainOptions = _key(TrainOptions(), "training from scratch")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A comparison study: ``methods`` x ``seeds`` searches on one data set, split and supernet, ``random.samples``
+    random cells, and every genotype trained with the one ``eval`` recipe for every seed in ``eval.seeds``."""
+
+    methods: tuple[str, ...] = _key(("gdas", "darts"), "methods to compare, in report order: a search.mixer name, "
+                                                       "or any name given a mixer under per_method")
+    per_method: dict[str, dict[str, Any]] = _key({}, "search.* keys of one method on top of the search section "
+                                                     "(for example per_method.darts.order=alpha_first)")
+    seeds: tuple[int, ...] = _key((0,), "search seeds: every method searches once per seed", low=0)
+    random: RandomCells = _key(RandomCells(), "the random baseline")
+    data: DataConfig = _key(DataConfig(), "the data set and bilevel split every search and training uses")
+    model: ModelConfig = _key(ModelConfig(), "the supernet every method searches")
+    search: SearchOptions = _key(SearchOptions(), "search settings shared by every method (the mixer is per method)")
+    eval: EvalRecipe = _key(EvalRecipe(), "the one recipe every genotype is trained with")
+    run: RunConfig = _key(RunConfig(), "study directory (run.dir) and the device settings of every run")
+
+    def check(self) -> None:
+        if self.search.mixer != SearchOptions().mixer:
+            raise ConfigError("search.mixer is set per method in a study: list the methods in methods=[...] "
+                              "(a name that is not a mixer gets one with per_method.<name>.mixer)")
+        for key, seeds in (("seeds", self.seeds), ("eval.seeds", self.eval.seeds)):
+            if len(set(seeds)) != len(seeds):
+                raise ConfigError(f"{key}={list(seeds)} lists a seed twice")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods={list(self.methods)} lists a method twice")
+        for name in self.methods:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) or name == "random":
+                raise ConfigError(f"method name {name!r} is not valid; valid: letters, digits, '_', '.', '-', starting "
+                                  "with a letter, and not 'random' (the random baseline's name)")
+        for name in (*self.methods, *(m for m in self.per_method if m not in self.methods)):
+            self.search_config(name, self.seeds[0])
+        space = self.eval.model.space
+        if space is not None and space != self.model.space:
+            raise ConfigError(f"eval.model.space={space} differs from model.space={self.model.space}: a study "
+                              "trains the genotypes its supernet searched; set eval.model.space=null")
+        self.train_config(self.eval.seeds[0])
+
+    def method_options(self, name: str) -> SearchOptions:
+        """The search section as method ``name`` runs it: the shared keys, its own per_method keys on top, and its
+        mixer (the name itself unless per_method.<name>.mixer says otherwise)."""
+        raw = self.per_method.get(name) or {}
+        for key in raw:
+            if key in STUDY_SECTIONS:
+                raise ConfigError(f"per_method.{name}.{key}: a method may set search.* keys only; every method of a "
+                                  "study searches the same data with the same supernet")
+        if "epochs" in raw:
+            raise ConfigError(f"per_method.{name}.epochs: every method of a study searches for the same number of "
+                              "epochs (the same budget); set search.epochs")
+        raw = dict(raw)
+        if "mixer" not in raw:
+            if name not in MIXERS:
+                near = difflib.get_close_matches(name, MIXERS, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(f"method {name!r} is not a mixer{hint}; valid: {', '.join(MIXERS)}, or any name "
+                                  f"with per_method.{name}.mixer set")
+            raw["mixer"] = name
+        return from_dict(SearchOptions, raw, f"per_method.{name}.", base=self.search)
+
+    def search_config(self, method: str, seed: int) -> SearchConfig:
+        """The complete, checked search config of one search of the study (run.dir left to the study)."""
+        cfg = SearchConfig(seed=seed, data=self.data, model=self.model, search=self.method_options(method),
+                           run=dataclasses.replace(self.run, dir="", overwrite=False, compile=False))
+        try:
+            cfg.check()
+        except ConfigError as e:
+            raise ConfigError(f"method {method!r}: {e}; keys that only some methods take belong under "
+                              "per_method.<name>") from None
+        return cfg
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The complete, checked training config of one retraining of the study (run.dir left to the study)."""
+        e = self.eval
+        data = dataclasses.replace(self.data, train_portion=DataConfig().train_portion,
+                                   subset=self.data.subset if e.data.subset is None else e.data.subset,
+                                   batch_size=e.data.batch_size, augment=e.data.augment, cutout=e.data.cutout)
+        model = dataclasses.replace(e.model, space=self.model.space)
+        cfg = TrainConfig(seed=seed, data=data, model=model, train=e.train,
+                          run=dataclasses.replace(self.run, dir="", overwrite=False))
+        try:
+            return from_dict(TrainConfig, to_dict(cfg))  # every check a training config gets
+        except ConfigError as err:
+            raise ConfigError(f"the eval recipe (eval.*): {err}") from None
+
+
 C = TypeVar("C")
 
 
@@ -341,6 +453,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        return "a mapping of names to keys"
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -382,6 +496,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise bad
+    if origin is dict:  # named sections whose keys the owner checks (per_method.<name>.<key>)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad
+        out = {}
+        for name, section in value.items():
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError(f"{key}.{name}={section!r} has the wrong type; expected a mapping of keys")
+            out[str(name)] = dict(section or {})
+        return out
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
@@ -406,7 +531,7 @@ def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> Any:
     low, high = meta.get("low"), meta.get("high")
     low_open, high_open = meta.get("low_open", False), meta.get("high_open", False)
     for v in value if isinstance(value, tuple) else (value,):
-        if v is None or isinstance(v, (str, bool)):
+        if v is None or isinstance(v, (str, bool, dict)):
             continue
         too_low = low is not None and (v <= low if low_open else v < low)
         too_high = high is not None and (v >= high if high_open else v > high)
@@ -428,6 +553,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             out[f.name] = to_dict(v)
         elif isinstance(v, tuple):
             out[f.name] = list(v)
+        elif isinstance(v, dict):
+            out[f.name] = {k: dict(x) for k, x in v.items()}
         else:
             out[f.name] = v
     return out
@@ -487,10 +614,11 @@ def key_table(cls: type) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m nas.config [search|train]: the README's key tables
+if __name__ == "__main__":  # python -m nas.config [search|train|study]: the README's key tables
     import sys
 
+    tables = {"search": SearchConfig, "train": TrainConfig, "study": StudyConfig}
     which = sys.argv[1] if len(sys.argv) > 1 else "search"
-    if which not in ("search", "train"):
-        sys.exit(f"usage: python -m nas.config [search|train]; got {which!r}")
-    print(key_table(SearchConfig if which == "search" else TrainConfig))
+    if which not in tables:
+        sys.exit(f"usage: python -m nas.config [{'|'.join(tables)}]; got {which!r}")
+    print(key_table(tables[which]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from nas.config import UserError
-from nas.ops import check_op_name, list_ops
+from nas.ops import check_op_name, is_parameter_free, list_ops
 from nas.spaces import SearchSpace
 
 Edge = tuple[str, int]          # (op name, global id of the input node)
@@ -153,6 +154,42 @@ def _derive_cell(space: SearchSpace, w: torch.Tensor, rule: str) -> tuple[Node, 
             top = sorted(pairs, key=lambda ek: -rows[ek[0]][ek[1]])[:2]
             nodes.append(tuple((ops[k], space.edges[e][0]) for e, k in top))
     return tuple(nodes)
+
+
+def random_genotype(space: SearchSpace, rng: random.Random, rule: str = "darts") -> Genotype:
+    """A genotype drawn uniformly from those ``rule`` can derive: NAS-Bench-201, any op on every edge (`none`
+    included); DARTS space, per node 2 distinct inputs each with an op other than `none` (rule darts) or 2
+    distinct (op, input) pairs (rule gdas)."""
+    if rule not in ("darts", "gdas"):
+        raise UserError(f"unknown derivation rule {rule!r}; valid: darts, gdas")
+    real = [op for op in space.ops if op != "none"]
+    cells: dict[str, tuple[Node, ...]] = {}
+    for cell in space.cell_types:
+        nodes: list[Node] = []
+        for node in space.nodes:
+            if space.name == "nb201":
+                nodes.append(tuple((rng.choice(space.ops), src) for src in range(node)))
+            elif rule == "darts":
+                nodes.append(tuple((rng.choice(real), src) for src in sorted(rng.sample(range(node), 2))))
+            else:
+                pairs = [(op, src) for src in range(node) for op in real]
+                nodes.append(tuple(sorted(rng.sample(pairs, 2), key=lambda e: (e[1], space.ops.index(e[0])))))
+        cells[cell] = tuple(nodes)
+    if space.name == "nb201":
+        return check_genotype(Genotype("nb201", cells["normal"], space.concat))
+    return check_genotype(Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat))
+
+
+def op_counts(g: Genotype) -> dict[str, Any]:
+    """What a genotype is made of: edges, parameter-free edges (none, skip_connect, pooling: ops that learn
+    nothing at stride 1), skip-connects, and the count of every op, over all its cells."""
+    ops = [op for nodes, _ in g.cells().values() for node in nodes for op, _ in node]
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op] = counts.get(op, 0) + 1
+    free = sum(1 for op in ops if is_parameter_free(op))
+    return {"edges": len(ops), "parameter_free": free, "skip_connect": counts.get("skip_connect", 0),
+            "ops": dict(sorted(counts.items()))}
 
 
 # ---------------------------------------------------------------------------------------------- formats

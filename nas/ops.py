@@ -9,6 +9,7 @@ separable block, and skip_connect at stride 2 is a factorized reduce.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -40,6 +41,13 @@ def check_op_name(name: str, valid: list[str] | None = None, where: str = "") ->
         near = difflib.get_close_matches(name, valid, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise UserError(f"unknown op {name!r}{where}{hint}; valid: {', '.join(valid)}")
+
+
+@functools.cache
+def is_parameter_free(name: str) -> bool:
+    """Whether op ``name`` learns nothing where a cell keeps its size (stride 1, C_in == C_out): none, skip_connect
+    and the poolings. A cell of such edges only mixes and resamples its inputs."""
+    return sum(p.numel() for p in create_op(name, 2, 2, 1).parameters()) == 0
 
 
 def create_op(name: str, C_in: int, C_out: int, stride: int, affine: bool = True) -> nn.Module:

@@ -51,6 +51,13 @@ def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
     return run_dir
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file ([] when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file, flush it to disk, then rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -204,6 +211,39 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": None}
 
 
+def cpu_model() -> str:
+    """The processor's name as the OS reports it ("" when it does not)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """The process's memory high-water mark so far, in MiB: on CUDA the tensors allocated on the device
+    (torch.cuda.max_memory_allocated), on the CPU the resident set size (ru_maxrss: Python, torch and the data
+    included)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # not on a POSIX system
+        return float("nan")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def record_data(run_dir: Path, info: dict[str, Any]) -> None:
+    """Note in meta.json what data the run reads (images per split, classes, image shape)."""
+    path = run_dir / "meta.json"
+    meta = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    meta["data"] = info
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
 def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
     """Append this session (start or resume) to meta.json: command line, git commit, versions, device."""
     import numpy
@@ -219,7 +259,7 @@ def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
         "cwd": os.getcwd(), "host": platform.node(), "git": _git_commit(), "device": dev,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": numpy.__version__},
-        "threads": torch.get_num_threads()})
+        "threads": torch.get_num_threads(), "cpu": {"model": cpu_model(), "cores": os.cpu_count()}})
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
 
 

@@ -26,7 +26,7 @@ from nas.checkpoint import (
 from nas.config import SearchConfig, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
-from nas.runlog import Board, Progress, Run, autocast, backward_step, grad_scaler
+from nas.runlog import Board, Progress, Run, autocast, backward_step, grad_scaler, peak_memory_mib, record_data
 from nas.spaces import get_space
 from nas.supernet import Supernet, build_supernet
 
@@ -77,6 +77,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     train = Batches(data, w_idx, seed=cfg.seed, **common)
     valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
     num_classes, in_channels = len(data.classes), data.images.shape[1]
+    record_data(run.dir, {"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
+                          "classes": num_classes, "image_shape": list(data.images.shape[1:])})
     del data
     steps = min(len(train), len(valid))
 
@@ -182,7 +184,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             genotype = model.genotype(s.derive)
             record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
                       "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
-                      "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps}
+                      "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
+                      "peak_mib": peak_memory_mib(device)}
             log.append("metrics.jsonl", record)
             log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
             log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()

@@ -29,7 +29,19 @@ from nas.config import TrainConfig, UserError, dump_yaml, to_dict
 from nas.data import Batches, channel_stats, dataset_info, load_dataset
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
-from nas.runlog import Board, Progress, Run, RunLog, autocast, backward_step, grad_scaler, prepare_run_dir
+from nas.runlog import (
+    Board,
+    Progress,
+    Run,
+    RunLog,
+    autocast,
+    backward_step,
+    grad_scaler,
+    peak_memory_mib,
+    prepare_run_dir,
+    read_jsonl,
+    record_data,
+)
 
 
 def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:
@@ -100,6 +112,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     test = Batches(test_set, batch_size=max(cfg.data.batch_size, 256), mean=mean, std=std, device=device,
                    shuffle=False, drop_last=False)
     num_classes, in_channels, size = len(train_set.classes), train_set.images.shape[1], train_set.images.shape[-1]
+    record_data(run.dir, {"name": cfg.data.name, "train_images": train.num_images, "test_images": test.num_images,
+                          "classes": num_classes, "image_shape": list(train_set.images.shape[1:])})
     del train_set, test_set
 
     # ---- network and optimizer
@@ -121,8 +135,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
               f"classes; {params / 1e6:.3f}M parameters, {flops / 1e6:.1f}M multiply-adds per image; device {device}")
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
-    progress_state: dict[str, Any] = {"best_acc": -1.0, "best_epoch": 0, "test": [float("nan"), float("nan")],
-                                      "train_time": 0.0, "seen": 0, "wall": 0.0}
+    progress_state: dict[str, Any] = {"test": [float("nan"), float("nan")], "train_time": 0.0, "seen": 0,
+                                      "wall": 0.0}
     start_epoch, start_step, partial = 0, 0, None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -197,12 +211,10 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
             loss_sum, correct = sums.tolist()
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": 100 * correct / n,
                                       "lr": lr, "drop_path": drop_prob, "time_s": elapsed,
-                                      "images_per_s": n / elapsed}
+                                      "images_per_s": n / elapsed, "peak_mib": peak_memory_mib(device)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 test_loss, test_acc = evaluate(net, test, amp, memory_format)
                 progress_state["test"] = [test_loss, test_acc]
-                if test_acc > progress_state["best_acc"]:
-                    progress_state["best_acc"], progress_state["best_epoch"] = test_acc, epoch + 1
                 record.update(test_loss=test_loss, test_acc=test_acc)
             log.append("metrics.jsonl", record)
             checkpoint(epoch + 1, 0, None)
@@ -218,15 +230,15 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
         board.close()
 
     test_loss, test_acc = progress_state["test"]
-    results = {"final_test_acc": test_acc, "best_test_acc": progress_state["best_acc"],
-               "best_epoch": progress_state["best_epoch"], "final_test_loss": test_loss, "params": params,
-               "flops": flops, "epochs": t.epochs,
+    # The result is the last epoch's test accuracy: picking the best epoch by test accuracy would select on the
+    # test set (the curve stays in metrics.jsonl).
+    results = {"final_test_acc": test_acc, "final_test_loss": test_loss, "params": params, "flops": flops,
+               "epochs": t.epochs, "peak_mib": max(r["peak_mib"] for r in read_jsonl(run.dir / "metrics.jsonl")),
                "wall_time_s": progress_state["wall"] + time.perf_counter() - start,
                "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
     log.write_json("results.json", results)
-    log.print(f"done: test accuracy {test_acc:.2f}% (best {progress_state['best_acc']:.2f}% at epoch "
-              f"{progress_state['best_epoch']}); results in {run.dir / 'results.json'}")
+    log.print(f"done: test accuracy {test_acc:.2f}% after the last epoch; results in {run.dir / 'results.json'}")
     return results
 
 
@@ -243,7 +255,7 @@ def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: st
         values = [r[key] for r in runs]
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
-    summary = {"seeds": seeds, "final_test_acc": stats("final_test_acc"), "best_test_acc": stats("best_test_acc"),
+    summary = {"seeds": seeds, "final_test_acc": stats("final_test_acc"),
                "params": runs[0]["params"], "flops": runs[0]["flops"], "runs": [f"seed-{s}" for s in seeds],
                "genotype": genotype.to_dict()}
     RunLog(parent).write_json("summary.json", summary)

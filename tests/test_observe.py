@@ -105,6 +105,11 @@ def test_search_writes_tensorboard_cells_metadata_and_log(tmp_path: Path,
     assert session["resumed"] is False and session["device"]["type"] == "cpu"
     assert {"python", "torch", "torchvision", "numpy"} <= set(session["versions"])
     assert "commit" in session["git"] and isinstance(session["command"], list)
+    assert session["cpu"]["cores"] >= 1 and isinstance(session["cpu"]["model"], str)
+    assert meta["data"] == {"name": "synthetic", "weight_images": 32, "alpha_images": 32, "classes": 10,
+                            "image_shape": [3, 8, 8]}  # what a report states as the budget
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["peak_mib"] > 50 for m in metrics)  # the process's high-water mark: Python and torch at least
 
 
 def test_plain_progress_lines_without_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

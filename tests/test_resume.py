@@ -48,7 +48,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def strip_times(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "images_per_s")}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "images_per_s", "peak_mib")}
             for line in path.read_text().splitlines()]
 
 

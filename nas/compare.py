@@ -1,0 +1,344 @@
+"""A comparison study: every method searches with every seed on the same data, bilevel split and supernet; random
+cells are drawn from the space under the derivation rule's constraints (the baseline of Li & Talwalkar 2019 and
+Yang et al., ICLR 2020, "NAS evaluation is frustratingly hard"); every genotype is trained from scratch with one
+shared recipe for every training seed.
+
+Each piece is an ordinary search or training run directory under the study directory, started as its own process
+(``python -m nas search|evaluate ...``), so --resume, TensorBoard, nas.plot and nas.genotype work on it, and a
+scheduler can run the same command lines (--plan). The report is built from what the runs record (nas.report).
+
+    STUDY/study.yaml                 the resolved study config
+    STUDY/configs/search-<m>.yaml    the search recipe of method m;  STUDY/configs/train.yaml  the training recipe
+    STUDY/search/<m>-s<seed>/        search runs
+    STUDY/random/random-<i>/         random cells (genotype.json, cells/ drawings)
+    STUDY/train/<cell>-e<seed>/      training runs, <cell> = <m>-s<seed> or random-<i>
+    STUDY/report.md, report.json, plots/, log.txt, failures.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import types
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nas.config import StudyConfig, UserError, dump_yaml, load_config
+from nas.report import Cell, SearchRun, StudyLayout, write_report
+
+STUDY_FILE = "study.yaml"
+STUDY_FILES = (STUDY_FILE, "report.md", "report.json", "log.txt", "meta.json", "failures.json")
+STUDY_DIRS = ("configs", "search", "random", "train", "plots")
+RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
+
+
+class RunsFailed(Exception):
+    """Some runs of a study failed; the others finished and the report lists what is missing (exit 1)."""
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+def layout(study_dir: Path, cfg: StudyConfig) -> StudyLayout:
+    """Every search, cell and training of the study, and where each lives."""
+    searches = [SearchRun(m, s, study_dir / "search" / f"{m}-s{s}") for s in cfg.seeds for m in cfg.methods]
+    cells = [Cell(f"{r.method}-s{r.seed}", r.method, r.seed, r.dir) for r in searches]
+    cells += [Cell(f"random-{i}", "random", None, study_dir / "random" / f"random-{i}")
+              for i in range(cfg.random.samples)]
+    trainings = {c.id: [(e, study_dir / "train" / f"{c.id}-e{e}") for e in cfg.eval.seeds] for c in cells}
+    return StudyLayout(study_dir, cfg, searches, cells, trainings)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One run of a study and the command line that starts it (after ``python -m nas``)."""
+
+    name: str                 # its path under the study directory: search/gdas-s0, train/random-2-e0
+    kind: str                 # search or train
+    dir: Path
+    args: tuple[str, ...]     # a new run: the recipe and its overrides
+    needs: Path | None = None  # a training of a searched cell: the search run whose genotype.json it reads
+
+    def status(self) -> str:
+        """done, interrupted (a checkpoint to resume), started (no checkpoint yet: start again) or new."""
+        if (self.dir / ("genotype.json" if self.kind == "search" else "results.json")).exists():
+            return "done"
+        if (self.dir / "checkpoint.pt").exists() and (self.dir / "config.yaml").exists():
+            return "interrupted"
+        return "started" if (self.dir / "config.yaml").exists() else "new"
+
+    def command(self, extra: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+        tool = "search" if self.kind == "search" else "evaluate"
+        status = self.status()
+        if status == "interrupted":
+            return [tool, "--resume", str(self.dir), *extra]
+        return [tool, *self.args, *(["run.overwrite=true"] if status == "started" else []), *extra]
+
+
+def pieces(lay: StudyLayout) -> list[Piece]:
+    """Every run in the order they start: searches (seed by seed, so that methods keep level), trainings of random
+    cells, then trainings of searched cells."""
+    d = lay.dir
+    out = [Piece(f"search/{r.dir.name}", "search", r.dir,
+                 ("--config", str(d / "configs" / f"search-{r.method}.yaml"), f"seed={r.seed}", f"run.dir={r.dir}"))
+           for r in lay.searches]
+    for random_first in (True, False):
+        for e in lay.cfg.eval.seeds:
+            for cell in lay.cells:
+                if (cell.method == "random") != random_first:
+                    continue
+                run_dir = dict(lay.trainings[cell.id])[e]
+                out.append(Piece(f"train/{run_dir.name}", "train", run_dir,
+                                 ("--config", str(d / "configs" / "train.yaml"), "--genotype", str(cell.source),
+                                  f"seed={e}", f"run.dir={run_dir}"),
+                                 needs=None if random_first else cell.source))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+def prepare_study(cfg: StudyConfig, name: str) -> Path:
+    """Check the data, then create the study directory: the resolved config, one recipe file per method and one
+    for training, and the random cells. Nothing is written before every check has passed."""
+    from nas.data import load_dataset
+    from nas.genotype import random_genotype
+    from nas.plot import draw_cells
+    from nas.runlog import atomic_write_text
+    from nas.spaces import get_space
+
+    if cfg.data.name != "synthetic":  # a missing or damaged data set fails here, not in the first run
+        for split in ("train", "test"):
+            load_dataset(cfg.data, split)
+    study_dir = Path(cfg.run.dir or os.path.join("runs", f"{name}-{datetime.now():%Y%m%d-%H%M%S}"))
+    if study_dir.exists() and not study_dir.is_dir():
+        raise UserError(f"run.dir={str(study_dir)!r} is a file, not a directory")
+    if (study_dir / "config.yaml").exists():
+        raise UserError(f"run.dir={str(study_dir)!r} holds a run (config.yaml), not a study; choose another run.dir")
+    if (study_dir / STUDY_FILE).exists():
+        if not cfg.run.overwrite:
+            raise UserError(f"run.dir={str(study_dir)!r} already holds a study ({STUDY_FILE}); continue it with "
+                            f"python compare.py --resume {study_dir}, rebuild its report with --report, choose "
+                            "another run.dir, or set run.overwrite=true to replace it")
+        import shutil
+
+        for f in STUDY_FILES:
+            (study_dir / f).unlink(missing_ok=True)
+        for sub in STUDY_DIRS:
+            shutil.rmtree(study_dir / sub, ignore_errors=True)
+    try:
+        (study_dir / "configs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write run.dir={str(study_dir)!r}: {e.strerror or e}") from None
+
+    for method in dict.fromkeys([*cfg.methods, *cfg.per_method]):
+        atomic_write_text(study_dir / "configs" / f"search-{method}.yaml", dump_yaml(cfg.search_config(method, 0)))
+    atomic_write_text(study_dir / "configs" / "train.yaml", dump_yaml(cfg.train_config(cfg.eval.seeds[0])))
+    space = get_space(cfg.model.space)
+    if cfg.model.ops is not None:
+        import dataclasses
+
+        space = dataclasses.replace(space, ops=cfg.model.ops)
+    rng = random.Random(cfg.random.seed)
+    lay = layout(study_dir, cfg)
+    for cell in lay.cells:
+        if cell.method == "random":
+            g = random_genotype(space, rng, cfg.search.derive)
+            cell.source.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cell.source / "genotype.json", g.to_json())
+            draw_cells(g, cell.source / "cells")
+    atomic_write_text(study_dir / STUDY_FILE, dump_yaml(cfg))  # last: its presence means the study is complete
+    return study_dir
+
+
+def load_study(study_dir: str | Path, overrides: list[str] = ()) -> StudyLayout:  # type: ignore[assignment]
+    """The layout of an existing study, from its study.yaml."""
+    path = Path(study_dir)
+    if not path.is_dir():
+        raise UserError(f"study directory {str(study_dir)!r} is not a directory")
+    if not (path / STUDY_FILE).is_file():
+        hint = " (it is a run directory: use search.py or evaluate.py --resume)" if (path / "config.yaml").exists() \
+            else ""
+        raise UserError(f"{str(study_dir)!r} is not a study directory: it has no {STUDY_FILE}{hint}")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in RESUMABLE:
+            raise UserError(f"{key!r} cannot change in a study that has started (every run must see the same "
+                            f"settings); valid when continuing: {', '.join(RESUMABLE)}")
+    cfg = load_config(StudyConfig, path / STUDY_FILE, overrides)
+    return layout(path, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+def job_settings(cfg: StudyConfig, jobs: int) -> list[list[str]]:
+    """Per job slot, the run.* overrides that share the hardware: one GPU per slot when there are GPUs, else the
+    CPU cores split between the slots (unless run.threads is set)."""
+    import torch
+
+    device = cfg.run.device
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return [[f"run.device=cuda:{i % n}"] for i in range(jobs)]
+    if device.startswith("cuda") or cfg.run.threads or jobs == 1:
+        return [[] for _ in range(jobs)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return [[f"run.threads={max(1, cores // jobs)}"] for _ in range(jobs)]
+
+
+@dataclass
+class Running:
+    piece: Piece
+    proc: subprocess.Popen[bytes]
+    slot: int
+    start: float
+    buffer: bytes = b""
+    last: str = ""           # the last line it printed: on failure, the error
+
+
+def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: list[str], log: Any, quiet: bool,
+               failures: dict[str, str]) -> int | None:
+    """Run ``todo``, ``jobs`` at a time, each training after the search it needs; forward their lines. Returns the
+    signal that stopped the study (its runs checkpointed), or None. Failed runs are recorded in ``failures``."""
+    pending = list(todo)
+    running: dict[int, Running] = {}
+    free = list(range(jobs))
+    stop: list[int] = []
+    sel = selectors.DefaultSelector()
+    total, finished = len(todo), 0
+
+    def on_signal(signum: int, frame: types.FrameType | None) -> None:
+        stop.append(signum)
+        for r in running.values():  # each run checkpoints and exits; a second signal stops them at once
+            r.proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NAS_PARENT_PID": str(os.getpid())}
+    try:
+        while True:
+            while not stop and free:
+                ready = [p for p in pending if p.needs is None or (p.needs / "genotype.json").exists()]
+                if not ready:
+                    break
+                piece, slot = ready[0], free.pop(0)
+                pending.remove(piece)
+                cmd = [sys.executable, "-m", "nas", *piece.command([*slots[slot], *extra])]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)  # signals reach it only through the study
+                assert proc.stdout is not None
+                os.set_blocking(proc.stdout.fileno(), False)
+                running[proc.stdout.fileno()] = Running(piece, proc, slot, time.perf_counter())
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                log.print(f"start {piece.name} ({finished + len(running)}/{total})")
+            if not running:
+                break
+            for key, _ in sel.select(timeout=1.0):
+                r = running[key.fd]
+                try:
+                    chunk = os.read(key.fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                lines = (r.buffer + chunk).split(b"\n")
+                r.buffer = lines.pop() if chunk else b""  # a partial line waits for the rest; at the end, none
+                for raw in lines:
+                    line = raw.decode(errors="replace").rstrip()
+                    if line:
+                        r.last = line
+                        if not quiet:
+                            print(f"  {r.piece.name} | {line}", flush=True)
+                if chunk:
+                    continue
+                sel.unregister(key.fileobj)
+                del running[key.fd]
+                rc = r.proc.wait()
+                free.append(r.slot)
+                free.sort()
+                took = time.perf_counter() - r.start
+                if rc == 0 and r.piece.status() == "done":
+                    finished += 1
+                    failures.pop(r.piece.name, None)
+                    log.print(f"done {r.piece.name} in {took:.0f}s ({finished}/{total})")
+                elif stop and rc in (130, 143, -signal.SIGINT, -signal.SIGTERM):
+                    log.print(f"stopped {r.piece.name} with a checkpoint")
+                else:
+                    why = r.last if rc > 0 else f"killed by signal {signal.Signals(-rc).name}"
+                    failures[r.piece.name] = why
+                    log.print(f"FAILED {r.piece.name} (exit {rc}): {why}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sel.close()
+    return stop[0] if stop else None
+
+
+def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: Path | None = None,
+              overrides: list[str] = (), jobs: int = 1, plan: bool = False,  # type: ignore[assignment]
+              quiet: bool = False) -> Path:
+    """Run a study from ``cfg`` (or continue the one in ``resume``: finished runs are skipped and interrupted ones
+    resumed from their checkpoints); with ``plan``, print the command lines of the runs still to do instead."""
+    from nas.checkpoint import Stopped
+    from nas.runlog import RunLog, atomic_write_text, record_session, resolve_device
+
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs} is not valid; valid: 1 or more")
+    if resume is None:
+        assert cfg is not None
+        study_dir = prepare_study(cfg, name)
+        lay, extra = layout(study_dir, cfg), []
+    else:
+        lay, extra = load_study(resume, overrides), list(overrides)
+        study_dir = lay.dir
+    todo = [p for p in pieces(lay) if p.status() != "done"]
+    if plan:
+        print_plan(todo, study_dir)
+        return study_dir
+
+    log = RunLog(study_dir, quiet)
+    record_session(study_dir, resolve_device(lay.cfg.run.device), resumed=resume is not None)
+    failures_path = study_dir / "failures.json"
+    failures: dict[str, str] = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    slots = job_settings(lay.cfg, jobs)
+    n_search = sum(1 for p in todo if p.kind == "search")
+    log.print(f"study {study_dir}: {len(lay.cfg.methods)} methods x {len(lay.cfg.seeds)} seeds, "
+              f"{lay.cfg.random.samples} random cells, {len(lay.cells)} cells x {len(lay.cfg.eval.seeds)} training "
+              f"seeds; to run: {n_search} searches and {len(todo) - n_search} trainings, {jobs} at a time"
+              + (f" ({' '.join(slots[0])} each)" if slots[0] else ""))
+    stopped = run_pieces(todo, jobs, slots, extra, log, quiet, failures)
+    atomic_write_text(failures_path, json.dumps(failures, indent=2) + "\n")
+    report = write_report(lay, failures)
+    log.print(f"report: {report}")
+    hint = f"python compare.py --resume {study_dir}"
+    if stopped is not None:
+        raise Stopped(stopped, f"stopped the study; its runs checkpointed; continue with: {hint}")
+    left = [p for p in pieces(lay) if p.status() != "done"]
+    if left:
+        first = next(iter(failures.items()), (left[0].name, "did not run: what it needs failed"))
+        raise RunsFailed(f"{len(left)} of {len(pieces(lay))} runs did not finish ({first[0]}: {first[1]}); the "
+                         f"report lists them; fix the cause and continue with: {hint}")
+    return study_dir
+
+
+def print_plan(todo: list[Piece], study_dir: Path) -> None:
+    """One command line per run still to do, in an order that works when run top to bottom; the trainings of
+    searched cells need their search's genotype.json (a note on stderr says which lines are free to start)."""
+    free = sum(1 for p in todo if p.needs is None)
+    for p in todo:
+        print(shlex.join(["python", "-m", "nas", *p.command()]))
+    print(f"# {len(todo)} runs: the first {free} can start at once; each of the other {len(todo) - free} trains a "
+          "searched cell and needs its search's genotype.json. When they are done: "
+          f"python compare.py --report {study_dir}", file=sys.stderr)
+
+
+def report_study(study_dir: str | Path) -> Path:
+    """Build the report of a study from whatever has finished; returns report.md's path."""
+    lay = load_study(study_dir)
+    path = lay.dir / "failures.json"
+    failures = json.loads(path.read_text()) if path.exists() else {}
+    return write_report(lay, failures)

@@ -1,0 +1,343 @@
+"""The report of a comparison study: report.md, report.json and plots, built only from what the runs record
+(metrics.jsonl, genotypes.jsonl, alpha.jsonl, genotype.json, results.json, meta.json), so it can be rebuilt at any
+time from whatever has finished.
+
+Every accuracy is a training's final epoch on the test split; no epoch is picked by test accuracy. A difference
+between two methods is called one only when it is larger than the spread (sample standard deviation) across the
+seeds of either side; otherwise the report says it is within the spread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.config import StudyConfig, to_dict
+from nas.genotype import Genotype, op_counts, read_genotype
+from nas.runlog import atomic_write_text, read_jsonl
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    method: str
+    seed: int
+    dir: Path
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A genotype of the study: found by a search (``source`` is its run directory) or drawn at random."""
+
+    id: str
+    method: str          # a method's name, or "random"
+    seed: int | None     # the search seed (None for a random cell)
+    source: Path         # the folder whose genotype.json it is
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    dir: Path
+    cfg: StudyConfig
+    searches: list[SearchRun]
+    cells: list[Cell]
+    trainings: dict[str, list[tuple[int, Path]]]   # cell id -> (training seed, run directory)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    """mean, sample std (0 for one value), n, median, min and max; None for no values."""
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "median": None, "min": None, "max": None}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def alpha_decided(record: dict[str, Any]) -> float:
+    """The largest softmax(alpha) of each edge, averaged over the edges of every cell type: 1/K at a uniform
+    alpha, 1 when every edge has settled on one op."""
+    rows = [np.asarray(a, dtype=np.float64) for k, a in record.items() if k != "epoch"]
+    a = np.concatenate(rows)  # (E, K)
+    p = np.exp(a - a.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return float(p.max(1).mean())
+
+
+def op_shares(genotype: dict[str, Any], ops: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Per cell type, the share of its kept edges that each op holds."""
+    out: dict[str, dict[str, float]] = {}
+    for cell in ("normal", "reduce"):
+        if cell not in genotype:
+            continue
+        edges = [e[0] for node in genotype[cell] for e in node]
+        out[cell] = {op: edges.count(op) / len(edges) for op in ops}
+    return out
+
+
+def read_search(run: SearchRun, ops: tuple[str, ...]) -> dict[str, Any]:
+    metrics = read_jsonl(run.dir / "metrics.jsonl")
+    done = (run.dir / "genotype.json").exists()
+    times = np.cumsum([m["time_s"] for m in metrics]).tolist()
+    return {
+        "method": run.method, "seed": run.seed, "dir": str(run.dir), "done": done, "epochs": len(metrics),
+        "supernet_valid_acc": metrics[-1]["valid_acc"] if metrics else None,
+        "time_s": times[-1] if metrics else None,
+        "peak_mib": max((m.get("peak_mib", float("nan")) for m in metrics), default=None),
+        "curve": {"epoch": [m["epoch"] for m in metrics], "valid_acc": [m["valid_acc"] for m in metrics],
+                  "seconds": times,
+                  "alpha_decided": [alpha_decided(r) for r in read_jsonl(run.dir / "alpha.jsonl")],
+                  "op_share": [op_shares(r["genotype"], ops) for r in read_jsonl(run.dir / "genotypes.jsonl")]},
+    }
+
+
+def read_cell(cell: Cell, trainings: list[tuple[int, Path]], study_dir: Path) -> dict[str, Any]:
+    g: Genotype | None = read_genotype(cell.source / "genotype.json") if (cell.source / "genotype.json").exists() \
+        else None
+    results = {seed: _json(d / "results.json") for seed, d in trainings}
+    done = {seed: r for seed, r in results.items() if r is not None}
+    drawings = sorted(str(p.relative_to(study_dir)) for p in (cell.source / "cells").glob("*.png")) if g else []
+    first = next(iter(done.values()), None)
+    return {"id": cell.id, "method": cell.method, "seed": cell.seed, "genotype": str(g) if g else None,
+            "genotype_json": g.to_dict() if g else None, "ops": op_counts(g) if g else None,
+            "test_acc": {str(s): r["final_test_acc"] for s, r in done.items()},
+            "params": first["params"] if first else None, "flops": first["flops"] if first else None,
+            "train_time_s": [r["wall_time_s"] for r in done.values()],
+            "train_peak_mib": [r.get("peak_mib") for r in done.values()], "drawings": drawings}
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+def summarize(name: str, cells: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of the method table: its trainings, cells and searches."""
+    accs = [a for c in cells for a in c["test_acc"].values()]
+    found = [c for c in cells if c["ops"] is not None]
+    done = [s for s in searches if s["done"]]
+    return {
+        "method": name, "searches": len(searches), "searches_done": len(done), "cells": len(found),
+        "test_acc": stats(accs),
+        "params": _mean([c["params"] for c in cells if c["params"] is not None]),
+        "flops": _mean([c["flops"] for c in cells if c["flops"] is not None]),
+        "search_time_s": _mean([s["time_s"] for s in done]),
+        "search_peak_mib": _mean([s["peak_mib"] for s in done]),
+        "supernet_valid_acc": stats([s["supernet_valid_acc"] for s in done]),
+        "edges": _mean([c["ops"]["edges"] for c in found]),
+        "parameter_free": _mean([c["ops"]["parameter_free"] for c in found]),
+        "skip_connect": _mean([c["ops"]["skip_connect"] for c in found]),
+    }
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Whether a's and b's test accuracies differ by more than the spread across seeds of either."""
+    sa, sb = a["test_acc"], b["test_acc"]
+    out = {"a": a["method"], "b": b["method"], "difference": None, "spread": None, "verdict": "missing"}
+    if not sa["n"] or not sb["n"]:
+        out["text"] = f"{a['method']} vs {b['method']}: not compared (no finished training on one side)"
+        return out
+    diff = sa["mean"] - sb["mean"]
+    spread = max(sa["std"], sb["std"])
+    out.update(difference=diff, spread=spread)
+    head = f"{a['method']} {sa['mean']:.2f}% vs {b['method']} {sb['mean']:.2f}% (n={sa['n']} and {sb['n']}):"
+    if sa["n"] < 2 or sb["n"] < 2:
+        out["verdict"] = "no_spread"
+        out["text"] = f"{head} a difference of {diff:+.2f} points, but one side has a single training, so there is " \
+                      "no spread to judge it against; add seeds"
+    elif abs(diff) <= spread:
+        out["verdict"] = "within_spread"
+        out["text"] = f"{head} the difference ({diff:+.2f} points) is within the spread across seeds " \
+                      f"(std up to {spread:.2f}): no winner"
+    else:
+        hi, lo = (a, b) if diff > 0 else (b, a)
+        out["verdict"] = "higher" if diff > 0 else "lower"
+        out["text"] = f"{head} {hi['method']} is higher by {abs(diff):.2f} points, more than the spread across " \
+                      f"seeds (std up to {spread:.2f})"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
+    """Write report.md, report.json and plots/ in the study directory from what its runs have recorded."""
+    from nas.spaces import get_space
+
+    cfg = lay.cfg
+    ops = cfg.model.ops or get_space(cfg.model.space).ops
+    searches = [read_search(r, ops) for r in lay.searches]
+    cells = [read_cell(c, lay.trainings[c.id], lay.dir) for c in lay.cells]
+    rows = [summarize(m, [c for c in cells if c["method"] == m], [s for s in searches if s["method"] == m])
+            for m in cfg.methods]
+    random_row = summarize("random", [c for c in cells if c["method"] == "random"], [])
+    comparisons = [compare(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    if cfg.random.samples:
+        comparisons += [compare(r, random_row) for r in rows]
+    unfinished = _unfinished(lay, failures)
+    report: dict[str, Any] = {"study": str(lay.dir), "budget": _budget(lay, searches, cells), "machine": _machine(lay),
+              "methods": rows, "random": random_row if cfg.random.samples else None, "comparisons": comparisons,
+              "cells": cells, "searches": searches, "unfinished": unfinished, "config": to_dict(cfg)}
+    from nas.report_plots import draw_plots
+
+    report["plots"] = [str(p.relative_to(lay.dir)) for p in draw_plots(lay.dir / "plots", report, ops)]
+    atomic_write_text(lay.dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(lay.dir / "report.md", markdown(report))
+    return lay.dir / "report.md"
+
+
+def _unfinished(lay: StudyLayout, failures: dict[str, str]) -> list[dict[str, str]]:
+    out = []
+    runs: list[tuple[str, Path, str, Path | None]] = [("search", r.dir, "genotype.json", None) for r in lay.searches]
+    runs += [("train", d, "results.json", c.source) for c in lay.cells for _, d in lay.trainings[c.id]]
+    for kind, d, result, source in runs:
+        if (d / result).exists():
+            continue
+        name = f"{kind}/{d.name}"
+        if name in failures:
+            state = f"failed: {failures[name]}"
+        elif (d / "checkpoint.pt").exists():
+            state = "interrupted (resumes from its checkpoint)"
+        elif source is not None and not (source / "genotype.json").exists():
+            state = f"waits for its cell ({source.relative_to(lay.dir)} has no genotype.json)"
+        else:
+            state = "not started"
+        out.append({"run": name, "state": state})
+    return out
+
+
+def _budget(lay: StudyLayout, searches: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[str, Any]:
+    cfg = lay.cfg
+    search_data = next((_json(r.dir / "meta.json").get("data") for r in lay.searches
+                        if (r.dir / "meta.json").exists()), None) or {}
+    train_data = next((_json(d / "meta.json").get("data") for ts in lay.trainings.values() for _, d in ts
+                       if (d / "meta.json").exists()), None) or {}
+    return {
+        "data": cfg.data.name, "classes": search_data.get("classes") or train_data.get("classes"),
+        "image_shape": search_data.get("image_shape") or train_data.get("image_shape"),
+        "weight_images": search_data.get("weight_images"), "alpha_images": search_data.get("alpha_images"),
+        "train_images": train_data.get("train_images"), "test_images": train_data.get("test_images"),
+        "supernet": {"space": cfg.model.space, "C": cfg.model.C, "layers": cfg.model.layers},
+        "search_epochs": cfg.search.epochs, "search_batch": cfg.data.batch_size, "search_seeds": list(cfg.seeds),
+        "per_method": cfg.per_method,
+        "eval": {"C": cfg.eval.model.C, "layers": cfg.eval.model.layers, "epochs": cfg.eval.train.epochs,
+                 "batch": cfg.eval.data.batch_size, "seeds": list(cfg.eval.seeds)},
+        "random_cells": cfg.random.samples,
+        "search_time_s": sum(s["time_s"] or 0.0 for s in searches),
+        "train_time_s": sum(t for c in cells for t in c["train_time_s"]),
+    }
+
+
+def _machine(lay: StudyLayout) -> dict[str, Any]:
+    """Where the runs ran, from their meta.json: hosts, processors, devices, threads, versions."""
+    sessions: list[dict[str, Any]] = []
+    for d in [r.dir for r in lay.searches] + [d for ts in lay.trainings.values() for _, d in ts]:
+        meta = _json(d / "meta.json")
+        sessions += meta["sessions"] if meta else []
+    if not sessions:
+        return {}
+
+    def distinct(key: Any) -> list[Any]:
+        return sorted({json.dumps(key(s), sort_keys=True) for s in sessions})
+
+    return {"hosts": [json.loads(x) for x in distinct(lambda s: s["host"])],
+            "cpu": [json.loads(x) for x in distinct(lambda s: s.get("cpu"))],
+            "devices": [json.loads(x) for x in distinct(lambda s: s["device"])],
+            "threads": [json.loads(x) for x in distinct(lambda s: s["threads"])],
+            "torch": [json.loads(x) for x in distinct(lambda s: s["versions"]["torch"])]}
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+def _f(x: float | None, fmt: str = ".2f", unit: str = "") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{fmt}}{unit}"
+
+
+def _acc(s: dict[str, Any]) -> str:
+    if not s["n"]:
+        return "–"
+    return f"{s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})"
+
+
+def _mega(x: float | None, fmt: str) -> str:
+    return _f(None if x is None else x / 1e6, fmt, "M")
+
+
+def _method_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of one row of the method table (the random baseline has no search columns)."""
+    acc, s = row["test_acc"], row["supernet_valid_acc"]
+    free = f"{_f(row['parameter_free'], '.1f')} / {_f(row['edges'], '.0f')}"
+    common = [_mega(row["params"], ".3f"), _mega(row["flops"], ".1f")]
+    if row["method"] == "random":
+        median = f", median {acc['median']:.2f}" if acc["n"] else ""
+        return [f"random ({row['cells']} cells)", _acc(acc) + median, *common, "", "", "", free,
+                _f(row["skip_connect"], ".1f")]
+    valid = _f(s["mean"]) + (f" ± {s['std']:.2f}" if s["n"] > 1 else "")
+    return [row["method"], _acc(acc), *common, _f(row["search_time_s"], ".0f", " s"),
+            _f(row["search_peak_mib"], ".0f", " MiB"), valid, free, _f(row["skip_connect"], ".1f")]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    b, m = r["budget"], r["machine"]
+    lines = [f"# Comparison study: {r['study']}", ""]
+    imgs = f"{b['weight_images']} weight + {b['alpha_images']} alpha images" if b["weight_images"] else "images: –"
+    lines += [
+        "## Budget", "",
+        f"- data: {b['data']}, {b['classes']} classes, images {b['image_shape']}; search: {imgs}; retraining: "
+        f"{b['train_images']} training and {b['test_images']} test images",
+        f"- search: {b['supernet']['space']} supernet, C={b['supernet']['C']}, layers={b['supernet']['layers']}, "
+        f"{b['search_epochs']} epochs, batch {b['search_batch']}, seeds {b['search_seeds']}"
+        + (f"; per method: {json.dumps(b['per_method'])}" if b["per_method"] else ""),
+        f"- retraining (one recipe for every cell): C={b['eval']['C']}, layers={b['eval']['layers']}, "
+        f"{b['eval']['epochs']} epochs, batch {b['eval']['batch']}, seeds {b['eval']['seeds']}; the accuracy of a "
+        "training is its last epoch's on the test split",
+        f"- random baseline: {b['random_cells']} cells",
+        f"- compute: {b['search_time_s'] / 60:.1f} min of search, {b['train_time_s'] / 60:.1f} min of training",
+    ]
+    if m:
+        cpu = "; ".join(f"{c['model']} ({c['cores']} cores)" for c in m["cpu"] if c) or "–"
+        dev = ", ".join(d.get("name", d["type"]) for d in m["devices"])
+        lines.append(f"- machine: {', '.join(m['hosts'])}; {cpu}; device {dev}; torch threads "
+                     f"{', '.join(map(str, m['threads']))}; torch {', '.join(m['torch'])}")
+    lines += ["", "## Methods", "",
+              "Test accuracy: mean ± sample std over every training of the method's cells (search seeds × training "
+              "seeds). Search figures are means over the finished searches; peak memory is the process's high-water "
+              "mark (RSS on a CPU, allocated tensors on a GPU). Edges: parameter-free (none, skip, pooling) / all "
+              "kept edges of the genotype, and skip-connects.", "",
+              "| method | test acc % | params | FLOPs | search time | search peak mem | supernet valid acc % | "
+              "param-free / edges | skip |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in [*r["methods"], *([r["random"]] if r["random"] else [])]:
+        lines.append("| " + " | ".join(_method_cells(row)) + " |")
+    lines += ["", "## What the numbers say", "",
+              "A difference is called one only when it is larger than the sample std across seeds of either side. "
+              "That is a rule of thumb, not a significance test, and with 2 or 3 seeds a weak one.", ""]
+    lines += [f"- {c['text']}" for c in r["comparisons"]] or ["- nothing to compare yet"]
+    for row in r["methods"]:
+        bare = [c["id"] for c in r["cells"] if c["method"] == row["method"] and c["ops"]
+                and c["ops"]["parameter_free"] == c["ops"]["edges"]]
+        if bare:
+            lines.append(f"- {row['method']}: {len(bare)} of {row['cells']} cells have no edge that learns anything "
+                         f"(only none, skip and pooling): {', '.join(bare)}")
+    lines += ["", "## Cells", "", "| cell | test acc % per training seed | params | FLOPs | param-free / edges | "
+              "genotype | drawings |", "|---|---|---|---|---|---|---|"]
+    for c in r["cells"]:
+        accs = ", ".join(f"{a:.2f}" for a in c["test_acc"].values()) or "–"
+        ops = f"{c['ops']['parameter_free']} / {c['ops']['edges']}" if c["ops"] else "–"
+        draw = " ".join(f"[{Path(d).stem}]({d})" for d in c["drawings"]) or "–"
+        text = f"`{c['genotype']}`".replace("|", "\\|") if c["genotype"] else "not found yet"  # | splits a cell
+        lines.append(f"| {c['id']} | {accs} | {_mega(c['params'], '.3f')} | {_mega(c['flops'], '.1f')} | {ops} | "
+                     f"{text} | {draw} |")
+    lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in r["plots"]]
+    if r["unfinished"]:
+        lines += ["", "## Not finished", ""] + [f"- {u['run']}: {u['state']}" for u in r["unfinished"]]
+    return "\n".join(lines) + "\n"
