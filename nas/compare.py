@@ -17,6 +17,7 @@ scheduler can run the same command lines (--plan). The report is built from what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +38,7 @@ from nas.config import StudyConfig, UserError, dump_yaml, load_config
 from nas.report import Cell, SearchRun, StudyLayout, write_report
 
 STUDY_FILE = "study.yaml"
-STUDY_FILES = (STUDY_FILE, "report.md", "report.json", "log.txt", "meta.json", "failures.json")
+STUDY_FILES = (STUDY_FILE, "report.md", "report.json", "log.txt", "meta.json", "failures.json", ".lock")
 STUDY_DIRS = ("configs", "search", "random", "train", "plots")
 RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
 
@@ -75,7 +77,7 @@ class Piece:
             return "interrupted"
         return "started" if (self.dir / "config.yaml").exists() else "new"
 
-    def command(self, extra: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+    def command(self, extra: Sequence[str] = ()) -> list[str]:
         tool = "search" if self.kind == "search" else "evaluate"
         status = self.status()
         if status == "interrupted":
@@ -90,16 +92,14 @@ def pieces(lay: StudyLayout) -> list[Piece]:
     out = [Piece(f"search/{r.dir.name}", "search", r.dir,
                  ("--config", str(d / "configs" / f"search-{r.method}.yaml"), f"seed={r.seed}", f"run.dir={r.dir}"))
            for r in lay.searches]
-    for random_first in (True, False):
-        for e in lay.cfg.eval.seeds:
-            for cell in lay.cells:
-                if (cell.method == "random") != random_first:
-                    continue
-                run_dir = dict(lay.trainings[cell.id])[e]
+    drawn = [c for c in lay.cells if c.method == "random"]
+    found = [c for c in lay.cells if c.method != "random"]
+    for cells, searched in ((drawn, False), (found, True)):
+        for cell in cells:
+            for seed, run_dir in lay.trainings[cell.id]:
                 out.append(Piece(f"train/{run_dir.name}", "train", run_dir,
                                  ("--config", str(d / "configs" / "train.yaml"), "--genotype", str(cell.source),
-                                  f"seed={e}", f"run.dir={run_dir}"),
-                                 needs=None if random_first else cell.source))
+                                  f"seed={seed}", f"run.dir={run_dir}"), needs=cell.source if searched else None))
     return out
 
 
@@ -158,7 +158,7 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
     return study_dir
 
 
-def load_study(study_dir: str | Path, overrides: list[str] = ()) -> StudyLayout:  # type: ignore[assignment]
+def load_study(study_dir: str | Path, overrides: Sequence[str] = ()) -> StudyLayout:
     """The layout of an existing study, from its study.yaml."""
     path = Path(study_dir)
     if not path.is_dir():
@@ -172,7 +172,7 @@ def load_study(study_dir: str | Path, overrides: list[str] = ()) -> StudyLayout:
         if key not in RESUMABLE:
             raise UserError(f"{key!r} cannot change in a study that has started (every run must see the same "
                             f"settings); valid when continuing: {', '.join(RESUMABLE)}")
-    cfg = load_config(StudyConfig, path / STUDY_FILE, overrides)
+    cfg = load_config(StudyConfig, path / STUDY_FILE, list(overrides))
     return layout(path, cfg)
 
 
@@ -195,15 +195,33 @@ def job_settings(cfg: StudyConfig, jobs: int) -> list[list[str]]:
 
 @dataclass
 class Running:
+    """A run in progress: its process, its job slot, and what it has printed."""
+
     piece: Piece
     proc: subprocess.Popen[bytes]
     slot: int
     start: float
-    buffer: bytes = b""
-    last: str = ""           # the last line it printed: on failure, the error
+    buffer: bytes = b""      # a partial line, waiting for the rest
+    last: str = ""           # the last line it printed: on failure, its error
+
+    def read(self, fd: int, quiet: bool) -> bool:
+        """Forward what the run has printed since, line by line; False once it has closed its output."""
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        lines = (self.buffer + chunk).split(b"\n")
+        self.buffer = lines.pop() if chunk else b""
+        for raw in lines:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.last = line
+                if not quiet:
+                    print(f"  {self.piece.name} | {line}", flush=True)
+        return bool(chunk)
 
 
-def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: list[str], log: Any, quiet: bool,
+def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: Sequence[str], log: Any, quiet: bool,
                failures: dict[str, str]) -> int | None:
     """Run ``todo``, ``jobs`` at a time, each training after the search it needs; forward their lines. Returns the
     signal that stopped the study (its runs checkpointed), or None. Failed runs are recorded in ``failures``."""
@@ -241,19 +259,7 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: list
                 break
             for key, _ in sel.select(timeout=1.0):
                 r = running[key.fd]
-                try:
-                    chunk = os.read(key.fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-                lines = (r.buffer + chunk).split(b"\n")
-                r.buffer = lines.pop() if chunk else b""  # a partial line waits for the rest; at the end, none
-                for raw in lines:
-                    line = raw.decode(errors="replace").rstrip()
-                    if line:
-                        r.last = line
-                        if not quiet:
-                            print(f"  {r.piece.name} | {line}", flush=True)
-                if chunk:
+                if r.read(key.fd, quiet):
                     continue
                 sel.unregister(key.fileobj)
                 del running[key.fd]
@@ -279,13 +285,9 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: list
 
 
 def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: Path | None = None,
-              overrides: list[str] = (), jobs: int = 1, plan: bool = False,  # type: ignore[assignment]
-              quiet: bool = False) -> Path:
+              overrides: Sequence[str] = (), jobs: int = 1, plan: bool = False, quiet: bool = False) -> Path:
     """Run a study from ``cfg`` (or continue the one in ``resume``: finished runs are skipped and interrupted ones
     resumed from their checkpoints); with ``plan``, print the command lines of the runs still to do instead."""
-    from nas.checkpoint import Stopped
-    from nas.runlog import RunLog, atomic_write_text, record_session, resolve_device
-
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; valid: 1 or more")
     if resume is None:
@@ -300,8 +302,19 @@ def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: 
         print_plan(todo, study_dir)
         return study_dir
 
+    with study_lock(study_dir):
+        execute(lay, todo, jobs, extra, quiet, resumed=resume is not None)
+    return study_dir
+
+
+def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str], quiet: bool, resumed: bool) -> None:
+    """Run what is left of the study, write its report, and say how it ended (Stopped, RunsFailed or done)."""
+    from nas.checkpoint import Stopped
+    from nas.runlog import RunLog, atomic_write_text, record_session, resolve_device
+
+    study_dir = lay.dir
     log = RunLog(study_dir, quiet)
-    record_session(study_dir, resolve_device(lay.cfg.run.device), resumed=resume is not None)
+    record_session(study_dir, resolve_device(lay.cfg.run.device), resumed=resumed)
     failures_path = study_dir / "failures.json"
     failures: dict[str, str] = json.loads(failures_path.read_text()) if failures_path.exists() else {}
     slots = job_settings(lay.cfg, jobs)
@@ -312,17 +325,39 @@ def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: 
               + (f" ({' '.join(slots[0])} each)" if slots[0] else ""))
     stopped = run_pieces(todo, jobs, slots, extra, log, quiet, failures)
     atomic_write_text(failures_path, json.dumps(failures, indent=2) + "\n")
-    report = write_report(lay, failures)
-    log.print(f"report: {report}")
+    log.print(f"report: {write_report(lay, failures)}")
     hint = f"python compare.py --resume {study_dir}"
     if stopped is not None:
         raise Stopped(stopped, f"stopped the study; its runs checkpointed; continue with: {hint}")
-    left = [p for p in pieces(lay) if p.status() != "done"]
+    everything = pieces(lay)
+    left = [p for p in everything if p.status() != "done"]
     if left:
         first = next(iter(failures.items()), (left[0].name, "did not run: what it needs failed"))
-        raise RunsFailed(f"{len(left)} of {len(pieces(lay))} runs did not finish ({first[0]}: {first[1]}); the "
+        raise RunsFailed(f"{len(left)} of {len(everything)} runs did not finish ({first[0]}: {first[1]}); the "
                          f"report lists them; fix the cause and continue with: {hint}")
-    return study_dir
+
+
+@contextlib.contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the study while it runs, so that two compare.py never start the same run (POSIX;
+    elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with (study_dir / ".lock").open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise UserError(f"study {str(study_dir)!r} is being run by {owner}; wait for it to finish or stop it "
+                            "(Ctrl-C), then continue with --resume") from None
+        f.truncate(0)
+        f.write(f"compare.py (pid {os.getpid()})")
+        f.flush()
+        yield
 
 
 def print_plan(todo: list[Piece], study_dir: Path) -> None:

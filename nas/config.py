@@ -285,7 +285,7 @@ class StudyConfig:
                 raise ConfigError(f"{key}={list(seeds)} lists a seed twice")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods={list(self.methods)} lists a method twice")
-        for name in self.methods:
+        for name in (*self.methods, *self.per_method):  # names of files and run directories
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) or name == "random":
                 raise ConfigError(f"method name {name!r} is not valid; valid: letters, digits, '_', '.', '-', starting "
                                   "with a letter, and not 'random' (the random baseline's name)")

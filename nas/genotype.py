@@ -18,6 +18,7 @@ import difflib
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,12 +184,9 @@ def random_genotype(space: SearchSpace, rng: random.Random, rule: str = "darts")
 def op_counts(g: Genotype) -> dict[str, Any]:
     """What a genotype is made of: edges, parameter-free edges (none, skip_connect, pooling: ops that learn
     nothing at stride 1), skip-connects, and the count of every op, over all its cells."""
-    ops = [op for nodes, _ in g.cells().values() for node in nodes for op, _ in node]
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op] = counts.get(op, 0) + 1
-    free = sum(1 for op in ops if is_parameter_free(op))
-    return {"edges": len(ops), "parameter_free": free, "skip_connect": counts.get("skip_connect", 0),
+    counts = Counter(op for nodes, _ in g.cells().values() for node in nodes for op, _ in node)
+    free = sum(n for op, n in counts.items() if is_parameter_free(op))
+    return {"edges": sum(counts.values()), "parameter_free": free, "skip_connect": counts["skip_connect"],
             "ops": dict(sorted(counts.items()))}
 
 

@@ -278,7 +278,7 @@ def _method_cells(row: dict[str, Any]) -> list[str]:
     free = f"{_f(row['parameter_free'], '.1f')} / {_f(row['edges'], '.0f')}"
     common = [_mega(row["params"], ".3f"), _mega(row["flops"], ".1f")]
     if row["method"] == "random":
-        median = f", median {acc['median']:.2f}" if acc["n"] else ""
+        median = f", median {acc['median']:.2f}, range {acc['min']:.2f}–{acc['max']:.2f}" if acc["n"] else ""
         return [f"random ({row['cells']} cells)", _acc(acc) + median, *common, "", "", "", free,
                 _f(row["skip_connect"], ".1f")]
     valid = _f(s["mean"]) + (f" ± {s['std']:.2f}" if s["n"] > 1 else "")

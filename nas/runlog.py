@@ -91,8 +91,8 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
 
     def print(self, message: str) -> None:
-        elapsed = time.time() - self.start
-        line = f"[{elapsed // 60:3.0f}:{elapsed % 60:02.0f}] {message}"
+        minutes, seconds = divmod(int(time.time() - self.start), 60)  # whole seconds: never "2:60"
+        line = f"[{minutes:3d}:{seconds:02d}] {message}"
         with (self.dir / "log.txt").open("a") as f:
             f.write(line + "\n")
         if self.quiet:

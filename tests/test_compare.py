@@ -19,18 +19,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nas.cli import compare_main
-from nas.compare import job_settings
+from nas.cli import compare_main, genotype_main, search_main
+from nas.compare import job_settings, study_lock
 from nas.config import StudyConfig, load_config
 from nas.genotype import check_genotype, load_genotype, random_genotype
 from nas.report import compare, markdown
 from nas.spaces import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
-# 2 methods x 1 seed, 3 random cells, 1 epoch each: 2 searches of 16 steps, 5 trainings of 8 steps
+# 2 methods x 1 seed, 3 random cells, 1 epoch each: 2 searches of 16 steps, 5 trainings of 32 steps
 TINY = ["methods=[gdas,darts]", "seeds=[0]", "random.samples=3", "data.synthetic.train=256",
         "data.synthetic.test=64", "data.image_size=8", "data.batch_size=8", "model.space=nb201", "model.C=4",
-        "model.layers=1", "search.epochs=1", "eval.seeds=[0]", "eval.data.batch_size=32", "eval.data.cutout=0",
+        "model.layers=1", "search.epochs=1", "eval.seeds=[0]", "eval.data.batch_size=8", "eval.data.cutout=0",
         "eval.model.C=4", "eval.model.layers=1", "eval.model.auxiliary_weight=0", "eval.model.drop_path=0",
         "eval.train.epochs=1", "run.deterministic=true", "run.tensorboard=false", "run.checkpoint_every=2",
         "run.log_every=1"]
@@ -62,7 +62,7 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     study_dir = tmp_path_factory.mktemp("study") / "tiny"
-    proc = compare_cli(*TINY, f"run.dir={study_dir}")
+    proc = compare_cli("--jobs", "2", *TINY, f"run.dir={study_dir}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return study_dir
 
@@ -96,15 +96,14 @@ def test_tiny_study_writes_every_report_file_with_the_right_rows(study: Path) ->
     assert r"\|" in md and "machine:" in md  # NB201 strings are escaped inside the table
 
 
-def test_every_piece_of_a_study_is_an_ordinary_run_directory(study: Path) -> None:
+def test_every_piece_of_a_study_is_an_ordinary_run_directory(study: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     search = study / "search" / "gdas-s0"
     assert (search / "genotype.json").is_file() and (search / "config.yaml").is_file()
-    resumed = subprocess.run([sys.executable, "search.py", "--resume", str(search)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
-    assert resumed.returncode == 0 and "has finished its 1 epochs" in resumed.stdout
-    shown = subprocess.run([sys.executable, "-m", "nas.genotype", str(search), "--to", "text"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
-    assert shown.stdout.strip() == str(load_genotype(str(search)))
+    assert search_main(["--resume", str(search)]) == 0
+    assert "has finished its 1 epochs" in capsys.readouterr().out
+    assert genotype_main([str(search), "--to", "text"]) == 0
+    assert capsys.readouterr().out.strip() == str(load_genotype(str(search)))
     train_cfg = yaml.safe_load((study / "train" / "random-1-e0" / "config.yaml").read_text())
     assert train_cfg["seed"] == 0 and train_cfg["model"]["C"] == 4 and train_cfg["train"]["epochs"] == 1
     assert load_genotype(str(study / "train" / "random-1-e0")) == load_genotype(str(study / "random" / "random-1"))
@@ -155,40 +154,40 @@ def test_verdicts_call_a_difference_only_beyond_the_seed_spread() -> None:
 def test_study_killed_with_sigkill_resumes_and_ends_with_the_same_report(study: Path, tmp_path: Path) -> None:
     killed, log = tmp_path / "killed", tmp_path / "out.txt"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "compare.py", *TINY, f"run.dir={killed}"], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen([sys.executable, "compare.py", "--jobs", "2", *TINY, f"run.dir={killed}"], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300
-    while "search/darts-s0 | " not in log.read_text() or "step 5/16" not in log.read_text().split("darts-s0 |")[-1]:
+    while not re.search(r"train/random-0-e0 \| .*step 3/32", log.read_text()):
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # the study and, through the kernel, its running search
+    proc.send_signal(signal.SIGKILL)  # the study and, through the kernel, the runs it is running
     proc.wait()
     time.sleep(0.5)
-    finished = killed / "search" / "gdas-s0"
-    assert (finished / "genotype.json").exists()
-    before = digest(finished)
-    interrupted = not (killed / "search" / "darts-s0" / "genotype.json").exists()
-    if interrupted:
-        assert (killed / "search" / "darts-s0" / "checkpoint.pt").exists()
+    runs = [killed / "search" / f"{m}-s0" for m in ("gdas", "darts")] + sorted((killed / "train").iterdir())
+    done = {d: digest(d) for d in runs if (d / "genotype.json").exists() and d.parent.name == "search"
+            or (d / "results.json").exists()}
+    interrupted = [d for d in runs if d not in done and (d / "checkpoint.pt").exists()]
+    assert done, "a search finishes before any training starts"
 
     # what has not finished, in the report and in the plan
     assert compare_main(["--report", str(killed)]) == 0
-    md = (killed / "report.md").read_text()
-    assert "## Not finished" in md and "train/random-0-e0: not started" in md
+    report = json.loads((killed / "report.json").read_text())
+    assert len(report["unfinished"]) == 7 - len(done)
+    assert "## Not finished" in (killed / "report.md").read_text()
     plan = compare_cli("--resume", str(killed), "--plan")
     lines = plan.stdout.splitlines()
-    assert plan.returncode == 0 and not any(line.startswith("python -m nas search") and "gdas-s0" in line
-                                            for line in lines)
-    assert len(lines) == 5 + interrupted and all(line.startswith("python -m nas ") for line in lines)
-    if interrupted:
-        assert lines[0] == f"python -m nas search --resume {killed / 'search' / 'darts-s0'}"
+    assert plan.returncode == 0 and len(lines) == 7 - len(done)
+    assert all(line.startswith("python -m nas ") for line in lines)
+    assert {f"python -m nas {'search' if d.parent.name == 'search' else 'evaluate'} --resume {d}"
+            for d in interrupted} <= set(lines)
 
-    resumed = compare_cli("--resume", str(killed))
+    resumed = compare_cli("--jobs", "2", "--resume", str(killed))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "start search/gdas-s0" not in resumed.stdout and digest(finished) == before  # skipped, untouched
-    if interrupted:
-        assert re.search(r"search/darts-s0 \| .* resuming at epoch 1, step [1-9]", resumed.stdout)
+    assert all(digest(d) == before for d, before in done.items())  # finished runs are skipped, untouched
+    assert not any(f"start {d.parent.name}/{d.name} " in resumed.stdout for d in done)
+    for d in interrupted:  # each continues from its checkpoint
+        assert re.search(rf"{d.parent.name}/{d.name} \| .* resuming at epoch 1, step [1-9]", resumed.stdout)
     a, b = (json.loads((d / "report.json").read_text()) for d in (killed, study))
     assert stable(a) == stable(b)
 
@@ -215,13 +214,13 @@ def test_jobs_split_the_cpu_and_failed_runs_are_reported(tmp_path: Path) -> None
     cores = len(os.sched_getaffinity(0))
     assert job_settings(cfg, 2) == [[f"run.threads={max(1, cores // 2)}"]] * 2
     assert job_settings(cfg, 1) == [[]]
-    # one search diverges (an absurd learning rate): its trainings cannot run, the random cell's still does
+    # the search diverges (an absurd learning rate): its training cannot run, the random cell's still does
     study_dir = tmp_path / "s"
-    args = [*TINY, "methods=[gdas,bad]", "per_method.bad.mixer=gdas", "per_method.bad.lr=1e30", "random.samples=1",
+    args = [*TINY, "methods=[bad]", "per_method.bad.mixer=gdas", "per_method.bad.lr=1e30", "random.samples=1",
             f"run.dir={study_dir}"]
     proc = compare_cli("--jobs", "2", *args)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "error: 2 of 5 runs did not finish (search/bad-s0: error: the loss is not finite" in proc.stderr
+    assert "error: 2 of 3 runs did not finish (search/bad-s0: error: the loss is not finite" in proc.stderr
     failures = json.loads((study_dir / "failures.json").read_text())
     assert list(failures) == ["search/bad-s0"]
     report = json.loads((study_dir / "report.json").read_text())
@@ -265,6 +264,7 @@ BAD = [
     (["search.tau_max=5"], "method 'darts': search.tau_max applies only to search.mixer=gdas"),
     (["seeds=[1,1]"], "seeds=[1, 1] lists a seed twice"),
     (["methods=[gdas,random]", "per_method.random.mixer=gdas"], "method name 'random' is not valid"),
+    (["per_method.a/b.mixer=gdas"], "method name 'a/b' is not valid"),
     (["eval.model.space=darts"], "eval.model.space=darts differs from model.space=nb201"),
     (["eval.model.auxiliary_weight=0.4"], "the eval recipe (eval.*): model.auxiliary_weight and model.drop_path "
                                           "apply only to darts-space networks"),
@@ -284,7 +284,7 @@ def test_bad_study_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: 
 
 
 def test_bad_study_directories_and_flags(study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = digest(study)
+    before = {k: v for k, v in digest(study).items() if k != ".lock"}
     cases = [
         ([*TINY, f"run.dir={study}"], "already holds a study (study.yaml); continue it with python compare.py "
                                       f"--resume {study}"),
@@ -296,8 +296,23 @@ def test_bad_study_directories_and_flags(study: Path, tmp_path: Path, capsys: py
         (["--report", str(study), "--plan"], "--report reads the study directory as it is"),
         (["--resume", str(study), "--jobs", "0"], "--jobs 0 is not valid; valid: 1 or more"),
     ]
-    for argv, message in cases:
-        assert compare_main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and message in err, (argv, err)
-    assert digest(study) == before
+    cases.append((["--resume", str(study)], f"study {str(study)!r} is being run by compare.py (pid {os.getpid()})"))
+    with study_lock(study):  # another compare.py is running this study
+        for argv, message in cases:
+            assert compare_main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and message in err, (argv, err)
+    assert {k: v for k, v in digest(study).items() if k != ".lock"} == before
+
+
+def test_a_study_directory_is_replaced_only_with_run_overwrite(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    study_dir = tmp_path / "s"
+    assert compare_main([*TINY, f"run.dir={study_dir}", "--plan"]) == 0  # creates the study, runs nothing
+    first = capsys.readouterr().out.splitlines()
+    assert len(first) == 7 and (study_dir / "study.yaml").exists() and not (study_dir / "search").exists()
+    (study_dir / "search" / "gdas-s0").mkdir(parents=True)
+    assert compare_main([*TINY, "random.seed=5", f"run.dir={study_dir}", "--plan"]) == 2
+    assert compare_main([*TINY, "random.seed=5", f"run.dir={study_dir}", "run.overwrite=true", "--plan"]) == 0
+    assert not (study_dir / "search").exists()  # the study's own folders went with it
+    assert "seed: 5" in (study_dir / "study.yaml").read_text()
