@@ -120,8 +120,17 @@ class SearchOptions:
                       choices=MIXERS)
     epochs: int = _key(50, "search epochs", low=1)
     order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
-    derive: str = _key("darts", "darts space genotype rule: darts (2 distinct inputs per node) or gdas "
-                                "(top-2 (op, input) pairs)", choices=("darts", "gdas"))
+    derive: str = _key("darts", "genotype rule: darts (by alpha; darts space: 2 distinct inputs per node), gdas "
+                                "(darts space: top-2 (op, input) pairs) or perturb (by how much the supernet's "
+                                "accuracy drops without each op; Wang et al. 2021)",
+                       choices=("darts", "gdas", "perturb"))
+    warmup_epochs: int = _key(0, "first epochs with weight steps only: alpha frozen, the tau schedule starting after "
+                                 "them (PC-DARTS: 15 of 50)", low=0)
+    param_free_dropout: float = _key(0.0, "dropout on the outputs of parameter-free ops (skip_connect, pooling) "
+                                          "while searching, decaying linearly to 0 at the last epoch (P-DARTS)",
+                                     low=0.0, high=1.0, high_open=True)
+    max_skip: int | None = _key(None, "at most this many skip_connect edges in the derived normal cell; the weakest "
+                                      "go first (P-DARTS: 2); null: no cap", low=0)
     tau_max: float = _key(10.0, "gdas: Gumbel-softmax temperature at the first epoch", low=0.0, low_open=True)
     tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
     tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
@@ -137,6 +146,12 @@ class SearchOptions:
     arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
 
     def check(self) -> None:
+        if self.max_skip is not None and self.derive == "perturb":
+            raise ConfigError("search.max_skip caps the alpha rules (search.derive=darts or gdas); derive=perturb "
+                              "keeps what the supernet needs; drop one of them")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"search.warmup_epochs={self.warmup_epochs} leaves no epoch for alpha in "
+                              f"search.epochs={self.epochs}; valid: warmup_epochs < epochs")
         if self.tau_min > self.tau_max:
             raise ConfigError(f"search.tau_min={self.tau_min} is above search.tau_max={self.tau_max}; "
                               "valid: 0 < tau_min <= tau_max")
@@ -184,9 +199,9 @@ class SearchConfig:
                                       "temperature")
         if self.run.compile:
             raise ConfigError("run.compile applies only to evaluate.py; a supernet's graph changes with every sample")
-        if self.model.space == "nb201" and s.derive != default.derive:
-            raise ConfigError(f"search.derive={s.derive} applies only to model.space=darts; nb201 genotypes take "
-                              "the argmax op of every edge")
+        if self.model.space == "nb201" and s.derive == "gdas":
+            raise ConfigError("search.derive=gdas applies only to model.space=darts; nb201 genotypes take the argmax "
+                              "op of every edge (or search.derive=perturb)")
 
 
 @dataclass(frozen=True)

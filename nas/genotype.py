@@ -125,14 +125,32 @@ def _check_op(op: str, valid: list[str], where: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- derivation
 
-def derive(space: SearchSpace, alphas: dict[str, torch.Tensor], rule: str = "darts") -> Genotype:
-    """The genotype that alpha (logits, one (E, K) matrix per cell type) stands for."""
+def derive(space: SearchSpace, alphas: dict[str, torch.Tensor], rule: str = "darts",
+           max_skip: int | None = None) -> Genotype:
+    """The genotype that alpha (logits, one (E, K) matrix per cell type) stands for; with ``max_skip``, its normal
+    cell keeps at most that many skip_connect edges (P-DARTS, Chen et al. 2019, Sec. 3.3)."""
     if rule not in ("darts", "gdas"):
         raise UserError(f"unknown derivation rule {rule!r}; valid: darts, gdas")
     cells = {t: _derive_cell(space, alphas[t].softmax(dim=-1), rule) for t in space.cell_types}
+    if max_skip is not None and "skip_connect" in space.ops:
+        cells["normal"] = _cap_skips(space, alphas["normal"].softmax(dim=-1), rule, cells["normal"], max_skip)
     if space.name == "nb201":
         return Genotype("nb201", cells["normal"], space.concat)
     return Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat)
+
+
+def _cap_skips(space: SearchSpace, w: torch.Tensor, rule: str, nodes: tuple[Node, ...],
+               max_skip: int) -> tuple[Node, ...]:
+    """While the cell keeps more than ``max_skip`` skip_connects, take skip_connect off the kept skip edge whose
+    weight is smallest and derive again: that edge falls back to its next best op, or loses its place."""
+    skip, w = space.ops.index("skip_connect"), w.clone()
+    while True:
+        kept = [space.edges.index((src, node)) for node, edges in zip(space.nodes, nodes, strict=True)
+                for op, src in edges if op == "skip_connect"]
+        if len(kept) <= max_skip:
+            return nodes
+        w[min(kept, key=lambda e: float(w[e, skip])), skip] = 0.0
+        nodes = _derive_cell(space, w, rule)
 
 
 def _derive_cell(space: SearchSpace, w: torch.Tensor, rule: str) -> tuple[Node, ...]:

@@ -138,11 +138,16 @@ class Mixing(Protocol):
     def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None: ...
 
 
-class GdasSample:
-    """One sampled op per edge, shared by every cell of the type."""
+def masked(alpha: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """alpha with the ops that ``mask`` (E, K) bool leaves out at -inf: they are never sampled."""
+    return alpha if mask is None else alpha.masked_fill(~mask, float("-inf"))
 
-    def __init__(self, alpha: torch.Tensor, tau: float):
-        hard, index = gumbel_softmax_hard(alpha, tau)
+
+class GdasSample:
+    """One sampled op per edge, shared by every cell of the type; with a mask, only among the allowed ops."""
+
+    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None):
+        hard, index = gumbel_softmax_hard(masked(alpha, mask), tau)
         self.index: list[int] = index.tolist()  # (E,) as Python ints: which module to run
         self.hard = hard if alpha.requires_grad else None  # (E, K); None when alpha takes no gradient
 
@@ -153,31 +158,36 @@ class GdasSample:
             return None if self.hard is None else zero_carrier(self.hard[e], k)
         op = edge.ops[k]
         if self.hard is None:
-            return op(x)
+            return edge.post(k, op(x))
         if kind == "bn" and op.training:
             body, bn = edge.tails[k]
-            return _BNStraightThrough.apply(body(x), self.hard[e], k, bn)
+            return edge.post(k, _BNStraightThrough.apply(body(x), self.hard[e], k, bn))
         if kind == "avgpool":
-            return _AvgPoolStraightThrough.apply(x, self.hard[e], k, edge.tails[k])
-        return _StraightThrough.apply(op(x), self.hard[e], k)
+            return edge.post(k, _AvgPoolStraightThrough.apply(x, self.hard[e], k, edge.tails[k]))
+        return edge.post(k, _StraightThrough.apply(op(x), self.hard[e], k))
 
 
 class DartsWeights:
-    """softmax(alpha) per edge; every op runs."""
+    """softmax(alpha) per edge; every op runs. With a mask (E, K) bool, the ops it leaves out weigh 0 and the
+    others keep their weights (no renormalization), and an edge with a single allowed op gives it weight 1: the
+    projection of Wang et al. (ICLR 2021)."""
 
-    def __init__(self, alpha: torch.Tensor):
+    def __init__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None):
         self.weights = F.softmax(alpha, dim=-1)  # (E, K)
+        if mask is not None:
+            single = mask.sum(-1, keepdim=True) == 1
+            self.weights = torch.where(single, mask.to(alpha.dtype), self.weights * mask)
 
     def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
         w = self.weights[e]
-        return sum(w[k] * op(x) for k, op in enumerate(edge.ops))  # every op, `none` included, as DARTS does
+        return sum(w[k] * edge.post(k, op(x)) for k, op in enumerate(edge.ops))  # every op, `none` included
 
 
 class Mixer(Protocol):
     name: str
     tau: float | None
 
-    def __call__(self, alpha: torch.Tensor) -> Mixing: ...
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> Mixing: ...
 
     def set_epoch(self, epoch: int, epochs: int) -> None: ...
 
@@ -191,9 +201,9 @@ class GDAS:
         self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
         self.tau: float | None = tau_max
 
-    def __call__(self, alpha: torch.Tensor) -> GdasSample:
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> GdasSample:
         assert self.tau is not None
-        return GdasSample(alpha, self.tau)
+        return GdasSample(alpha, self.tau, mask)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
@@ -205,8 +215,8 @@ class DARTS:
     name = "darts"
     tau: float | None = None
 
-    def __call__(self, alpha: torch.Tensor) -> DartsWeights:
-        return DartsWeights(alpha)
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> DartsWeights:
+        return DartsWeights(alpha, mask)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         pass

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nas.collapse import WHY, dominated, normal_free
 from nas.config import StudyConfig, to_dict
 from nas.genotype import Genotype, op_counts, read_genotype
 from nas.runlog import atomic_write_text, read_jsonl
@@ -113,6 +114,7 @@ def read_cell(cell: Cell, trainings: list[tuple[int, Path]], study_dir: Path) ->
     first = next(iter(done.values()), None)
     return {"id": cell.id, "method": cell.method, "seed": cell.seed, "genotype": str(g) if g else None,
             "genotype_json": g.to_dict() if g else None, "ops": op_counts(g) if g else None,
+            "normal_param_free": list(normal_free(g)) if g else None, "dominated": dominated(g) if g else None,
             "test_acc": {str(s): r["final_test_acc"] for s, r in done.items()},
             "params": first["params"] if first else None, "flops": first["flops"] if first else None,
             "train_time_s": [r["wall_time_s"] for r in done.values()],
@@ -322,12 +324,16 @@ def markdown(r: dict[str, Any]) -> str:
               "A difference is called one only when it is larger than the sample std across seeds of either side. "
               "That is a rule of thumb, not a significance test, and with 2 or 3 seeds a weak one.", ""]
     lines += [f"- {c['text']}" for c in r["comparisons"]] or ["- nothing to compare yet"]
+    warned = False
     for row in r["methods"]:
-        bare = [c["id"] for c in r["cells"] if c["method"] == row["method"] and c["ops"]
-                and c["ops"]["parameter_free"] == c["ops"]["edges"]]
-        if bare:
-            lines.append(f"- {row['method']}: {len(bare)} of {row['cells']} cells have no edge that learns anything "
-                         f"(only none, skip and pooling): {', '.join(bare)}")
+        bad = [c for c in r["cells"] if c["method"] == row["method"] and c["dominated"]]
+        if bad:
+            which = ", ".join(f"{c['id']} {c['normal_param_free'][0]} of {c['normal_param_free'][1]}" for c in bad)
+            lines.append(f"- **warning: {row['method']}: {len(bad)} of {row['cells']} cells have a normal cell "
+                         f"dominated by parameter-free edges** ({which}).")
+            warned = True
+    if warned:
+        lines += ["", WHY]
     lines += ["", "## Cells", "", "| cell | test acc % per training seed | params | FLOPs | param-free / edges | "
               "genotype | drawings |", "|---|---|---|---|---|---|---|"]
     for c in r["cells"]:

@@ -23,6 +23,7 @@ from nas.checkpoint import (
     set_rng_state,
     truncate_jsonl,
 )
+from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
@@ -47,13 +48,15 @@ def weight_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.op
 
 
 def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, amp: Any = NO_AMP,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Adam step on alpha (valid half); the weights are frozen, so no weight gradient is computed."""
-    model.set_step("alpha")
-    with amp:
+               scaler: torch.amp.GradScaler | None = None, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step on alpha (valid half); the weights are frozen, so no weight gradient is computed. During the
+    warm-up (``frozen``) alpha does not move either: the batch is only measured."""
+    model.set_step("none" if frozen else "alpha")
+    with amp, torch.set_grad_enabled(not frozen):
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
-    backward_step(loss, opt, scaler)
+    if not frozen:
+        backward_step(loss, opt, scaler)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -87,6 +90,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     if cfg.model.ops is not None:
         space = dataclasses.replace(space, ops=cfg.model.ops)
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule)
+    rule = "darts" if s.derive == "perturb" else s.derive  # each epoch's genotype (perturbation costs too much)
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem).to(device)
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
@@ -134,7 +138,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     # ---- the bilevel loop
     with GracefulStop() as stop, progress:
         for epoch in range(start_epoch, s.epochs):
-            mixer.set_epoch(epoch, s.epochs)
+            warm = epoch < s.warmup_epochs  # weights only; alpha and the tau schedule start after the warm-up
+            mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
+            model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
             lr = w_sched.get_last_lr()[0]
             first = start_step if epoch == start_epoch else 0
             resumed = bool(first and partial)
@@ -148,11 +154,11 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
                 xw, xa = xw.contiguous(memory_format=memory_format), xa.contiguous(memory_format=memory_format)
                 if s.order == "alpha_first":
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm)
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
                 else:
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm)
                 if scaler is not None:
                     scaler.update()
                 if not torch.isfinite(w_loss + a_loss):
@@ -181,11 +187,12 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
 
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
             t_loss, t_correct, v_loss, v_correct = sums.tolist()
-            genotype = model.genotype(s.derive)
+            genotype = model.genotype(rule, s.max_skip)
+            stats = edge_stats(genotype, dict(model.alpha), space.ops)
             record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
                       "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
                       "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
-                      "peak_mib": peak_memory_mib(device)}
+                      "peak_mib": peak_memory_mib(device), **stats}
             log.append("metrics.jsonl", record)
             log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
             log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
@@ -195,8 +202,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             log.print(f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.3f} acc "
                       f"{record['train_acc']:.1f}%  valid loss {record['valid_loss']:.3f} acc "
                       f"{record['valid_acc']:.1f}%{tau}  lr {lr:.4f}  {elapsed:.1f}s  "
-                      f"{record['images_per_s']:.0f} img/s")
+                      f"{record['images_per_s']:.0f} img/s{'  (warm-up: alpha frozen)' if warm else ''}")
             log.print(f"  genotype {genotype}")
+            log.print(f"  {describe(stats)}")
             if board is not None:
                 board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)},
                               epoch + 1, "search")
@@ -204,9 +212,19 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                 board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
             stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
 
-    # ---- the result: genotype.json and drawings of its cells
-    genotype = model.genotype(s.derive)
+    # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
+    genotype = model.genotype(rule, s.max_skip)
+    if s.derive == "perturb":
+        from nas.datasets import ImageSet
+        from nas.perturb import select_by_perturbation
+
+        plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
+                        device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
+        genotype = select_by_perturbation(model, plain, cfg.seed, amp, memory_format, log.print)
     log.write_text("genotype.json", genotype.to_json())
+    warning = dominance_warning(genotype)
+    if warning:
+        log.print(warning)
     from nas.plot import draw_cells
 
     drawings = draw_cells(genotype, run.dir / "cells")

@@ -18,7 +18,16 @@ from torch import nn
 
 from nas.genotype import Genotype, derive
 from nas.mixing import Mixer, Mixing
-from nas.ops import FactorizedReduce, ReLUConvBN, ResBlock, Zero, create_search_op, sole_avg_pool, split_final_bn
+from nas.ops import (
+    FactorizedReduce,
+    ReLUConvBN,
+    ResBlock,
+    Zero,
+    create_search_op,
+    is_parameter_free,
+    sole_avg_pool,
+    split_final_bn,
+)
 from nas.spaces import SearchSpace, get_space
 
 
@@ -38,6 +47,14 @@ class MixedEdge(nn.Module):
         self.tails: list[Any] = [split_final_bn(op) or sole_avg_pool(op) for op in self.ops]  # not registered again
         self.kinds = ["zero" if isinstance(op, Zero) else "bn" if isinstance(tail, tuple) else
                       "avgpool" if tail is not None else "plain" for op, tail in zip(self.ops, self.tails, strict=True)]
+        self.free = [is_parameter_free(name) and name != "none" for name in space.ops]  # the ops dropout may hit
+        self.drop = 0.0  # search.param_free_dropout at this epoch
+
+    def post(self, k: int, out: torch.Tensor) -> torch.Tensor:
+        """Op k's output as the edge uses it: P-DARTS's operation-level dropout when op k is parameter-free."""
+        if self.drop and self.free[k] and self.training:
+            return nn.functional.dropout(out, self.drop, training=True)
+        return out
 
     def forward(self, x: torch.Tensor, mixing: Mixing) -> torch.Tensor | None:
         return mixing.edge(self.index, x, self)
@@ -106,6 +123,7 @@ class Supernet(nn.Module):
             for t in space.cell_types})
         self._step: str | None = None
         self._weights: list[nn.Parameter] | None = None  # cached: walking ~5000 modules per step is costly
+        self.op_mask: dict[str, torch.Tensor] | None = None  # (E, K) bool per cell type: the ops allowed
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.values())
@@ -135,11 +153,17 @@ class Supernet(nn.Module):
 
     def mixings(self) -> dict[str, Mixing]:
         """One mixing (one GDAS sample) per cell type for this forward pass."""
-        return {t: self.mixer(a) for t, a in self.alpha.items()}
+        masks = self.op_mask or {}
+        return {t: self.mixer(a, masks.get(t)) for t, a in self.alpha.items()}
 
-    def genotype(self, rule: str = "darts") -> Genotype:
+    def set_param_free_dropout(self, p: float) -> None:
+        for m in self.modules():
+            if isinstance(m, MixedEdge):
+                m.drop = p
+
+    def genotype(self, rule: str = "darts", max_skip: int | None = None) -> Genotype:
         alphas = {t: a.detach().cpu() for t, a in self.alpha.items()}
-        return derive(self.space, alphas, rule)
+        return derive(self.space, alphas, rule, max_skip)
 
 
 class DartsSupernet(Supernet):

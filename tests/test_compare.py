@@ -231,14 +231,14 @@ def test_jobs_split_the_cpu_and_failed_runs_are_reported(tmp_path: Path) -> None
     assert threads == max(1, cores // 2)
 
 
-def test_report_escapes_and_lists_cells_without_a_learnable_edge() -> None:
+def test_report_escapes_and_warns_about_cells_dominated_by_parameter_free_edges() -> None:
     empty = {"mean": None, "std": None, "n": 0, "median": None, "min": None, "max": None}
     row = {"method": "gdas", "cells": 1, "test_acc": empty, "params": None, "flops": None, "search_time_s": None,
            "search_peak_mib": None, "supernet_valid_acc": empty, "edges": 6, "parameter_free": 6,
            "skip_connect": 5}
     cell = {"id": "gdas-s0", "method": "gdas", "seed": 0, "genotype": "|none~0|+|skip_connect~0|none~1|+|x|",
             "ops": {"edges": 6, "parameter_free": 6}, "test_acc": {}, "params": None, "flops": None,
-            "drawings": []}
+            "drawings": [], "dominated": True, "normal_param_free": [6, 6]}
     budget = {"data": "synthetic", "classes": 10, "image_shape": [3, 8, 8], "weight_images": None,
               "alpha_images": None, "train_images": None, "test_images": None,
               "supernet": {"space": "nb201", "C": 4, "layers": 1}, "search_epochs": 1, "search_batch": 8,
@@ -249,7 +249,8 @@ def test_report_escapes_and_lists_cells_without_a_learnable_edge() -> None:
                    "comparisons": [], "cells": [cell], "plots": [],
                    "unfinished": [{"run": "train/gdas-s0-e0", "state": "not started"}]})
     assert r"`\|none~0\|+\|skip_connect~0\|none~1\|+\|x\|`" in md
-    assert "gdas: 1 of 1 cells have no edge that learns anything (only none, skip and pooling): gdas-s0" in md
+    assert "**warning: gdas: 1 of 1 cells have a normal cell dominated by parameter-free edges** (gdas-s0 6 of 6)" in md
+    assert "Remedies: search.warmup_epochs" in md
     assert "- train/gdas-s0-e0: not started" in md
 
 

@@ -78,6 +78,7 @@ def test_search_killed_mid_epoch_resumes_identically(uninterrupted: Path, tmp_pa
     for name in ("alpha.jsonl", "genotypes.jsonl", "genotype.json"):
         assert (run_dir / name).read_text() == (uninterrupted / name).read_text(), name
     assert strip_times(run_dir / "metrics.jsonl") == strip_times(uninterrupted / "metrics.jsonl")
+    assert all("param_free_mass" in m for m in strip_times(run_dir / "metrics.jsonl"))  # kept over the resume
     a = load_checkpoint(run_dir / "checkpoint.pt", "search")["model"]
     b = load_checkpoint(uninterrupted / "checkpoint.pt", "search")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # every weight and alpha, bit for bit

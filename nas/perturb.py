@@ -1,0 +1,112 @@
+"""Selection by perturbation (Wang et al., ICLR 2021, "Rethinking architecture selection in differentiable NAS",
+Alg. 1 and 2): an op's strength is how much the supernet's validation accuracy drops when the op is taken off its
+edge, not the size of its alpha.
+
+Edges are decided one at a time, in a seeded random order. Each edge keeps the op whose removal lowers the
+accuracy most, and from then on the supernet runs with that edge fixed to it. In the DARTS space, each node then
+keeps the two input edges whose removal lowers the accuracy most. The supernet runs in training mode (batch
+statistics), as in the paper's code. Unlike the paper, it is not fine-tuned between decisions, which would cost
+epochs: the selection reads the supernet as the search left it.
+
+Removing an op goes through the supernet's op mask. The DARTS mixture gives the op weight 0 and leaves the other
+weights as they are; GDAS stops sampling the op. A decided edge runs its one op with weight 1.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from nas.data import Batches
+from nas.genotype import Genotype, Node
+from nas.supernet import Supernet
+
+
+@torch.no_grad()
+def accuracy(model: Supernet, batches: Batches, seed: int, amp: Any,
+             memory_format: torch.memory_format = torch.contiguous_format) -> float:
+    """Top-1 accuracy (%) of the supernet as its op mask stands, over every image of ``batches``; GDAS samples are
+    drawn from ``seed`` each time, so that candidates are compared on the same noise."""
+    devices = [batches.device.index or 0] if batches.device.type == "cuda" else []
+    correct = torch.zeros((), device=batches.device)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for x, y in batches.epoch(0):
+            with amp:
+                logits = model(x.contiguous(memory_format=memory_format))
+            correct += (logits.argmax(1) == y).sum()
+    return 100 * float(correct) / batches.num_images
+
+
+def select_by_perturbation(model: Supernet, batches: Batches, seed: int, amp: Any,
+                           memory_format: torch.memory_format = torch.contiguous_format,
+                           say: Callable[[str], None] = print) -> Genotype:
+    """The genotype chosen by perturbation (see the module's docstring); ``batches`` are the alpha half, read
+    without augmentation. Leaves the supernet's op mask as it found it (none)."""
+    space = model.space
+    device = model.alpha[space.cell_types[0]].device
+    masks = {t: torch.ones(space.num_edges, space.num_ops, dtype=torch.bool, device=device) for t in space.cell_types}
+    # DARTS-space cells never keep `none`: it is no candidate there; NAS-Bench-201 keeps whatever the edge needs
+    candidates = [k for k, op in enumerate(space.ops) if not (space.name == "darts" and op == "none")]
+
+    def only(k: int) -> torch.Tensor:
+        row = torch.zeros(space.num_ops, dtype=torch.bool, device=device)
+        row[k] = True
+        return row
+
+    def score() -> float:
+        return accuracy(model, batches, seed, amp, memory_format)
+
+    model.set_step("none")
+    model.op_mask = masks
+    try:
+        say(f"selecting by perturbation: {space.num_edges * len(space.cell_types)} edges x {len(candidates)} ops, "
+            f"each scored on {batches.num_images} images; supernet accuracy {score():.2f}%")
+        order = [(t, e) for t in space.cell_types for e in range(space.num_edges)]
+        random.Random(seed).shuffle(order)
+        for t, e in order:
+            without = {}
+            for k in candidates:
+                masks[t][e, k] = False
+                without[k] = score()
+                masks[t][e, k] = True
+            weight = model.alpha[t][e].detach()  # breaks ties (common on small data): the larger alpha wins
+            keep = min(candidates, key=lambda k: (without[k], -float(weight[k])))  # the op whose removal hurts most
+            masks[t][e] = only(keep)
+            src, dst = space.edges[e]
+            say(f"  {t} edge {src}->{dst}: {space.ops[keep]} (accuracy without it {without[keep]:.2f}%, without "
+                f"the others {min(v for k, v in without.items() if k != keep):.2f}% or more)")
+        if space.name == "darts":
+            none = space.ops.index("none")
+            for t in space.cell_types:
+                for node in space.nodes:
+                    ids = space.edges_into(node)
+                    without = {}
+                    for e in ids:
+                        kept = masks[t][e].clone()
+                        masks[t][e] = only(none)
+                        without[e] = score()
+                        masks[t][e] = kept
+                    for e in sorted(ids, key=lambda e: without[e])[2:]:  # all but the two most needed
+                        masks[t][e] = only(none)
+        say(f"  supernet accuracy with every edge decided: {score():.2f}%")
+    finally:
+        model.op_mask = None
+    return genotype_of(space, {t: m.cpu() for t, m in masks.items()})
+
+
+def genotype_of(space: Any, masks: dict[str, torch.Tensor]) -> Genotype:
+    """The genotype that decided masks (one allowed op per kept edge, `none` on dropped DARTS-space edges) stand for."""
+    cells: dict[str, tuple[Node, ...]] = {}
+    for t in space.cell_types:
+        nodes: list[Node] = []
+        for node in space.nodes:
+            edges = [(space.ops[int(masks[t][e].nonzero()[0])], space.edges[e][0]) for e in space.edges_into(node)]
+            nodes.append(tuple(edges) if space.name == "nb201" else tuple(x for x in edges if x[0] != "none"))
+        cells[t] = tuple(nodes)
+    if space.name == "nb201":
+        return Genotype("nb201", cells["normal"], space.concat)
+    return Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat)
