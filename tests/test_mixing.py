@@ -71,7 +71,8 @@ def test_gdas_edge_forward_is_exactly_the_sampled_op_and_every_weight_gets_gradi
             return x * scale
         return f
 
-    edge = SimpleNamespace(ops=[op(0, 2.0), op(1, 3.0), op(2, 5.0)], kinds=["plain"] * 3, tails=[None] * 3)
+    edge = SimpleNamespace(ops=[op(0, 2.0), op(1, 3.0), op(2, 5.0)], kinds=["plain"] * 3, tails=[None] * 3,
+                           post=lambda k, out: out)
     x = torch.randn(2, 4, 3, 3)
     y = sample.edge(0, x, edge)
     assert calls == [k]
@@ -91,7 +92,7 @@ def test_darts_weights_are_softmax_and_sum_to_one() -> None:
     w = DartsWeights(alpha).weights
     assert torch.allclose(w.sum(-1), torch.ones(14))
     assert torch.allclose(w, alpha.softmax(-1))
-    edge = SimpleNamespace(ops=[lambda x, s=s: x * s for s in range(8)])
+    edge = SimpleNamespace(ops=[lambda x, s=s: x * s for s in range(8)], post=lambda k, out: out)
     x = torch.randn(2, 3)
     expected = sum(w[4, k] * x * k for k in range(8))
     assert torch.allclose(DartsWeights(alpha).edge(4, x, edge), expected)
