@@ -78,6 +78,8 @@ def dominance_warning(genotype: Genotype) -> str | None:
     if not dominated(genotype):
         return None
     free, edges = normal_free(genotype)
-    learns = "none of them learns anything" if free == edges else f"only {edges - free} learn anything"
+    live = edges - free
+    learns = ("none of them learns anything" if live == 0 else
+              f"only {live} {'learns' if live == 1 else 'learn'} anything")
     return (f"warning: the normal cell is dominated by parameter-free edges: {free} of its {edges} edges are none, "
             f"skip_connect or pooling, so {learns}. {WHY}")

@@ -230,7 +230,7 @@ def _budget(lay: StudyLayout, searches: list[dict[str, Any]], cells: list[dict[s
         "train_images": train_data.get("train_images"), "test_images": train_data.get("test_images"),
         "supernet": {"space": cfg.model.space, "C": cfg.model.C, "layers": cfg.model.layers},
         "search_epochs": cfg.search.epochs, "search_batch": cfg.data.batch_size, "search_seeds": list(cfg.seeds),
-        "per_method": cfg.per_method,
+        "per_method": {m: keys for m, keys in cfg.per_method.items() if m in cfg.methods},  # of the methods run
         "eval": {"C": cfg.eval.model.C, "layers": cfg.eval.model.layers, "epochs": cfg.eval.train.epochs,
                  "batch": cfg.eval.data.batch_size, "seeds": list(cfg.eval.seeds)},
         "random_cells": cfg.random.samples,

@@ -10,6 +10,7 @@ import yaml
 from nas.config import (
     ConfigError,
     SearchConfig,
+    StudyConfig,
     TrainConfig,
     all_keys,
     describe,
@@ -38,7 +39,15 @@ def test_every_recipe_loads(path: Path) -> None:
 def test_recipes_exist() -> None:
     names = {p.relative_to(ROOT / "configs").as_posix() for p in RECIPES}
     assert {"quickstart.yaml", "search/gdas-darts-cifar10.yaml", "search/darts-darts-cifar10.yaml",
-            "search/gdas-nb201-cifar10.yaml", "search/darts-nb201-cifar10.yaml"} <= names
+            "search/gdas-nb201-cifar10.yaml", "search/darts-nb201-cifar10.yaml", "search/gdas-nb201-small.yaml",
+            "search/gdas-darts-small.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "compare").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_study_loads_and_each_method_makes_a_valid_search(path: Path) -> None:
+    cfg = load_config(StudyConfig, path)
+    for method in cfg.methods:
+        assert cfg.search_config(method, seed=0).search.epochs == cfg.search.epochs, method
 
 
 def test_overrides_apply_over_the_file(tmp_path: Path) -> None:
