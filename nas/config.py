@@ -46,7 +46,7 @@ def _check_sgd(section: str, lr: float, lr_min: float, momentum: float, nesterov
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagefolder")
 SPACES = ("darts", "nb201")
-MIXERS = ("gdas", "darts")
+MIXERS = ("gdas", "darts", "snas")
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SearchOptions:
-    mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops",
+    mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops; "
+                      "snas: every op, weighted by a soft Gumbel-softmax sample",
                       choices=MIXERS)
     epochs: int = _key(50, "search epochs", low=1)
     order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
@@ -124,6 +125,9 @@ class SearchOptions:
                                 "(darts space: top-2 (op, input) pairs) or perturb (by how much the supernet's "
                                 "accuracy drops without each op; Wang et al. 2021)",
                        choices=("darts", "gdas", "perturb"))
+    unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
+                                 "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
+                                 "darts mixer only")
     warmup_epochs: int = _key(0, "first epochs with weight steps only: alpha frozen, the tau schedule starting after "
                                  "them (PC-DARTS: 15 of 50)", low=0)
     param_free_dropout: float = _key(0.0, "dropout on the outputs of parameter-free ops (skip_connect, pooling) "
@@ -146,6 +150,10 @@ class SearchOptions:
     arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
 
     def check(self) -> None:
+        if self.unrolled and self.mixer != "darts":
+            raise ConfigError(f"search.unrolled=true needs search.mixer=darts (got {self.mixer!r}): the finite "
+                              "differences need the same network on both sides, and a sampling mixer draws a new "
+                              "one every forward pass")
         if self.max_skip is not None and self.derive == "perturb":
             raise ConfigError("search.max_skip caps the alpha rules (search.derive=darts or gdas); derive=perturb "
                               "keeps what the supernet needs; drop one of them")
@@ -195,10 +203,13 @@ class SearchConfig:
         if s.mixer == "darts":
             for k in ("tau_max", "tau_min", "tau_schedule"):
                 if getattr(s, k) != getattr(default, k):
-                    raise ConfigError(f"search.{k} applies only to search.mixer=gdas; the darts mixer has no "
-                                      "temperature")
+                    raise ConfigError(f"search.{k} applies only to search.mixer=gdas or snas; the darts mixer "
+                                      "has no temperature")
         if self.run.compile:
             raise ConfigError("run.compile applies only to evaluate.py; a supernet's graph changes with every sample")
+        if s.unrolled and self.run.amp != "off":
+            raise ConfigError(f"search.unrolled=true runs in float32 only (run.amp={self.run.amp!r}): its finite "
+                              "differences are smaller than half precision resolves; valid: run.amp=off")
         if self.model.space == "nb201" and s.derive == "gdas":
             raise ConfigError("search.derive=gdas applies only to model.space=darts; nb201 genotypes take the argmax "
                               "op of every edge (or search.derive=perturb)")

@@ -1,9 +1,10 @@
-"""How alpha turns into the output of a mixed edge: GDAS and DARTS, and the temperature schedule.
+"""How alpha turns into the output of a mixed edge: GDAS, DARTS and SNAS, and the temperature schedule.
 
 GDAS (Dong & Yang, CVPR 2019, Eq. 3-5): per edge, draw one op by the Gumbel-max trick, an exact sample of
 softmax(alpha); the forward pass computes only that op and its value is exactly that op's output, while
 the backward pass reaches every alpha entry through the soft weights softmax((log_softmax(alpha) + g) / tau)
 (straight-through). DARTS (Liu et al., ICLR 2019, Eq. 2): every edge outputs sum_k softmax(alpha)_k op_k(x).
+SNAS-style (Xie et al., ICLR 2019): every edge outputs sum_k p_k op_k(x), p a soft Gumbel-softmax sample.
 
 This is the only module that knows about Gumbel noise and tau.
 """
@@ -183,6 +184,18 @@ class DartsWeights:
         return sum(w[k] * edge.post(k, op(x)) for k, op in enumerate(edge.ops))  # every op, `none` included
 
 
+class SnasWeights:
+    """A soft Gumbel-softmax sample per edge, softmax((log_softmax(alpha) + g) / tau), shared by every cell of the
+    type; every op runs, weighted by it. With a mask, the ops it leaves out weigh exactly 0."""
+
+    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None):
+        self.weights = ((F.log_softmax(masked(alpha, mask), dim=-1) + gumbel_like(alpha)) / tau).softmax(dim=-1)
+
+    def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
+        w = self.weights[e]
+        return sum(w[k] * edge.post(k, op(x)) for k, op in enumerate(edge.ops))  # every op, `none` included
+
+
 class Mixer(Protocol):
     name: str
     tau: float | None
@@ -222,6 +235,24 @@ class DARTS:
         pass
 
 
+class SNAS:
+    """Soft Gumbel-softmax relaxation (SNAS, Xie et al., ICLR 2019): every op runs, weighted by a fresh soft sample
+    of softmax(alpha) at the annealed temperature; the same tau schedule as GDAS."""
+
+    name = "snas"
+
+    def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear"):
+        self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
+        self.tau: float | None = tau_max
+
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> SnasWeights:
+        assert self.tau is not None
+        return SnasWeights(alpha, self.tau, mask)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
+
+
 def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: str = "linear") -> float:
     """Temperature for 0-based ``epoch`` of ``epochs``: tau_max at the first epoch, tau_min at the last."""
     t = epoch / (epochs - 1) if epochs > 1 else 0.0
@@ -237,4 +268,6 @@ def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, sche
         return GDAS(tau_max, tau_min, schedule)
     if name == "darts":
         return DARTS()
-    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts")
+    if name == "snas":
+        return SNAS(tau_max, tau_min, schedule)
+    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts, snas")

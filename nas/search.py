@@ -1,6 +1,7 @@
-"""run_search: first-order bilevel architecture search (DARTS, Liu et al. 2019, Eq. 3-4 with xi = 0),
-with GDAS (Dong & Yang, CVPR 2019) or DARTS mixing. Read top to bottom: setup (or resume), data, supernet and
-optimizers, then one loop over epochs of alternating weight and alpha steps, checkpointing as it goes.
+"""run_search: bilevel architecture search (DARTS, Liu et al. 2019, Eq. 3-4: first order, or second order with
+search.unrolled), with GDAS (Dong & Yang, CVPR 2019), DARTS or SNAS mixing. Read top to bottom: setup (or resume),
+data, supernet and optimizers, then one loop over epochs of alternating weight and alpha steps, checkpointing as it
+goes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, Run, autocast, backward_step, grad_scaler, peak_memory_mib, record_data
 from nas.spaces import get_space
 from nas.supernet import Supernet, build_supernet
+from nas.unrolled import unrolled_alpha_backward
 
 RECORDS = ("metrics.jsonl", "genotypes.jsonl", "alpha.jsonl")  # one line per finished epoch
 NO_AMP = contextlib.nullcontext()
@@ -48,9 +50,15 @@ def weight_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.op
 
 
 def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, amp: Any = NO_AMP,
-               scaler: torch.amp.GradScaler | None = None, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               scaler: torch.amp.GradScaler | None = None, frozen: bool = False,
+               unrolled: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One Adam step on alpha (valid half); the weights are frozen, so no weight gradient is computed. During the
-    warm-up (``frozen``) alpha does not move either: the batch is only measured."""
+    warm-up (``frozen``) alpha does not move either: the batch is only measured. With ``unrolled`` (the train
+    batch, the weight optimizer, the weights and xi), the gradient is DARTS's second-order one (nas/unrolled.py)."""
+    if unrolled is not None and not frozen:
+        loss, correct = unrolled_alpha_backward(model, valid=(x, y), **unrolled)
+        opt.step()
+        return loss, correct
     model.set_step("none" if frozen else "alpha")
     with amp, torch.set_grad_enabled(not frozen):
         logits = model(x)
@@ -153,12 +161,13 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             batches = zip(train.epoch(epoch, first), valid.epoch(epoch, first), strict=False)
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
                 xw, xa = xw.contiguous(memory_format=memory_format), xa.contiguous(memory_format=memory_format)
+                unrolled = dict(train=(xw, yw), w_opt=w_opt, weights=weights, xi=lr) if s.unrolled else None
                 if s.order == "alpha_first":
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm, unrolled)
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
                 else:
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm, unrolled)
                 if scaler is not None:
                     scaler.update()
                 if not torch.isfinite(w_loss + a_loss):

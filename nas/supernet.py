@@ -134,7 +134,8 @@ class Supernet(nn.Module):
         return self._weights
 
     def set_step(self, step: str) -> None:
-        """Which parameters the next backward pass computes gradients for: "weights", "alpha" or "none".
+        """Which parameters the next backward pass computes gradients for: "weights", "alpha", "both" (the
+        second-order alpha gradient needs the validation loss's gradient for both) or "none".
 
         A weight step never computes alpha gradients and an alpha step never computes weight gradients:
         the frozen side gets requires_grad=False, so autograd does not even record that work, and its
@@ -142,9 +143,9 @@ class Supernet(nn.Module):
         """
         if step == self._step:
             return
-        assert step in ("weights", "alpha", "none"), step
-        for params, active in ((self.arch_parameters(), step == "alpha"),
-                               (self.weight_parameters(), step == "weights")):
+        assert step in ("weights", "alpha", "both", "none"), step
+        for params, active in ((self.arch_parameters(), step in ("alpha", "both")),
+                               (self.weight_parameters(), step in ("weights", "both"))):
             for p in params:
                 p.requires_grad_(active)
                 if not active:

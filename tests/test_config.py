@@ -106,7 +106,7 @@ def test_describe_lists_every_key_with_help() -> None:
     (["model.ops=[sep_conv_3x3, skip_conect]"], "unknown op 'skip_conect' in model.ops (did you mean 'skip_connect'?)"),
     (["model.ops=[none]"], "model.ops needs at least one op other than none"),
     (["model.ops=[none, none]"], "lists an op twice"),
-    (["search.mixer=darts", "search.tau_max=5"], "search.tau_max applies only to search.mixer=gdas"),
+    (["search.mixer=darts", "search.tau_max=5"], "search.tau_max applies only to search.mixer=gdas or snas"),
     (["model.space=nb201", "search.derive=gdas"], "search.derive=gdas applies only to model.space=darts"),
     (["data.name=cifar10", "data.synthetic.classes=3"], "data.synthetic.* applies only to data.name=synthetic"),
     (["search.epochs=10", "search.warmup_epochs=10"], "search.warmup_epochs=10 leaves no epoch for alpha"),

@@ -1,4 +1,4 @@
-"""GDAS and DARTS mixing: exact one-hot forward, straight-through gradient, sampling statistics, tau."""
+"""GDAS, DARTS and SNAS mixing: exact one-hot forward, straight-through gradient, sampling statistics, tau."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from nas import mixing
-from nas.mixing import DARTS, GDAS, DartsWeights, GdasSample, create_mixer, gumbel_like, gumbel_softmax_hard, tau_at
+from nas.mixing import (
+    DARTS,
+    GDAS,
+    SNAS,
+    DartsWeights,
+    GdasSample,
+    SnasWeights,
+    create_mixer,
+    gumbel_like,
+    gumbel_softmax_hard,
+    tau_at,
+)
 
 
 def test_gumbel_noise_is_finite_even_at_the_ends_of_the_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,5 +127,51 @@ def test_mixers() -> None:
     assert gdas.tau == 1.0
     darts = create_mixer("darts")
     assert isinstance(darts, DARTS) and darts.tau is None
+    snas = create_mixer("snas", tau_max=4.0, tau_min=1.0)
+    assert isinstance(snas, SNAS) and snas.tau == 4.0
+    snas.set_epoch(3, 4)
+    assert snas.tau == 1.0
     with pytest.raises(ValueError, match="unknown mixer 'gdsa'; valid: gdas, darts"):
         create_mixer("gdsa")
+
+
+def test_snas_weights_are_the_soft_sample_gdas_takes_its_argmax_of() -> None:
+    alpha = torch.randn(6, 5)
+    torch.manual_seed(3)
+    soft = SnasWeights(alpha, tau=0.7).weights
+    torch.manual_seed(3)
+    hard = GdasSample(alpha, tau=0.7)
+    torch.manual_seed(3)
+    expected = ((F.log_softmax(alpha, -1) + gumbel_like(alpha)) / 0.7).softmax(-1)  # SNAS's relaxed sample
+    assert torch.allclose(soft, expected)
+    assert torch.allclose(soft.sum(-1), torch.ones(6)) and (soft > 0).all()
+    assert soft.argmax(-1).tolist() == hard.index  # same noise: GDAS runs the op SNAS weighs most
+
+
+def test_snas_edge_runs_every_op_weighted_and_alpha_gets_every_gradient() -> None:
+    alpha = torch.zeros(1, 3, requires_grad=True)
+    torch.manual_seed(0)
+    sample = SnasWeights(alpha, tau=1.0)
+    calls: list[int] = []
+
+    def op(i: int, scale: float):
+        def f(x: torch.Tensor) -> torch.Tensor:
+            calls.append(i)
+            return x * scale
+        return f
+
+    edge = SimpleNamespace(ops=[op(0, 2.0), op(1, 3.0), op(2, 5.0)], post=lambda k, out: out)
+    x = torch.randn(2, 4)
+    y = sample.edge(0, x, edge)
+    w = sample.weights[0]
+    assert sorted(calls) == [0, 1, 2]
+    assert torch.allclose(y, x * (2 * w[0] + 3 * w[1] + 5 * w[2]))
+    y.sum().backward()
+    assert alpha.grad is not None and (alpha.grad != 0).all()
+
+
+def test_snas_mask_gives_left_out_ops_zero_weight() -> None:
+    mask = torch.tensor([[True, False, True], [False, True, False]])
+    w = SnasWeights(torch.randn(2, 3), tau=1.0, mask=mask).weights
+    assert (w[~mask] == 0).all() and torch.allclose(w.sum(-1), torch.ones(2))
+    assert w[1, 1] == 1.0  # a single allowed op takes all the weight

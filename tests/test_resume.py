@@ -178,3 +178,23 @@ def test_numerical_fault_exits_3_from_the_cli(tmp_path: Path) -> None:
                f"run.dir={tmp_path / 'run'}")
     assert proc.returncode == 3
     assert proc.stderr.startswith("error: the loss is not finite") and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("method", [["search.mixer=snas"], ["search.mixer=darts", "search.unrolled=true"]],
+                         ids=["snas", "darts-second-order"])
+def test_every_method_resumes_identically(tmp_path: Path, method: list[str]) -> None:
+    args = [*SEARCH, "search.epochs=2", *method]
+    full, killed, log = tmp_path / "full", tmp_path / "killed", tmp_path / "log.txt"
+    done = run("search.py", *args, f"run.dir={full}")
+    assert done.returncode == 0, done.stderr
+    proc = start("search.py", [*args, "run.checkpoint_every=2", f"run.dir={killed}"], log)
+    wait_for(log, "epoch 2 step 3/8", proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    resumed = run("search.py", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("alpha.jsonl", "genotypes.jsonl", "genotype.json"):
+        assert (killed / name).read_text() == (full / name).read_text(), name
+    a = load_checkpoint(killed / "checkpoint.pt", "search")["model"]
+    b = load_checkpoint(full / "checkpoint.pt", "search")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

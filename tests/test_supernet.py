@@ -65,9 +65,10 @@ def test_gdas_runs_exactly_the_sampled_op_on_each_edge(space: str, step: str) ->
     assert all(n == 1 for n in calls.values())  # never twice
 
 
+@pytest.mark.parametrize("mixer", ["darts", "snas"])
 @pytest.mark.parametrize("space", ["darts", "nb201"])
-def test_darts_mixer_runs_every_op(space: str) -> None:
-    model = small(space, "darts")
+def test_mixture_mixers_run_every_op(space: str, mixer: str) -> None:
+    model = small(space, mixer)
     calls = count_op_calls(model)
     model(torch.randn(2, 3, 8, 8))
     num_edges = sum(1 for m in model.modules() if isinstance(m, MixedEdge))
