@@ -73,7 +73,8 @@ def worker(args: argparse.Namespace) -> dict:
     valid = Batches(data, torch.arange(half, len(data)), seed=2 * args.round + 1, **common)  # type: ignore[arg-type]
 
     torch.manual_seed(0)
-    mixer = create_mixer("darts" if args.variant == "darts" else "gdas", tau_max=10.0, tau_min=10.0)
+    mixer_name = {"darts": "darts", "darts2": "darts", "snas": "snas", "random": "random"}.get(args.variant, "gdas")
+    mixer = create_mixer(mixer_name, tau_max=10.0, tau_min=10.0)
     fmt = torch.channels_last if args.format == "nhwc" else torch.contiguous_format
     model = build_supernet(args.space, C=args.C, layers=args.layers, num_classes=10, mixer=mixer).to(device)
     model.to(memory_format=fmt)
@@ -124,9 +125,14 @@ def worker(args: argparse.Namespace) -> dict:
             for (x, y), fixed in zip(((xw, yw), (xa, ya)), plan[i], strict=True):
                 model.mixings = lambda fixed=fixed: fixed  # type: ignore[method-assign]
                 weight_step(model, x, y, w_opt, weights, 5.0)
-        elif args.variant == "darts":  # DARTS takes the alpha step first
-            alpha_step(model, xa, ya, a_opt)
+        elif args.variant in ("darts", "darts2"):  # DARTS takes the alpha step first; darts2 is second order
+            second = args.variant == "darts2"
+            unrolled = dict(train=(xw, yw), w_opt=w_opt, weights=weights, xi=0.025) if second else None
+            alpha_step(model, xa, ya, a_opt, unrolled=unrolled)
             weight_step(model, xw, yw, w_opt, weights, 5.0)
+        elif args.variant == "random":  # no alpha step: the alpha batch is only measured
+            weight_step(model, xw, yw, w_opt, weights, 5.0)
+            alpha_step(model, xa, ya, a_opt, frozen=True)
         else:
             weight_step(model, xw, yw, w_opt, weights, 5.0)
             alpha_step(model, xa, ya, a_opt)
@@ -157,7 +163,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="processes per variant, alternating")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--variants", default="gdas,child,darts")
+    p.add_argument("--variants", default="gdas,child,darts",
+                   help="comma-separated: gdas, child (GDAS's sampled networks alone), darts, darts2 (second order), "
+                        "snas, random")
     p.add_argument("--formats", default="nchw,nhwc", help="memory formats to time each variant in: nchw, nhwc")
     p.add_argument("--format", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)  # set in the worker processes
@@ -205,8 +213,9 @@ def main() -> None:
         g_peak = max(r["peak_mib"] for r in results[("gdas", same)])  # type: ignore[index]
         c_peak = max(r["peak_mib"] for r in results[("child", same)])  # type: ignore[index]
         report["gdas_peak_over_child"] = round(g_peak / c_peak, 3)
-    if "gdas" in variants and "darts" in variants:
-        report["darts_over_gdas"] = round(report["darts_ms"] / report["gdas_ms"], 2)  # type: ignore[operator]
+    for v in variants:  # every other method's step time over GDAS's, measured side by side
+        if "gdas" in variants and v not in ("gdas", "child"):
+            report[f"{v}_over_gdas"] = round(report[f"{v}_ms"] / report["gdas_ms"], 2)  # type: ignore[operator]
     report["settings"] = {"space": args.space, "C": args.C, "layers": args.layers, "batch": args.batch,
                           "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": args.threads,
                           "device": args.device, "formats": formats}

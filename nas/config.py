@@ -46,7 +46,7 @@ def _check_sgd(section: str, lr: float, lr_min: float, momentum: float, nesterov
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagefolder")
 SPACES = ("darts", "nb201")
-MIXERS = ("gdas", "darts", "snas")
+MIXERS = ("gdas", "darts", "snas", "random")
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,18 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SearchOptions:
     mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops; "
-                      "snas: every op, weighted by a soft Gumbel-softmax sample",
+                      "snas: every op, weighted by a soft Gumbel-softmax sample; random: one op per edge drawn "
+                      "uniformly, no alpha steps (with search.derive=sample)",
                       choices=MIXERS)
     epochs: int = _key(50, "search epochs", low=1)
     order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
     derive: str = _key("darts", "genotype rule: darts (by alpha; darts space: 2 distinct inputs per node), gdas "
                                 "(darts space: top-2 (op, input) pairs) or perturb (by how much the supernet's "
-                                "accuracy drops without each op; Wang et al. 2021)",
-                       choices=("darts", "gdas", "perturb"))
+                                "accuracy drops without each op; Wang et al. 2021) or sample (the best of "
+                                "search.samples random cells, scored with the supernet's weights on the alpha half; "
+                                "Li & Talwalkar 2019)",
+                       choices=("darts", "gdas", "perturb", "sample"))
+    samples: int = _key(100, "search.derive=sample: random cells scored at the end", low=1)
     unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
                                  "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
                                  "darts mixer only")
@@ -154,9 +158,12 @@ class SearchOptions:
             raise ConfigError(f"search.unrolled=true needs search.mixer=darts (got {self.mixer!r}): the finite "
                               "differences need the same network on both sides, and a sampling mixer draws a new "
                               "one every forward pass")
-        if self.max_skip is not None and self.derive == "perturb":
-            raise ConfigError("search.max_skip caps the alpha rules (search.derive=darts or gdas); derive=perturb "
-                              "keeps what the supernet needs; drop one of them")
+        if self.mixer == "random" and self.derive != "sample":
+            raise ConfigError(f"search.mixer=random never steps alpha, so search.derive={self.derive!r} would read "
+                              "untrained logits; valid: search.derive=sample")
+        if self.max_skip is not None and self.derive in ("perturb", "sample"):
+            raise ConfigError(f"search.max_skip caps the alpha rules (search.derive=darts or gdas); "
+                              f"derive={self.derive} does not read alpha; drop one of them")
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(f"search.warmup_epochs={self.warmup_epochs} leaves no epoch for alpha in "
                               f"search.epochs={self.epochs}; valid: warmup_epochs < epochs")
@@ -200,11 +207,11 @@ class SearchConfig:
 
     def check(self) -> None:
         s, default = self.search, SearchOptions()
-        if s.mixer == "darts":
+        if s.mixer in ("darts", "random"):
             for k in ("tau_max", "tau_min", "tau_schedule"):
                 if getattr(s, k) != getattr(default, k):
-                    raise ConfigError(f"search.{k} applies only to search.mixer=gdas or snas; the darts mixer "
-                                      "has no temperature")
+                    raise ConfigError(f"search.{k} applies only to search.mixer=gdas or snas; the {s.mixer} "
+                                      "mixer has no temperature")
         if self.run.compile:
             raise ConfigError("run.compile applies only to evaluate.py; a supernet's graph changes with every sample")
         if s.unrolled and self.run.amp != "off":

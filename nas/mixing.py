@@ -184,6 +184,19 @@ class DartsWeights:
         return sum(w[k] * edge.post(k, op(x)) for k, op in enumerate(edge.ops))  # every op, `none` included
 
 
+class UniformSample:
+    """One op per edge drawn uniformly (among the allowed ones, with a mask), shared by every cell of the type; alpha
+    plays no part. The forward value is exactly the op's output, as in GDAS."""
+
+    def __init__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None):
+        uniform = masked(torch.zeros_like(alpha, requires_grad=False), mask)
+        self.index: list[int] = torch.multinomial(uniform.softmax(-1), 1).squeeze(1).tolist()
+
+    def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
+        k = self.index[e]
+        return None if edge.kinds[k] == "zero" else edge.post(k, edge.ops[k](x))
+
+
 class SnasWeights:
     """A soft Gumbel-softmax sample per edge, softmax((log_softmax(alpha) + g) / tau), shared by every cell of the
     type; every op runs, weighted by it. With a mask, the ops it leaves out weigh exactly 0."""
@@ -199,6 +212,7 @@ class SnasWeights:
 class Mixer(Protocol):
     name: str
     tau: float | None
+    learns_alpha: bool  # False: the search takes no alpha steps (alpha's batches are only measured)
 
     def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> Mixing: ...
 
@@ -209,6 +223,7 @@ class GDAS:
     """Hard Gumbel-softmax sampling with a temperature annealed from tau_max to tau_min over the epochs."""
 
     name = "gdas"
+    learns_alpha = True
 
     def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear"):
         self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
@@ -227,6 +242,7 @@ class DARTS:
 
     name = "darts"
     tau: float | None = None
+    learns_alpha = True
 
     def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> DartsWeights:
         return DartsWeights(alpha, mask)
@@ -240,6 +256,7 @@ class SNAS:
     of softmax(alpha) at the annealed temperature; the same tau schedule as GDAS."""
 
     name = "snas"
+    learns_alpha = True
 
     def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear"):
         self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
@@ -251,6 +268,21 @@ class SNAS:
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
+
+
+class RandomMixer:
+    """Random search with weight sharing (Li & Talwalkar, UAI 2019): every forward pass trains one op per edge drawn
+    uniformly; alpha is never stepped. The genotype comes from scoring sampled cells (search.derive=sample)."""
+
+    name = "random"
+    tau: float | None = None
+    learns_alpha = False
+
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> UniformSample:
+        return UniformSample(alpha, mask)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        pass
 
 
 def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: str = "linear") -> float:
@@ -270,4 +302,6 @@ def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, sche
         return DARTS()
     if name == "snas":
         return SNAS(tau_max, tau_min, schedule)
-    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts, snas")
+    if name == "random":
+        return RandomMixer()
+    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts, snas, random")

@@ -8,6 +8,9 @@ keeps the two input edges whose removal lowers the accuracy most. The supernet r
 statistics), as in the paper's code. Unlike the paper, it is not fine-tuned between decisions, which would cost
 epochs: the selection reads the supernet as the search left it.
 
+``select_by_sampling`` is random search with weight sharing's selection (Li & Talwalkar, UAI 2019): random cells,
+each run alone in the supernet through its op mask, scored on the alpha half; the best is the genotype.
+
 Removing an op goes through the supernet's op mask. The DARTS mixture gives the op weight 0 and leaves the other
 weights as they are; GDAS stops sampling the op. A decided edge runs its one op with weight 1.
 """
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 
 from nas.data import Batches
-from nas.genotype import Genotype, Node
+from nas.genotype import Genotype, Node, random_genotype
 from nas.supernet import Supernet
 
 
@@ -110,3 +113,46 @@ def genotype_of(space: Any, masks: dict[str, torch.Tensor]) -> Genotype:
     if space.name == "nb201":
         return Genotype("nb201", cells["normal"], space.concat)
     return Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat)
+
+
+def masks_of(space: Any, genotype: Genotype, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The op masks that run exactly ``genotype`` in the supernet: one allowed op per kept edge, and in the DARTS
+    space `none` alone on the edges the cell does not keep."""
+    none = space.ops.index("none") if "none" in space.ops else None
+    masks = {}
+    for t, (nodes, _) in genotype.cells().items():
+        m = torch.zeros(space.num_edges, space.num_ops, dtype=torch.bool, device=device)
+        if none is not None:
+            m[:, none] = True
+        for node, kept in zip(space.nodes, nodes, strict=True):
+            for op, src in kept:
+                e = next(e for e in space.edges_into(node) if space.edges[e][0] == src)
+                m[e] = False
+                m[e, space.ops.index(op)] = True
+        masks[t] = m
+    return masks
+
+
+def select_by_sampling(model: Supernet, batches: Batches, seed: int, samples: int, amp: Any,
+                       memory_format: torch.memory_format = torch.contiguous_format,
+                       say: Callable[[str], None] = print) -> Genotype:
+    """The best of ``samples`` random cells (drawn under the darts rule's constraints, seeded by ``seed``), each run
+    alone in the supernet and scored on ``batches``. Leaves the supernet's op mask as it found it (none)."""
+    space = model.space
+    device = model.alpha[space.cell_types[0]].device
+    rng = random.Random(seed)
+    model.set_step("none")
+    scored: list[tuple[float, int, Genotype]] = []
+    try:
+        say(f"scoring {samples} random cells with the supernet's weights, each on {batches.num_images} images")
+        for i in range(samples):
+            genotype = random_genotype(space, rng, "darts")
+            model.op_mask = masks_of(space, genotype, device)
+            scored.append((accuracy(model, batches, seed, amp, memory_format), -i, genotype))
+    finally:
+        model.op_mask = None
+    scored.sort(key=lambda t: t[:2], reverse=True)  # the best accuracy; on a tie, the cell drawn first
+    for acc, i, genotype in scored[:3]:
+        say(f"  cell {-i + 1}/{samples}: {acc:.2f}%  {genotype}")
+    say(f"  median of the {samples} cells: {scored[len(scored) // 2][0]:.2f}%")
+    return scored[0][2]

@@ -98,7 +98,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     if cfg.model.ops is not None:
         space = dataclasses.replace(space, ops=cfg.model.ops)
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule)
-    rule = "darts" if s.derive == "perturb" else s.derive  # each epoch's genotype (perturbation costs too much)
+    rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem).to(device)
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
@@ -147,6 +147,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     with GracefulStop() as stop, progress:
         for epoch in range(start_epoch, s.epochs):
             warm = epoch < s.warmup_epochs  # weights only; alpha and the tau schedule start after the warm-up
+            frozen = warm or not mixer.learns_alpha  # alpha's batch is then only measured
             mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
             model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
             lr = w_sched.get_last_lr()[0]
@@ -163,11 +164,11 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                 xw, xa = xw.contiguous(memory_format=memory_format), xa.contiguous(memory_format=memory_format)
                 unrolled = dict(train=(xw, yw), w_opt=w_opt, weights=weights, xi=lr) if s.unrolled else None
                 if s.order == "alpha_first":
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm, unrolled)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled)
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
                 else:
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, warm, unrolled)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled)
                 if scaler is not None:
                     scaler.update()
                 if not torch.isfinite(w_loss + a_loss):
@@ -223,13 +224,15 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
     genotype = model.genotype(rule, s.max_skip)
-    if s.derive == "perturb":
+    if s.derive in ("perturb", "sample"):
         from nas.datasets import ImageSet
-        from nas.perturb import select_by_perturbation
+        from nas.perturb import select_by_perturbation, select_by_sampling
 
         plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
                         device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
-        genotype = select_by_perturbation(model, plain, cfg.seed, amp, memory_format, log.print)
+        genotype = (select_by_perturbation(model, plain, cfg.seed, amp, memory_format, log.print)
+                    if s.derive == "perturb" else
+                    select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print))
     log.write_text("genotype.json", genotype.to_json())
     warning = dominance_warning(genotype)
     if warning:

@@ -1,5 +1,6 @@
 """Collapse into parameter-free cells and its remedies: the per-epoch measures (recorded, shown, kept over resume),
-the warning, the warm-up, the skip cap, dropout on parameter-free ops, and selection by perturbation."""
+the warning, the warm-up, the skip cap, dropout on parameter-free ops, selection by perturbation, and random search
+with weight sharing's selection by sampling."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 from nas import perturb
 from nas.cli import search_main
 from nas.collapse import dominance_warning, edge_stats
-from nas.genotype import PUBLISHED, derive, from_nb201_string, published_genotype
+from nas.config import ConfigError, SearchConfig, load_config
+from nas.genotype import PUBLISHED, derive, from_nb201_string, published_genotype, random_genotype, read_genotype
 from nas.mixing import DARTS, GDAS
 from nas.spaces import get_space
 from nas.supernet import build_supernet
@@ -152,3 +154,31 @@ def test_perturbation_keeps_the_ops_the_supernet_needs(monkeypatch: pytest.Monke
                 ids = space.edges_into(node)
                 keep = ids if space_name == "nb201" else sorted(ids, key=lambda e: -weight[t][e])[:2]
                 assert sorted(edges) == sorted((space.ops[needed[t][e]], space.edges[e][0]) for e in keep)
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "darts"])
+def test_op_masks_of_a_genotype_run_exactly_that_cell(space_name: str) -> None:
+    from nas.perturb import genotype_of, masks_of
+
+    space = get_space(space_name)
+    rng = random.Random(0)
+    for _ in range(20):
+        g = random_genotype(space, rng, "darts")
+        masks = masks_of(space, g)
+        assert all((m.sum(-1) == 1).all() for m in masks.values())  # one op per edge: the cell alone
+        assert genotype_of(space, masks) == g
+
+
+def test_random_search_never_moves_alpha_and_picks_the_best_scored_cell(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    assert search_main(["search.epochs=2", "data.synthetic.train=128", "data.image_size=8", "data.batch_size=16",
+                        "model.space=nb201", "model.C=4", "model.layers=1", "run.tensorboard=false",
+                        "search.mixer=random", "search.derive=sample", "search.samples=4", "search.arch_lr=0.1",
+                        f"run.dir={run_dir}"]) == 0
+    alphas = [json.loads(line) for line in (run_dir / "alpha.jsonl").read_text().splitlines()]
+    assert alphas[0]["normal"] == alphas[-1]["normal"]  # no alpha step, even with a large arch_lr
+    log = (run_dir / "log.txt").read_text()
+    best = log.split("scoring 4 random cells")[1].splitlines()[1]  # the first ranked line is the best cell
+    assert str(read_genotype(run_dir / "genotype.json")) in best
+    with pytest.raises(ConfigError, match="search.mixer=random never steps alpha"):
+        load_config(SearchConfig, None, ["search.mixer=random"]).check()

@@ -175,3 +175,18 @@ def test_snas_mask_gives_left_out_ops_zero_weight() -> None:
     w = SnasWeights(torch.randn(2, 3), tau=1.0, mask=mask).weights
     assert (w[~mask] == 0).all() and torch.allclose(w.sum(-1), torch.ones(2))
     assert w[1, 1] == 1.0  # a single allowed op takes all the weight
+
+
+def test_random_mixer_draws_every_op_equally_often_and_only_the_allowed_ones() -> None:
+    torch.manual_seed(0)
+    alpha = torch.randn(6, 5)  # alpha plays no part
+    counts = torch.zeros(6, 5)
+    draws = 4000
+    for _ in range(draws):
+        counts[torch.arange(6), torch.tensor(create_mixer("random")(alpha).index)] += 1
+    expected, sd = draws / 5, math.sqrt(draws * 0.2 * 0.8)
+    assert (counts - expected).abs().max() < 5 * sd
+    mask = torch.zeros(6, 5, dtype=torch.bool)
+    mask[:, 1] = mask[:, 3] = True
+    picked = {k for _ in range(200) for k in create_mixer("random")(alpha, mask).index}
+    assert picked == {1, 3}

@@ -180,8 +180,9 @@ def test_numerical_fault_exits_3_from_the_cli(tmp_path: Path) -> None:
     assert proc.stderr.startswith("error: the loss is not finite") and proc.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("method", [["search.mixer=snas"], ["search.mixer=darts", "search.unrolled=true"]],
-                         ids=["snas", "darts-second-order"])
+@pytest.mark.parametrize("method", [["search.mixer=snas"], ["search.mixer=darts", "search.unrolled=true"],
+                                    ["search.mixer=random", "search.derive=sample", "search.samples=3"]],
+                         ids=["snas", "darts-second-order", "random"])
 def test_every_method_resumes_identically(tmp_path: Path, method: list[str]) -> None:
     args = [*SEARCH, "search.epochs=2", *method]
     full, killed, log = tmp_path / "full", tmp_path / "killed", tmp_path / "log.txt"
