@@ -84,6 +84,29 @@ def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> A
     return load_config(cls, path / "config.yaml", overrides)
 
 
+def plot_main(argv: list[str] | None = None) -> int:
+    """python -m nas.plot: draw a genotype's cells."""
+    from nas.genotype import load_genotype
+    from nas.plot import draw_cells
+
+    parser = argparse.ArgumentParser(prog="python -m nas.plot", description="Draw a genotype's cells (PNG and SVG).")
+    parser.add_argument("genotype", help="genotype.json, a run directory, a published name or a genotype string")
+    parser.add_argument("--out", metavar="DIR", help="where to write the drawings (default: the run directory's "
+                                                     "cells/ folder, else ./cells)")
+    parser.add_argument("--engine", choices=["auto", "dot", "matplotlib"], default="auto",
+                        help="auto: graphviz's dot when installed, else matplotlib")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        g = load_genotype(args.genotype)
+        out = Path(args.out) if args.out else (Path(args.genotype) / "cells" if Path(args.genotype).is_dir()
+                                               else Path("cells"))
+        for path in draw_cells(g, out, args.engine):
+            print(path)
+
+    return run_guarded(go)
+
+
 def genotype_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m nas.genotype", description="Check a genotype and print it in another format.",

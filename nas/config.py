@@ -18,13 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-
-class UserError(ValueError):
-    """Bad user input (config, files, data, genotypes). The CLI prints ``error: <message>``, exit 2."""
-
-
-class ConfigError(UserError):
-    """A config file or override that is not valid."""
+from nas.errors import ConfigError as ConfigError  # re-exported: nas.config.ConfigError
+from nas.errors import UserError as UserError
 
 
 def _key(default: Any, help: str, *, choices: tuple[Any, ...] = (), low: float | None = None,
@@ -86,8 +81,14 @@ class ModelConfig:
     stem_multiplier: int | None = _key(None, "stem channels = stem_multiplier * C (null: 3 for darts; nb201 "
                                              "allows only 1)", low=1)
     ops: tuple[str, ...] | None = _key(None, "candidate ops on every edge (null: the space's own list)")
+    macro: str = _key("darts", "darts space's search network: darts (DARTS's: a BN after every pooling op) or gdas "
+                               "(GDAS's NASNet one: no BN after pooling, a BN-ReLU before the final pooling; the "
+                               "official GDAS search uses it with 6 cells)", choices=("darts", "gdas"))
 
     def check(self) -> None:
+        if self.macro != "darts" and self.space != "darts":
+            raise ConfigError(f"model.macro={self.macro} applies only to model.space=darts; NAS-Bench-201 has one "
+                              "search network")
         if self.space == "nb201" and self.stem_multiplier not in (None, 1):
             raise ConfigError(f"model.stem_multiplier={self.stem_multiplier} is not valid for model.space=nb201, "
                               "whose stem has C channels; valid: null or 1")
@@ -139,6 +140,14 @@ class SearchOptions:
                                      low=0.0, high=1.0, high_open=True)
     max_skip: int | None = _key(None, "at most this many skip_connect edges in the derived normal cell; the weakest "
                                       "go first (P-DARTS: 2); null: no cap", low=0)
+    gdas_gradient: str = _key("all_ops", "gdas: the straight-through rule. all_ops: out_k hard_k + sum_(j!=k) hard_j, "
+                                          "every alpha entry gets a gradient (the official NAS-Bench-201 cell); "
+                                          "sampled_op: out_k hard_k only (the official DARTS-space cell)",
+                              choices=("all_ops", "sampled_op"))
+    unsampled_grads: str = _key("none", "weights of ops a step did not sample. none: no gradient, they do not move; "
+                                        "zero: a zero gradient once they have been stepped, so momentum and weight "
+                                        "decay still move them (the official code under PyTorch 1.x)",
+                                choices=("none", "zero"))
     tau_max: float = _key(10.0, "gdas: Gumbel-softmax temperature at the first epoch", low=0.0, low_open=True)
     tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
     tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
@@ -158,6 +167,9 @@ class SearchOptions:
             raise ConfigError(f"search.unrolled=true needs search.mixer=darts (got {self.mixer!r}): the finite "
                               "differences need the same network on both sides, and a sampling mixer draws a new "
                               "one every forward pass")
+        if self.gdas_gradient != "all_ops" and self.mixer != "gdas":
+            raise ConfigError(f"search.gdas_gradient={self.gdas_gradient} applies only to search.mixer=gdas "
+                              f"(got {self.mixer!r})")
         if self.mixer == "random" and self.derive != "sample":
             raise ConfigError(f"search.mixer=random never steps alpha, so search.derive={self.derive!r} would read "
                               "untrained logits; valid: search.derive=sample")

@@ -145,10 +145,18 @@ def masked(alpha: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 class GdasSample:
-    """One sampled op per edge, shared by every cell of the type; with a mask, only among the allowed ops."""
+    """One sampled op per edge, shared by every cell of the type; with a mask, only among the allowed ops.
 
-    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None):
+    ``gradient`` is the straight-through rule: "all_ops", y = out_k hard_k + sum_{j != k} hard_j, so every alpha
+    entry gets a gradient (the official NAS-Bench-201 GDAS cell); "sampled_op", y = out_k hard_k, so only the sampled
+    op's weight carries one (the official DARTS-space GDAS cell). Both forward exactly out_k.
+    """
+
+    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None, gradient: str = "all_ops"):
         hard, index = gumbel_softmax_hard(masked(alpha, mask), tau)
+        if gradient == "sampled_op" and alpha.requires_grad:
+            one_hot = hard.detach()  # exactly one_hot(index)
+            hard = one_hot + (hard - one_hot) * one_hot  # the same value; d hard_j = 0 for every j != k
         self.index: list[int] = index.tolist()  # (E,) as Python ints: which module to run
         self.hard = hard if alpha.requires_grad else None  # (E, K); None when alpha takes no gradient
 
@@ -225,13 +233,14 @@ class GDAS:
     name = "gdas"
     learns_alpha = True
 
-    def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear"):
-        self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
+    def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear",
+                 gradient: str = "all_ops"):
+        self.tau_max, self.tau_min, self.schedule, self.gradient = tau_max, tau_min, schedule, gradient
         self.tau: float | None = tau_max
 
     def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> GdasSample:
         assert self.tau is not None
-        return GdasSample(alpha, self.tau, mask)
+        return GdasSample(alpha, self.tau, mask, self.gradient)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
@@ -295,9 +304,10 @@ def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: st
     raise UserError(f"unknown tau schedule {schedule!r}; valid: linear, exponential")
 
 
-def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear") -> Mixer:
+def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear",
+                 gradient: str = "all_ops") -> Mixer:
     if name == "gdas":
-        return GDAS(tau_max, tau_min, schedule)
+        return GDAS(tau_max, tau_min, schedule, gradient)
     if name == "darts":
         return DARTS()
     if name == "snas":

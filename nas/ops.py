@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nas.config import UserError
+from nas.errors import UserError
 
 OpFactory = Callable[[int, int, int, bool], nn.Module]
 OPS: dict[str, OpFactory] = {}

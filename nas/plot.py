@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -134,27 +133,7 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from nas.cli import run_guarded
-    from nas.genotype import load_genotype
+if __name__ == "__main__":  # python -m nas.plot GENOTYPE [--out DIR] [--engine ...]
+    from nas.cli import plot_main
 
-    parser = argparse.ArgumentParser(prog="python -m nas.plot", description="Draw a genotype's cells (PNG and SVG).")
-    parser.add_argument("genotype", help="genotype.json, a run directory, a published name or a genotype string")
-    parser.add_argument("--out", metavar="DIR", help="where to write the drawings (default: the run directory's "
-                                                     "cells/ folder, else ./cells)")
-    parser.add_argument("--engine", choices=["auto", "dot", "matplotlib"], default="auto",
-                        help="auto: graphviz's dot when installed, else matplotlib")
-    args = parser.parse_args(argv)
-
-    def go() -> None:
-        g = load_genotype(args.genotype)
-        out = Path(args.out) if args.out else (Path(args.genotype) / "cells" if Path(args.genotype).is_dir()
-                                               else Path("cells"))
-        for path in draw_cells(g, out, args.engine):
-            print(path)
-
-    return run_guarded(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(plot_main())

@@ -275,37 +275,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, amp: str) -> Any:
-    """The autocast context for run.amp ("off": a no-op context)."""
-    import contextlib
-
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
-    """A gradient scaler for fp16 (bf16 and fp32 need none)."""
-    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
-
-
-def backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                  params: Any = (), grad_clip: float = 0.0) -> None:
-    """Backpropagate ``loss`` and step ``opt``, through ``scaler`` (fp16) when there is one, clipping the global
-    norm of ``params``' true (unscaled) gradients to ``grad_clip`` when it is positive. The caller updates the
-    scaler once all of an iteration's optimizers have stepped."""
-    opt.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(opt)  # clip the true gradients
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    opt.step() if scaler is None else scaler.step(opt)
-
-
 def seed_everything(seed: int) -> None:
     import random
 

@@ -28,8 +28,9 @@ from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
-from nas.runlog import Board, Progress, Run, autocast, backward_step, grad_scaler, peak_memory_mib, record_data
+from nas.runlog import Board, Progress, Run, peak_memory_mib, record_data
 from nas.spaces import get_space
+from nas.steps import autocast, backward_step, grad_scaler
 from nas.supernet import Supernet, build_supernet
 from nas.unrolled import unrolled_alpha_backward
 
@@ -37,15 +38,26 @@ RECORDS = ("metrics.jsonl", "genotypes.jsonl", "alpha.jsonl")  # one line per fi
 NO_AMP = contextlib.nullcontext()
 
 
+def zero_unsampled(weights: list[nn.Parameter], opt: torch.optim.Optimizer) -> None:
+    """A zero gradient for every weight without one that ``opt`` has stepped before (it holds state for it)."""
+    for p in weights:
+        if p.grad is None and opt.state.get(p):
+            p.grad = torch.zeros_like(p)
+
+
 def weight_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                 weights: list[nn.Parameter], grad_clip: float, amp: Any = NO_AMP,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on the weights (train half); alpha is frozen, so no alpha gradient is computed."""
+                scaler: torch.amp.GradScaler | None = None,
+                unsampled: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on the weights (train half); alpha is frozen, so no alpha gradient is computed. With
+    ``unsampled="zero"``, weights without a gradient that the optimizer has stepped before get a zero one, as
+    ``zero_grad()`` left them under PyTorch 1.x: momentum and weight decay still move them."""
     model.set_step("weights")
     with amp:
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
-    backward_step(loss, opt, scaler, weights, grad_clip)
+    fill = (lambda: zero_unsampled(weights, opt)) if unsampled == "zero" else None
+    backward_step(loss, opt, scaler, weights, grad_clip, before_step=fill)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -97,10 +109,12 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     space = get_space(cfg.model.space)
     if cfg.model.ops is not None:
         space = dataclasses.replace(space, ops=cfg.model.ops)
-    mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule)
+    mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule,
+                         gradient=s.gdas_gradient)
     rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
-                           mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem).to(device)
+                           mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
+                           macro=cfg.model.macro).to(device)
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     model.train()
@@ -165,9 +179,11 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                 unrolled = dict(train=(xw, yw), w_opt=w_opt, weights=weights, xi=lr) if s.unrolled else None
                 if s.order == "alpha_first":
                     a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled)
-                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
+                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler,
+                                                     s.unsampled_grads)
                 else:
-                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler)
+                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler,
+                                                     s.unsampled_grads)
                     a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled)
                 if scaler is not None:
                     scaler.update()

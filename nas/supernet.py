@@ -39,11 +39,11 @@ class MixedEdge(nn.Module):
     ``tails`` holds it) or "plain".
     """
 
-    def __init__(self, space: SearchSpace, index: int, C: int, stride: int):
+    def __init__(self, space: SearchSpace, index: int, C: int, stride: int, pool_bn: bool | None = None):
         super().__init__()
         self.index = index  # row of alpha
-        self.ops = nn.ModuleList(create_search_op(name, C, stride, pool_bn=space.name == "darts")
-                                 for name in space.ops)
+        pool_bn = space.name == "darts" if pool_bn is None else pool_bn  # DARTS's network: a BN after pooling
+        self.ops = nn.ModuleList(create_search_op(name, C, stride, pool_bn=pool_bn) for name in space.ops)
         self.tails: list[Any] = [split_final_bn(op) or sole_avg_pool(op) for op in self.ops]  # not registered again
         self.kinds = ["zero" if isinstance(op, Zero) else "bn" if isinstance(tail, tuple) else
                       "avgpool" if tail is not None else "plain" for op, tail in zip(self.ops, self.tails, strict=True)]
@@ -68,11 +68,11 @@ class MixedEdge(nn.Module):
 class SearchCell(nn.Module):
     """The DAG of one cell: node j = sum of the mixed edges from every earlier node."""
 
-    def __init__(self, space: SearchSpace, C: int, reduction: bool):
+    def __init__(self, space: SearchSpace, C: int, reduction: bool, pool_bn: bool | None = None):
         super().__init__()
         self.space = space
         self.edges = nn.ModuleList(
-            MixedEdge(space, e, C, stride=2 if reduction and src < space.num_inputs else 1)
+            MixedEdge(space, e, C, stride=2 if reduction and src < space.num_inputs else 1, pool_bn=pool_bn)
             for e, (src, _) in enumerate(space.edges))
         self._into = [space.edges_into(node) for node in space.nodes]  # edge indices per node
 
@@ -100,13 +100,14 @@ class SearchCell(nn.Module):
 class DartsSearchCell(nn.Module):
     """A DARTS cell: preprocess the outputs of the two previous cells to C channels, then the DAG."""
 
-    def __init__(self, space: SearchSpace, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool):
+    def __init__(self, space: SearchSpace, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool,
+                 pool_bn: bool = True):
         super().__init__()
         self.reduction = reduction
         self.preprocess0: nn.Module = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
                                        else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
-        self.dag = SearchCell(space, C, reduction)
+        self.dag = SearchCell(space, C, reduction, pool_bn)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, mixing: Mixing) -> torch.Tensor:
         return self.dag([self.preprocess0(s0), self.preprocess1(s1)], mixing)
@@ -168,8 +169,13 @@ class Supernet(nn.Module):
 
 
 class DartsSupernet(Supernet):
+    """The DARTS-space search network: a stem, ``layers`` cells with reductions at a third and two thirds, global
+    pooling and a linear classifier. ``macro="gdas"`` is the official GDAS (NASNet) one: the same cell layout (6
+    cells give its N=2: 2 normal, reduce, 1 normal, reduce, 1 normal), no BN after pooling ops, and a BN-ReLU before
+    the global pooling."""
+
     def __init__(self, space: SearchSpace, mixer: Mixer, *, C: int, layers: int, num_classes: int,
-                 in_channels: int = 3, stem_multiplier: int = 3):
+                 in_channels: int = 3, stem_multiplier: int = 3, macro: str = "darts"):
         super().__init__(space, mixer)
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
@@ -181,9 +187,12 @@ class DartsSupernet(Supernet):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            self.cells.append(DartsSearchCell(space, C_pp, C_p, C_curr, reduction, reduction_prev))
+            self.cells.append(DartsSearchCell(space, C_pp, C_p, C_curr, reduction, reduction_prev,
+                                              pool_bn=macro == "darts"))
             reduction_prev = reduction
             C_pp, C_p = C_p, len(space.concat) * C_curr
+        self.lastact: nn.Module = (nn.Sequential(nn.BatchNorm2d(C_p), nn.ReLU(inplace=True)) if macro == "gdas"
+                                   else nn.Identity())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
 
@@ -192,7 +201,7 @@ class DartsSupernet(Supernet):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, mix["reduce" if cell.reduction else "normal"])
-        return self.classifier(self.pool(s1).flatten(1))
+        return self.classifier(self.pool(self.lastact(s1)).flatten(1))
 
 
 class NB201Supernet(Supernet):
@@ -221,9 +230,9 @@ class NB201Supernet(Supernet):
 
 
 def build_supernet(space: str | SearchSpace, *, C: int, layers: int, num_classes: int, mixer: Mixer,
-                   in_channels: int = 3, stem_multiplier: int | None = None) -> Supernet:
+                   in_channels: int = 3, stem_multiplier: int | None = None, macro: str = "darts") -> Supernet:
     sp = get_space(space) if isinstance(space, str) else space
     if sp.name == "darts":
         return DartsSupernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
-                             stem_multiplier=3 if stem_multiplier is None else stem_multiplier)
+                             stem_multiplier=3 if stem_multiplier is None else stem_multiplier, macro=macro)
     return NB201Supernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels)

@@ -34,14 +34,12 @@ from nas.runlog import (
     Progress,
     Run,
     RunLog,
-    autocast,
-    backward_step,
-    grad_scaler,
     peak_memory_mib,
     prepare_run_dir,
     read_jsonl,
     record_data,
 )
+from nas.steps import autocast, backward_step, grad_scaler
 
 
 def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:

@@ -11,10 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.cli import evaluate_main, search_main
+from nas.cli import evaluate_main, plot_main, search_main
 from nas.genotype import parse_genotype, published_genotype
 from nas.plot import alpha_figure, cell_dot, draw_cells, figure_to_array
-from nas.plot import main as plot_main
 from nas.spaces import get_space
 
 TINY = ["search.epochs=2", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",

@@ -252,3 +252,21 @@ def test_memory_free_straight_through_equals_the_textbook_gdas_edge(space: str,
         assert torch.allclose(fast_grads[t], ref_grads[t], rtol=1e-4, atol=1e-6), t
     assert fast_buffers.keys() == ref_buffers.keys()
     assert all(torch.equal(fast_buffers[k], ref_buffers[k]) for k in ref_buffers)
+
+
+def test_the_gdas_macro_network_is_the_official_six_cell_one() -> None:
+    torch.manual_seed(0)
+    gdas = build_supernet("darts", num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6, macro="gdas")
+    darts = build_supernet("darts", num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6)
+    assert isinstance(gdas, DartsSupernet)
+    assert [c.reduction for c in gdas.cells] == [False, False, True, False, True, False]  # N=2: 2, R, 1, R, 1
+    assert isinstance(gdas.lastact, nn.Sequential) and isinstance(gdas.lastact[0], nn.BatchNorm2d)
+    assert isinstance(darts.lastact, nn.Identity)
+
+    def pool_bns(model: Supernet) -> int:  # BatchNorms after a pooling op inside the mixed edges
+        return sum(1 for m in model.modules() if isinstance(m, MixedEdge)
+                   for name, op in zip(model.space.ops, m.ops) if "pool" in name and isinstance(op, nn.Sequential)
+                   and any(isinstance(x, nn.BatchNorm2d) for x in op))
+
+    assert pool_bns(gdas) == 0 and pool_bns(darts) > 0
+    assert gdas(torch.randn(2, 3, 8, 8)).shape == (2, 5)
