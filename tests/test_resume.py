@@ -184,7 +184,7 @@ def test_numerical_fault_exits_3_from_the_cli(tmp_path: Path) -> None:
                                     ["search.mixer=random", "search.derive=sample", "search.samples=3"]],
                          ids=["snas", "darts-second-order", "random"])
 def test_every_method_resumes_identically(tmp_path: Path, method: list[str]) -> None:
-    args = [*SEARCH, "search.epochs=2", *method]
+    args = [*SEARCH, "search.epochs=2", "model.space=nb201", "model.layers=1", *method]
     full, killed, log = tmp_path / "full", tmp_path / "killed", tmp_path / "log.txt"
     done = run("search.py", *args, f"run.dir={full}")
     assert done.returncode == 0, done.stderr
