@@ -197,7 +197,7 @@ class UniformSample:
     plays no part. The forward value is exactly the op's output, as in GDAS."""
 
     def __init__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None):
-        uniform = masked(torch.zeros_like(alpha, requires_grad=False), mask)
+        uniform = masked(torch.zeros(alpha.shape, device=alpha.device), mask)  # alpha plays no part
         self.index: list[int] = torch.multinomial(uniform.softmax(-1), 1).squeeze(1).tolist()
 
     def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
@@ -205,16 +205,12 @@ class UniformSample:
         return None if edge.kinds[k] == "zero" else edge.post(k, edge.ops[k](x))
 
 
-class SnasWeights:
+class SnasWeights(DartsWeights):
     """A soft Gumbel-softmax sample per edge, softmax((log_softmax(alpha) + g) / tau), shared by every cell of the
-    type; every op runs, weighted by it. With a mask, the ops it leaves out weigh exactly 0."""
+    type; every op runs, weighted by it, as in DartsWeights. With a mask, the ops it leaves out weigh exactly 0."""
 
     def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None):
         self.weights = ((F.log_softmax(masked(alpha, mask), dim=-1) + gumbel_like(alpha)) / tau).softmax(dim=-1)
-
-    def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
-        w = self.weights[e]
-        return sum(w[k] * edge.post(k, op(x)) for k, op in enumerate(edge.ops))  # every op, `none` included
 
 
 class Mixer(Protocol):
@@ -227,23 +223,32 @@ class Mixer(Protocol):
     def set_epoch(self, epoch: int, epochs: int) -> None: ...
 
 
-class GDAS:
+class Annealed:
+    """A Gumbel mixer's temperature: tau_max at the first epoch, annealed to tau_min at the last."""
+
+    learns_alpha = True
+
+    def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear"):
+        self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
+        self.tau: float | None = tau_max
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
+
+
+class GDAS(Annealed):
     """Hard Gumbel-softmax sampling with a temperature annealed from tau_max to tau_min over the epochs."""
 
     name = "gdas"
-    learns_alpha = True
 
     def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear",
                  gradient: str = "all_ops"):
-        self.tau_max, self.tau_min, self.schedule, self.gradient = tau_max, tau_min, schedule, gradient
-        self.tau: float | None = tau_max
+        super().__init__(tau_max, tau_min, schedule)
+        self.gradient = gradient
 
     def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> GdasSample:
         assert self.tau is not None
         return GdasSample(alpha, self.tau, mask, self.gradient)
-
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
 
 
 class DARTS:
@@ -260,23 +265,15 @@ class DARTS:
         pass
 
 
-class SNAS:
+class SNAS(Annealed):
     """Soft Gumbel-softmax relaxation (SNAS, Xie et al., ICLR 2019): every op runs, weighted by a fresh soft sample
     of softmax(alpha) at the annealed temperature; the same tau schedule as GDAS."""
 
     name = "snas"
-    learns_alpha = True
-
-    def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear"):
-        self.tau_max, self.tau_min, self.schedule = tau_max, tau_min, schedule
-        self.tau: float | None = tau_max
 
     def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> SnasWeights:
         assert self.tau is not None
         return SnasWeights(alpha, self.tau, mask)
-
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        self.tau = tau_at(epoch, epochs, self.tau_max, self.tau_min, self.schedule)
 
 
 class RandomMixer:

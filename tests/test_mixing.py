@@ -70,11 +70,8 @@ def test_hard_weights_are_exactly_one_hot_and_carry_the_soft_gradient() -> None:
     assert torch.count_nonzero(grad_hard) == grad_hard.numel()
 
 
-def test_gdas_edge_forward_is_exactly_the_sampled_op_and_every_weight_gets_gradient() -> None:
-    alpha = torch.zeros(1, 3, requires_grad=True)
-    sample = GdasSample(alpha, tau=1.0)
-    k = sample.index[0]
-    calls: list[int] = []
+def stand_in_edge(calls: list[int]) -> SimpleNamespace:
+    """An edge of three plain ops, x * 2, x * 3 and x * 5, that append their index to ``calls`` when they run."""
 
     def op(i: int, scale: float):
         def f(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +79,16 @@ def test_gdas_edge_forward_is_exactly_the_sampled_op_and_every_weight_gets_gradi
             return x * scale
         return f
 
-    edge = SimpleNamespace(ops=[op(0, 2.0), op(1, 3.0), op(2, 5.0)], kinds=["plain"] * 3, tails=[None] * 3,
+    return SimpleNamespace(ops=[op(0, 2.0), op(1, 3.0), op(2, 5.0)], kinds=["plain"] * 3, tails=[None] * 3,
                            post=lambda k, out: out)
+
+
+def test_gdas_edge_forward_is_exactly_the_sampled_op_and_every_weight_gets_gradient() -> None:
+    alpha = torch.zeros(1, 3, requires_grad=True)
+    sample = GdasSample(alpha, tau=1.0)
+    k = sample.index[0]
+    calls: list[int] = []
+    edge = stand_in_edge(calls)
     x = torch.randn(2, 4, 3, 3)
     y = sample.edge(0, x, edge)
     assert calls == [k]
@@ -153,14 +158,7 @@ def test_snas_edge_runs_every_op_weighted_and_alpha_gets_every_gradient() -> Non
     torch.manual_seed(0)
     sample = SnasWeights(alpha, tau=1.0)
     calls: list[int] = []
-
-    def op(i: int, scale: float):
-        def f(x: torch.Tensor) -> torch.Tensor:
-            calls.append(i)
-            return x * scale
-        return f
-
-    edge = SimpleNamespace(ops=[op(0, 2.0), op(1, 3.0), op(2, 5.0)], post=lambda k, out: out)
+    edge = stand_in_edge(calls)
     x = torch.randn(2, 4)
     y = sample.edge(0, x, edge)
     w = sample.weights[0]
