@@ -112,7 +112,7 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
     from nas.genotype import random_genotype
     from nas.plot import draw_cells
     from nas.runlog import atomic_write_text
-    from nas.spaces import get_space
+    from nas.spaces import search_space
 
     if cfg.data.name != "synthetic":  # a missing or damaged data set fails here, not in the first run
         for split in ("train", "test"):
@@ -141,11 +141,7 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
     for method in dict.fromkeys([*cfg.methods, *cfg.per_method]):
         atomic_write_text(study_dir / "configs" / f"search-{method}.yaml", dump_yaml(cfg.search_config(method, 0)))
     atomic_write_text(study_dir / "configs" / "train.yaml", dump_yaml(cfg.train_config(cfg.eval.seeds[0])))
-    space = get_space(cfg.model.space)
-    if cfg.model.ops is not None:
-        import dataclasses
-
-        space = dataclasses.replace(space, ops=cfg.model.ops)
+    space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
     rng = random.Random(cfg.random.seed)
     lay = layout(study_dir, cfg)
     for cell in lay.cells:

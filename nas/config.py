@@ -81,14 +81,19 @@ class ModelConfig:
     stem_multiplier: int | None = _key(None, "stem channels = stem_multiplier * C (null: 3 for darts; nb201 "
                                              "allows only 1)", low=1)
     ops: tuple[str, ...] | None = _key(None, "candidate ops on every edge (null: the space's own list)")
-    macro: str = _key("darts", "darts space's search network: darts (DARTS's: a BN after every pooling op) or gdas "
+    macro: str = _key("darts", "darts space's search network: darts (DARTS's: a BN after every pooling op), gdas "
                                "(GDAS's NASNet one: no BN after pooling, a BN-ReLU before the final pooling; the "
-                               "official GDAS search uses it with 6 cells)", choices=("darts", "gdas"))
+                               "official GDAS search uses it with 6 cells) or gdas_frc (that network with GDAS-FRC's "
+                               "fixed reduction cell: only the normal cell is searched)",
+                      choices=("darts", "gdas", "gdas_frc"))
 
     def check(self) -> None:
         if self.macro != "darts" and self.space != "darts":
             raise ConfigError(f"model.macro={self.macro} applies only to model.space=darts; NAS-Bench-201 has one "
                               "search network")
+        if self.macro == "gdas_frc" and self.C % 4:
+            raise ConfigError(f"model.C={self.C} does not suit model.macro=gdas_frc, whose fixed reduction cells split "
+                              "2*C and 4*C channels into 8 conv groups; valid: a multiple of 4")
         if self.space == "nb201" and self.stem_multiplier not in (None, 1):
             raise ConfigError(f"model.stem_multiplier={self.stem_multiplier} is not valid for model.space=nb201, "
                               "whose stem has C channels; valid: null or 1")

@@ -9,6 +9,10 @@ Formats, each written and parsed without eval, round-tripping exactly:
   JSON (canonical)  {"space": "darts", "normal": [[["sep_conv_3x3", 0], ["skip_connect", 1]], ...], ...}
   DARTS text        Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), reduce=..., ...)
   NB201 string      |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|
+
+A DARTS-space genotype may leave its reduction cell to GDAS-FRC's fixed, hand-designed one (Dong & Yang, CVPR
+2019, Sec. 4.1; nas.ops.FixedReductionCell): JSON "reduce": "gdas_frc" without reduce_concat; DARTS text
+reduce=None, as the official GDAS_F1 writes it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from nas.spaces import SearchSpace
 
 Edge = tuple[str, int]          # (op name, global id of the input node)
 Node = tuple[Edge, ...]         # the edges kept into one intermediate node
+FIXED_REDUCE = "gdas_frc"       # the JSON value of "reduce" for the fixed reduction cell
 
 
 class GenotypeError(UserError):
@@ -46,10 +51,12 @@ class Genotype:
     normal_concat: tuple[int, ...]
     reduce: tuple[Node, ...] = ()
     reduce_concat: tuple[int, ...] = ()
+    reduce_fixed: bool = False  # GDAS-FRC: the reduction cell is the fixed one, not a searched cell
 
     def cells(self) -> dict[str, tuple[tuple[Node, ...], tuple[int, ...]]]:
+        """The searched cells: normal, and reduce in the DARTS space unless it is the fixed one."""
         out = {"normal": (self.normal, self.normal_concat)}
-        if self.space == "darts":
+        if self.space == "darts" and not self.reduce_fixed:
             out["reduce"] = (self.reduce, self.reduce_concat)
         return out
 
@@ -58,6 +65,8 @@ class Genotype:
         for name, (nodes, concat) in self.cells().items():
             d[name] = [[[op, src] for op, src in node] for node in nodes]
             d[f"{name}_concat"] = list(concat)
+        if self.reduce_fixed:
+            d["reduce"] = FIXED_REDUCE
         return d
 
     def to_json(self) -> str:
@@ -67,6 +76,8 @@ class Genotype:
             rows = ",\n".join(f"    {json.dumps([[op, src] for op, src in node])}" for node in nodes)
             lines.append(f'  "{name}": [\n{rows}\n  ]')
             lines.append(f'  "{name}_concat": {json.dumps(list(concat))}')
+        if self.reduce_fixed:
+            lines.append(f'  "reduce": {json.dumps(FIXED_REDUCE)}')
         return "{\n" + ",\n".join(lines) + "\n}\n"
 
     def to_text(self) -> str:
@@ -81,6 +92,8 @@ class Genotype:
 
 def check_genotype(g: Genotype) -> Genotype:
     """Raise GenotypeError unless g is a well-formed genotype of its space; return g."""
+    if g.reduce_fixed and (g.space != "darts" or g.reduce or g.reduce_concat):
+        raise GenotypeError("only a darts-space genotype may have the fixed reduction cell, and then no reduce nodes")
     if g.space == "nb201":
         if g.reduce or g.reduce_concat:
             raise GenotypeError("an nb201 genotype has only a normal cell, not a reduce cell")
@@ -134,8 +147,16 @@ def derive(space: SearchSpace, alphas: dict[str, torch.Tensor], rule: str = "dar
     cells = {t: _derive_cell(space, alphas[t].softmax(dim=-1), rule) for t in space.cell_types}
     if max_skip is not None and "skip_connect" in space.ops:
         cells["normal"] = _cap_skips(space, alphas["normal"].softmax(dim=-1), rule, cells["normal"], max_skip)
+    return genotype_from_cells(space, cells)
+
+
+def genotype_from_cells(space: SearchSpace, cells: dict[str, tuple[Node, ...]]) -> Genotype:
+    """The genotype of a space's searched cells (one per cell type); a DARTS space that searches no reduction cell
+    (GDAS-FRC) gets the fixed one."""
     if space.name == "nb201":
         return Genotype("nb201", cells["normal"], space.concat)
+    if "reduce" not in cells:
+        return Genotype("darts", cells["normal"], space.concat, reduce_fixed=True)
     return Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat)
 
 
@@ -194,9 +215,7 @@ def random_genotype(space: SearchSpace, rng: random.Random, rule: str = "darts")
                 pairs = [(op, src) for src in range(node) for op in real]
                 nodes.append(tuple(sorted(rng.sample(pairs, 2), key=lambda e: (e[1], space.ops.index(e[0])))))
         cells[cell] = tuple(nodes)
-    if space.name == "nb201":
-        return check_genotype(Genotype("nb201", cells["normal"], space.concat))
-    return check_genotype(Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat))
+    return check_genotype(genotype_from_cells(space, cells))
 
 
 def op_counts(g: Genotype) -> dict[str, Any]:
@@ -216,12 +235,18 @@ def from_dict(d: Any) -> Genotype:
     space = d.get("space")
     if space not in ("darts", "nb201"):
         raise GenotypeError(f"genotype JSON has space {space!r}; valid: darts, nb201")
+    fixed = space == "darts" and isinstance(d.get("reduce"), str)
+    if fixed and d["reduce"] != FIXED_REDUCE:
+        raise GenotypeError(f"genotype JSON has reduce {d['reduce']!r}; valid: a list of nodes, or "
+                            f"{FIXED_REDUCE!r} (GDAS-FRC's fixed reduction cell)")
     allowed = {"space", "normal", "normal_concat"} | ({"reduce", "reduce_concat"} if space == "darts" else set())
+    if fixed:
+        allowed.discard("reduce_concat")
     extra = sorted(set(d) - allowed)
     if extra:
         raise GenotypeError(f"genotype JSON has unknown key {extra[0]!r}; valid: {', '.join(sorted(allowed))}")
-    parts: dict[str, Any] = {}
-    for name in sorted(allowed - {"space"}):
+    parts: dict[str, Any] = {"reduce_fixed": True} if fixed else {}
+    for name in sorted(allowed - {"space"} - ({"reduce"} if fixed else set())):
         if name not in d:
             raise GenotypeError(f"genotype JSON lacks {name!r}")
         parts[name] = _concat(d[name], name) if name.endswith("concat") else _nodes(d[name], name)
@@ -255,10 +280,11 @@ def _concat(value: Any, name: str) -> tuple[int, ...]:
 
 
 def to_darts_text(g: Genotype) -> str:
-    """DARTS' ``Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)`` notation."""
+    """DARTS' ``Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)`` notation; the fixed
+    reduction cell is ``reduce=None, reduce_concat=None``."""
     if g.space != "darts":
         raise GenotypeError("only darts-space genotypes have a DARTS Genotype(...) text")
-    for nodes in (g.normal, g.reduce):
+    for nodes in (g.normal, g.reduce):  # the fixed reduction cell has no nodes
         if any(len(node) != 2 for node in nodes):
             raise GenotypeError("the DARTS Genotype(...) text needs exactly 2 inputs per node")
 
@@ -269,12 +295,14 @@ def to_darts_text(g: Genotype) -> str:
         contiguous = len(c) > 1 and list(c) == list(range(c[0], c[-1] + 1))
         return f"range({c[0]}, {c[-1] + 1})" if contiguous else str(list(c))
 
-    return (f"Genotype(normal={edges(g.normal)}, normal_concat={concat(g.normal_concat)}, "
-            f"reduce={edges(g.reduce)}, reduce_concat={concat(g.reduce_concat)})")
+    reduce = ("reduce=None, reduce_concat=None" if g.reduce_fixed else
+              f"reduce={edges(g.reduce)}, reduce_concat={concat(g.reduce_concat)}")
+    return f"Genotype(normal={edges(g.normal)}, normal_concat={concat(g.normal_concat)}, {reduce})"
 
 
 def from_darts_text(text: str) -> Genotype:
-    """Parse DARTS' Genotype(...) text (optionally ``NAME = Genotype(...)``) by walking its syntax tree."""
+    """Parse DARTS' Genotype(...) text (optionally ``NAME = Genotype(...)``) by walking its syntax tree. ``reduce=None``
+    (the official GDAS_F1's notation) is the fixed reduction cell; its reduce_concat is then ignored."""
     try:
         tree = ast.parse(text.strip(), mode="exec")
     except SyntaxError as e:
@@ -293,8 +321,9 @@ def from_darts_text(text: str) -> Genotype:
         extra = [str(k) for k in fields if k not in want]
         what = f"lacks {missing[0]}" if missing else f"has unknown field {extra[0]}"
         raise GenotypeError(f"Genotype(...) {what}; fields: {', '.join(want)}")
-    parts: dict[str, Any] = {}
-    for name in want:
+    fixed = isinstance(fields["reduce"], ast.Constant) and fields["reduce"].value is None
+    parts: dict[str, Any] = {"reduce_fixed": True} if fixed else {}
+    for name in want[:2] if fixed else want:
         parts[name] = _concat_node(fields[name], name) if name.endswith("concat") else _pairs(fields[name], name)
     return check_genotype(Genotype("darts", **parts))
 
@@ -410,6 +439,12 @@ PUBLISHED: dict[str, tuple[str, str]] = {
         "('sep_conv_5x5', 1), ('dil_conv_5x5', 2), ('sep_conv_3x3', 1), ('sep_conv_5x5', 0), ('sep_conv_5x5', 1)], "
         "reduce_concat=[2, 3, 4, 5])",
         "Dong & Yang, GDAS, CVPR 2019; github.com/D-X-Y/AutoDL-Projects lib/nas_infer_model/DXYs/genotypes.py"),
+    "GDAS_F1": (
+        "Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 0), ('sep_conv_3x3', 2), "
+        "('skip_connect', 0), ('sep_conv_3x3', 2), ('skip_connect', 0), ('sep_conv_3x3', 2)], "
+        "normal_concat=[2, 3, 4, 5], reduce=None, reduce_concat=[2, 3, 4, 5])",
+        "Dong & Yang, GDAS with a fixed reduction cell (GDAS-FRC), CVPR 2019; github.com/D-X-Y/AutoDL-Projects "
+        "lib/nas_infer_model/DXYs/genotypes.py"),
     "PC_DARTS": (
         "Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0), ('dil_conv_3x3', 1), "
         "('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), ('dil_conv_3x3', 1)], "

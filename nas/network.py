@@ -3,7 +3,8 @@
 DARTS space: the CIFAR evaluation network of Liu et al. (ICLR 2019, Sec. 3.2, as in their NetworkCIFAR): a stem
 of 3*C channels, ``layers`` cells with reduction cells at 1/3 and 2/3 of the depth, two-input cells with 1x1 (or
 factorized-reduce) preprocessing, an auxiliary head after the cell at 2/3 depth (Szegedy et al. 2015) and
-drop-path on every non-identity op (Larsson et al. 2017). NAS-Bench-201: the macro skeleton of Dong & Yang
+drop-path on every non-identity op (Larsson et al. 2017); a genotype with GDAS-FRC's fixed reduction cell gets that
+cell at both reduction positions. NAS-Bench-201: the macro skeleton of Dong & Yang
 (ICLR 2020, Fig. 1) with the genotype's cell in every position.
 
 Parameters are counted as the DARTS code counts them: every parameter except the auxiliary head's.
@@ -17,14 +18,7 @@ from torch import nn
 
 from nas.config import UserError
 from nas.genotype import Genotype, Node
-from nas.ops import FactorizedReduce, ReLUConvBN, ResBlock, create_op
-
-
-def drop_path(x: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
-    """Zero whole samples with probability p and scale the survivors by 1 / (1 - p)."""
-    keep = 1.0 - p
-    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
-    return x * (mask / keep)
+from nas.ops import FactorizedReduce, FixedReductionCell, ReLUConvBN, ResBlock, create_op, drop_path
 
 
 class DartsCell(nn.Module):
@@ -99,11 +93,18 @@ class DartsNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            nodes, concat = (genotype.reduce, genotype.reduce_concat) if reduction else \
-                (genotype.normal, genotype.normal_concat)
-            self.cells.append(DartsCell(nodes, concat, C_pp, C_p, C_curr, reduction, reduction_prev))
+            cell: nn.Module
+            if reduction and genotype.reduce_fixed:
+                cell = FixedReductionCell(C_pp, C_p, C_curr, reduction_prev)
+                width = 4
+            else:
+                nodes, concat = (genotype.reduce, genotype.reduce_concat) if reduction else \
+                    (genotype.normal, genotype.normal_concat)
+                cell = DartsCell(nodes, concat, C_pp, C_p, C_curr, reduction, reduction_prev)
+                width = len(concat)
+            self.cells.append(cell)
             reduction_prev = reduction
-            C_pp, C_p = C_p, len(concat) * C_curr
+            C_pp, C_p = C_p, width * C_curr
             if i == self.aux_index:
                 C_aux = C_p
         self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None

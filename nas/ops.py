@@ -233,6 +233,59 @@ class ResBlock(nn.Module):
         return self.shortcut(x) + self.conv_b(self.conv_a(x))
 
 
+def drop_path(x: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """Zero whole samples with probability p and scale the survivors by 1 / (1 - p)."""
+    keep = 1.0 - p
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * (mask / keep)
+
+
+class FixedReductionCell(nn.Module):
+    """GDAS-FRC's hand-designed reduction cell (Dong & Yang, CVPR 2019, Sec. 4.1 and Fig. 3), searched around and
+    retrained alike: after the usual 1x1 (or factorized-reduce) preprocessing of both inputs to C channels, each
+    input goes through a grouped 1x3-then-3x1 stride-2 conv block and through a 3x3 stride-2 max pooling with BN;
+    the four results are concatenated (4 * C channels). ``affine=False`` is the search network's version, whose
+    convs then carry a bias as in the official code. C must be a multiple of the 8 conv groups."""
+
+    reduction = True
+    GROUPS = 8
+
+    def __init__(self, C_pp: int, C_p: int, C: int, reduction_prev: bool, affine: bool = True):
+        super().__init__()
+        if C % self.GROUPS:
+            raise UserError(f"the fixed reduction cell needs channels divisible by {self.GROUPS}, got {C}; use a "
+                            "model.C divisible by 4")
+        self.preprocess0: nn.Module = (FactorizedReduce(C_pp, C, affine) if reduction_prev
+                                       else ReLUConvBN(C_pp, C, 1, 1, 0, affine))
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine)
+        self.convs = nn.ModuleList(self._conv_branch(C, affine) for _ in range(2))
+        self.pools = nn.ModuleList(nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.BatchNorm2d(C, affine=affine))
+                                   for _ in range(2))
+
+    @classmethod
+    def _conv_branch(cls, C: int, affine: bool) -> nn.Sequential:
+        g, bias = cls.GROUPS, not affine
+        return nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C, C, (1, 3), stride=(1, 2), padding=(0, 1), groups=g, bias=bias),
+            nn.Conv2d(C, C, (3, 1), stride=(2, 1), padding=(1, 0), groups=g, bias=bias),
+            nn.BatchNorm2d(C, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C, C, 1, bias=bias),
+            nn.BatchNorm2d(C, affine=affine),
+        )
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float | torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``drop_prob``: drop-path probability for each of the four branches in training (None: no drop-path)."""
+        inputs = (self.preprocess0(s0), self.preprocess1(s1))
+        out = [conv(x) for conv, x in zip(self.convs, inputs, strict=True)]
+        out += [pool(x) for pool, x in zip(self.pools, inputs, strict=True)]
+        if self.training and drop_prob is not None:
+            out = [drop_path(h, drop_prob) for h in out]
+        return torch.cat(out, dim=1)
+
+
 def split_final_bn(op: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.BatchNorm2d] | None:
     """(everything before the op's final non-affine BatchNorm, that BN), or None if the op does not end in one.
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from nas.data import Batches
-from nas.genotype import Genotype, Node, random_genotype
+from nas.genotype import Genotype, Node, genotype_from_cells, random_genotype
 from nas.supernet import Supernet
 
 
@@ -110,9 +110,7 @@ def genotype_of(space: Any, masks: dict[str, torch.Tensor]) -> Genotype:
             edges = [(space.ops[int(masks[t][e].nonzero()[0])], space.edges[e][0]) for e in space.edges_into(node)]
             nodes.append(tuple(edges) if space.name == "nb201" else tuple(x for x in edges if x[0] != "none"))
         cells[t] = tuple(nodes)
-    if space.name == "nb201":
-        return Genotype("nb201", cells["normal"], space.concat)
-    return Genotype("darts", cells["normal"], space.concat, cells["reduce"], space.concat)
+    return genotype_from_cells(space, cells)
 
 
 def masks_of(space: Any, genotype: Genotype, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -79,10 +79,10 @@ def alpha_decided(record: dict[str, Any]) -> float:
 
 
 def op_shares(genotype: dict[str, Any], ops: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """Per cell type, the share of its kept edges that each op holds."""
+    """Per searched cell type, the share of its kept edges that each op holds."""
     out: dict[str, dict[str, float]] = {}
     for cell in ("normal", "reduce"):
-        if cell not in genotype:
+        if not isinstance(genotype.get(cell), list):  # absent, or GDAS-FRC's fixed reduction cell
             continue
         edges = [e[0] for node in genotype[cell] for e in node]
         out[cell] = {op: edges.count(op) / len(edges) for op in ops}

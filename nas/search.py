@@ -7,7 +7,6 @@ goes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from nas.config import SearchConfig, dump_yaml
 from nas.data import Batches, bilevel_split, channel_stats, load_dataset
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, Run, peak_memory_mib, record_data
-from nas.spaces import get_space
+from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
 from nas.supernet import Supernet, build_supernet
 from nas.unrolled import unrolled_alpha_backward
@@ -106,9 +105,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     steps = min(len(train), len(valid))
 
     # ---- supernet and the two optimizers
-    space = get_space(cfg.model.space)
-    if cfg.model.ops is not None:
-        space = dataclasses.replace(space, ops=cfg.model.ops)
+    space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule,
                          gradient=s.gdas_gradient)
     rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
@@ -128,7 +125,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     log.print(f"run directory {run.dir}")
     log.print(f"{cfg.data.name}: {train.num_images} images for weight steps, {valid.num_images} for alpha steps, "
               f"{num_classes} classes, {tuple(train.images.shape[1:])} per image; device {device}")
-    log.print(f"{s.mixer} search in the {cfg.model.space} space: C={cfg.model.C}, layers={cfg.model.layers}, "
+    macro = f" ({cfg.model.macro} network)" if cfg.model.macro != "darts" else ""
+    log.print(f"{s.mixer} search in the {cfg.model.space} space{macro}: C={cfg.model.C}, layers={cfg.model.layers}, "
               f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} steps of 2 x {cfg.data.batch_size} "
               f"images per epoch, {s.epochs} epochs")
 

@@ -11,6 +11,7 @@ nodes. Edges are ordered by destination node, then by source: the row order of a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -71,3 +72,14 @@ def get_space(name: str) -> SearchSpace:
     if name not in SPACES:
         raise UserError(f"unknown search space {name!r}; valid: {', '.join(SPACES)}")
     return SPACES[name]
+
+
+def search_space(name: str, ops: tuple[str, ...] | None = None, macro: str = "darts") -> SearchSpace:
+    """The space a search runs in: ``ops`` (model.ops) replaces the candidate ops; ``macro="gdas_frc"`` (GDAS with
+    a fixed reduction cell) searches the normal cell only."""
+    space = get_space(name)
+    if ops is not None:
+        space = dataclasses.replace(space, ops=tuple(ops))
+    if macro == "gdas_frc":
+        space = dataclasses.replace(space, cell_types=("normal",))
+    return space

@@ -20,6 +20,7 @@ from nas.genotype import Genotype, derive
 from nas.mixing import Mixer, Mixing
 from nas.ops import (
     FactorizedReduce,
+    FixedReductionCell,
     ReLUConvBN,
     ResBlock,
     Zero,
@@ -28,7 +29,7 @@ from nas.ops import (
     sole_avg_pool,
     split_final_bn,
 )
-from nas.spaces import SearchSpace, get_space
+from nas.spaces import SearchSpace, search_space
 
 
 class MixedEdge(nn.Module):
@@ -172,7 +173,8 @@ class DartsSupernet(Supernet):
     """The DARTS-space search network: a stem, ``layers`` cells with reductions at a third and two thirds, global
     pooling and a linear classifier. ``macro="gdas"`` is the official GDAS (NASNet) one: the same cell layout (6
     cells give its N=2: 2 normal, reduce, 1 normal, reduce, 1 normal), no BN after pooling ops, and a BN-ReLU before
-    the global pooling."""
+    the global pooling. ``macro="gdas_frc"`` is that network with GDAS-FRC's fixed reduction cell in both reduction
+    positions; then only the normal cell has an alpha (the space's cell_types say which cells are searched)."""
 
     def __init__(self, space: SearchSpace, mixer: Mixer, *, C: int, layers: int, num_classes: int,
                  in_channels: int = 3, stem_multiplier: int = 3, macro: str = "darts"):
@@ -187,11 +189,16 @@ class DartsSupernet(Supernet):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            self.cells.append(DartsSearchCell(space, C_pp, C_p, C_curr, reduction, reduction_prev,
-                                              pool_bn=macro == "darts"))
+            cell: nn.Module
+            if reduction and "reduce" not in space.cell_types:
+                cell, width = FixedReductionCell(C_pp, C_p, C_curr, reduction_prev, affine=False), 4
+            else:
+                cell = DartsSearchCell(space, C_pp, C_p, C_curr, reduction, reduction_prev, pool_bn=macro == "darts")
+                width = len(space.concat)
+            self.cells.append(cell)
             reduction_prev = reduction
-            C_pp, C_p = C_p, len(space.concat) * C_curr
-        self.lastact: nn.Module = (nn.Sequential(nn.BatchNorm2d(C_p), nn.ReLU(inplace=True)) if macro == "gdas"
+            C_pp, C_p = C_p, width * C_curr
+        self.lastact: nn.Module = (nn.Sequential(nn.BatchNorm2d(C_p), nn.ReLU(inplace=True)) if macro != "darts"
                                    else nn.Identity())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
@@ -200,7 +207,8 @@ class DartsSupernet(Supernet):
         mix = self.mixings()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, mix["reduce" if cell.reduction else "normal"])
+            kind = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, mix[kind]) if kind in mix else cell(s0, s1)  # the fixed cell: no mixing
         return self.classifier(self.pool(self.lastact(s1)).flatten(1))
 
 
@@ -231,7 +239,9 @@ class NB201Supernet(Supernet):
 
 def build_supernet(space: str | SearchSpace, *, C: int, layers: int, num_classes: int, mixer: Mixer,
                    in_channels: int = 3, stem_multiplier: int | None = None, macro: str = "darts") -> Supernet:
-    sp = get_space(space) if isinstance(space, str) else space
+    sp = search_space(space, macro=macro) if isinstance(space, str) else space
+    if macro == "gdas_frc" and "reduce" in sp.cell_types:
+        raise ValueError("macro gdas_frc searches no reduction cell: pass nas.spaces.search_space(..., macro=...)")
     if sp.name == "darts":
         return DartsSupernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
                              stem_multiplier=3 if stem_multiplier is None else stem_multiplier, macro=macro)

@@ -103,6 +103,8 @@ def test_describe_lists_every_key_with_help() -> None:
     (["run.device=tpu"], "run.device='tpu' is not valid; valid: auto, cpu, cuda, cuda:N"),
     (["model.space=nb201", "model.stem_multiplier=3"], "model.stem_multiplier=3 is not valid for model.space=nb201"),
     (["model.layers=2"], "model.layers=2 is too few for model.space=darts"),
+    (["model.macro=gdas_frc", "model.C=6"], "model.C=6 does not suit model.macro=gdas_frc"),
+    (["model.macro=frc"], "model.macro='frc' is not valid; valid: darts, gdas, gdas_frc"),
     (["model.ops=[sep_conv_3x3, skip_conect]"], "unknown op 'skip_conect' in model.ops (did you mean 'skip_connect'?)"),
     (["model.ops=[none]"], "model.ops needs at least one op other than none"),
     (["model.ops=[none, none]"], "lists an op twice"),

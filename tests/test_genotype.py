@@ -18,12 +18,14 @@ from nas.genotype import (
     from_nb201_string,
     load_genotype,
     parse_genotype,
+    published_genotype,
+    random_genotype,
     read_genotype,
     to_darts_text,
     to_nb201_string,
     write_genotype,
 )
-from nas.spaces import DARTS_OPS, NB201_OPS, get_space
+from nas.spaces import DARTS_OPS, NB201_OPS, get_space, search_space
 
 D = {op: k for k, op in enumerate(DARTS_OPS)}
 N = {op: k for k, op in enumerate(NB201_OPS)}
@@ -121,7 +123,27 @@ def test_darts_text_accepts_the_published_notation() -> None:
     assert "normal_concat=range(2, 6)" in to_darts_text(g)
 
 
+def test_the_fixed_reduction_cell_round_trips_and_reads_the_official_notation() -> None:
+    g = published_genotype("GDAS_F1")
+    assert g.reduce_fixed and g.reduce == () and g.reduce_concat == () and list(g.cells()) == ["normal"]
+    assert json.loads(g.to_json())["reduce"] == "gdas_frc" and "reduce_concat" not in g.to_dict()
+    for text in (g.to_json(), g.to_text(), json.dumps(g.to_dict())):
+        assert parse_genotype(text) == g
+    official = ("GDAS_F1 = Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 0), "
+                "('sep_conv_3x3', 2), ('skip_connect', 0), ('sep_conv_3x3', 2), ('skip_connect', 0), "
+                "('sep_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=None, reduce_concat=[2, 3, 4, 5])")
+    assert parse_genotype(official) == g
+    rng = random.Random(0)
+    frc = random_genotype(search_space("darts", macro="gdas_frc"), rng, "gdas")
+    assert frc.reduce_fixed and parse_genotype(frc.to_json()) == frc
+
+
 @pytest.mark.parametrize("text,message", [
+    ('{"space": "darts", "normal": [[["skip_connect", 0], ["skip_connect", 1]]], "normal_concat": [2], '
+     '"reduce": "fixed"}', "reduce 'fixed'; valid: a list of nodes, or 'gdas_frc'"),
+    ('{"space": "darts", "normal": [[["skip_connect", 0], ["skip_connect", 1]]], "normal_concat": [2], '
+     '"reduce": "gdas_frc", "reduce_concat": [2]}', "unknown key 'reduce_concat'"),
+    ('{"space": "nb201", "normal": [], "normal_concat": [3], "reduce": "gdas_frc"}', "unknown key 'reduce'"),
     ("Genotype(normal=__import__('os').system('touch /tmp/pwned'), normal_concat=[2], reduce=[], "
      "reduce_concat=[2])", "must be a literal list"),
     ("Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2], reduce=[('sep_conv_3x3', 0)], "

@@ -10,6 +10,7 @@ from torch import nn
 from nas.config import UserError
 from nas.genotype import PUBLISHED, Genotype, parse_genotype, published_genotype
 from nas.network import DartsCell, DartsNetwork, build_network, count_flops, count_parameters, drop_path
+from nas.ops import FixedReductionCell
 
 
 def analytic_darts_params(g: Genotype, C: int = 36, layers: int = 20, num_classes: int = 10) -> int:
@@ -41,12 +42,18 @@ def analytic_darts_params(g: Genotype, C: int = 36, layers: int = 20, num_classe
         reduction = i in (layers // 3, 2 * layers // 3)
         if reduction:
             c *= 2
-        nodes, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
         total += factorized_reduce(c_pp, c) if reduction_prev else relu_conv_bn(c_pp, c, 1)
         total += relu_conv_bn(c_p, c, 1)
-        total += sum(op(name, c, 2 if reduction and src < 2 else 1) for node in nodes for name, src in node)
+        if reduction and g.reduce_fixed:  # GDAS-FRC's cell: per input a grouped 1x3 + 3x1 conv, BN, 1x1 conv, BN,
+            total += 2 * (2 * 3 * c * (c // 8) + 2 * c + c * c + 2 * c)  # and a max pooling with BN
+            total += 2 * 2 * c
+            width = 4
+        else:
+            nodes, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
+            total += sum(op(name, c, 2 if reduction and src < 2 else 1) for node in nodes for name, src in node)
+            width = len(concat)
         reduction_prev = reduction
-        c_pp, c_p = c_p, len(concat) * c
+        c_pp, c_p = c_p, width * c
     return total + c_p * num_classes + num_classes
 
 
@@ -81,6 +88,7 @@ def test_parameter_counts_match_the_published_figures() -> None:
     assert millions("DARTS_V2") * 1e6 == 3_349_342  # the DARTS code logs "param size = 3.349342MB"
     assert round(millions("DARTS_V2"), 1) == 3.3  # as the papers round them
     assert round(millions("GDAS_V1"), 1) == 3.4
+    assert round(millions("GDAS_F1"), 1) == 2.5  # GDAS (FRC) in the paper's Table 1
     assert round(millions("PC_DARTS"), 1) == 3.6
 
 
@@ -172,3 +180,32 @@ def test_build_network_rejects_what_a_space_lacks() -> None:
 def test_grayscale_input() -> None:
     model = build_network(published_genotype("PDARTS"), C=4, layers=3, num_classes=10, in_channels=1)
     assert model(torch.randn(2, 1, 28, 28))[0].shape == (2, 10)
+
+
+def test_a_fixed_reduction_genotype_builds_the_fixed_cell_at_both_reductions() -> None:
+    g = published_genotype("GDAS_F1")
+    model = build_network(g, C=8, layers=6, num_classes=10, auxiliary=True)
+    assert isinstance(model, DartsNetwork)
+    fixed = [i for i, c in enumerate(model.cells) if isinstance(c, FixedReductionCell)]
+    assert fixed == [2, 4] and all(isinstance(model.cells[i], DartsCell) for i in (0, 1, 3, 5))
+    x = torch.randn(4, 3, 16, 16)
+    cell_in = {}
+    model.cells[2].register_forward_hook(lambda m, inp, out: cell_in.update(shape=out.shape))
+    model.drop_path_prob = 0.3
+    logits, aux = model(x)
+    assert cell_in["shape"] == (4, 4 * 16, 8, 8)  # 4 branches of 2C channels at half the resolution
+    (logits.sum() + aux.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_the_fixed_reduction_cell_drops_each_branch_only_in_training() -> None:
+    torch.manual_seed(0)
+    cell = FixedReductionCell(8, 8, 8, reduction_prev=False)
+    s = torch.randn(64, 8, 6, 6)
+    out = cell(s, s, drop_prob=0.5)
+    dropped = (out.view(64, 4, 8, 3, 3).abs().sum((2, 3, 4)) == 0).float().mean()
+    assert 0.3 < float(dropped) < 0.7  # each branch of each sample dropped about half the time
+    cell.eval()
+    assert torch.equal(cell(s, s, drop_prob=0.5), cell(s, s))
+    with pytest.raises(UserError, match="divisible by 8, got 12"):
+        FixedReductionCell(8, 8, 12, reduction_prev=False)

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from nas.mixing import GdasSample, create_mixer
-from nas.ops import FactorizedReduce, ResBlock, Zero
+from nas.ops import FactorizedReduce, FixedReductionCell, ResBlock, Zero
 from nas.search import alpha_step, weight_step
-from nas.spaces import get_space
+from nas.spaces import get_space, search_space
 from nas.supernet import DartsSupernet, MixedEdge, NB201Supernet, SearchCell, Supernet, build_supernet
 
 SMALL = {"darts": dict(C=4, layers=3), "nb201": dict(C=4, layers=1)}
@@ -270,3 +270,26 @@ def test_the_gdas_macro_network_is_the_official_six_cell_one() -> None:
 
     assert pool_bns(gdas) == 0 and pool_bns(darts) > 0
     assert gdas(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+
+
+def test_gdas_frc_searches_only_the_normal_cell_around_fixed_reduction_cells() -> None:
+    torch.manual_seed(0)
+    space = search_space("darts", macro="gdas_frc")
+    model = build_supernet(space, num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6, macro="gdas_frc")
+    assert list(model.alpha) == ["normal"]  # the reduction cell has no alpha
+    fixed = [c for c in model.cells if isinstance(c, FixedReductionCell)]
+    assert [c.reduction for c in model.cells] == [False, False, True, False, True, False] and len(fixed) == 2
+    assert not any(isinstance(m, MixedEdge) for c in fixed for m in c.modules())
+    assert all(not m.affine for c in fixed for m in c.modules() if isinstance(m, nn.BatchNorm2d))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    model.set_step("alpha")
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert model.alpha["normal"].grad is not None and model.alpha["normal"].grad.abs().sum() > 0
+    model.set_step("weights")
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert all(p.grad is not None for c in fixed for p in c.parameters())  # the fixed cells train with the weights
+    g = model.genotype("gdas")
+    assert g.reduce_fixed and g.reduce == () and len(g.normal) == 4 and list(g.cells()) == ["normal"]
+    with pytest.raises(ValueError, match="searches no reduction cell"):
+        build_supernet(get_space("darts"), num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6,
+                       macro="gdas_frc")
