@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,28 +20,39 @@ def run_guarded(fn: Callable[[], object]) -> int:
     bad input 2, a non-finite loss 3, a graceful stop on SIGINT / SIGTERM 130 / 143."""
     from nas.checkpoint import NumericalFault, Stopped
     from nas.compare import RunsFailed
+    from nas.distributed import is_main_process, teardown
 
     def one_line(e: BaseException) -> str:
         return " ".join(str(e).split())
+
+    def say(line: str) -> None:
+        """Under torchrun the processes fail alike, and rank 0 alone says why. torchrun stops every process as soon
+        as one exits, so the others give rank 0 a moment to print first."""
+        if is_main_process():
+            print(line, file=sys.stderr, flush=True)
+        else:
+            time.sleep(3.0)
 
     follow_parent()
     try:
         fn()
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        say(f"error: {one_line(e)}")
         return 2
     except RunsFailed as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        say(f"error: {one_line(e)}")
         return 1
     except NumericalFault as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        say(f"error: {one_line(e)}")
         return 3
     except Stopped as e:
-        print(one_line(e), file=sys.stderr)
+        say(one_line(e))
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted before the step finished; the last checkpoint is kept", file=sys.stderr)
+        say("interrupted before the step finished; the last checkpoint is kept")
         return 130
+    finally:
+        teardown()
     return 0
 
 

@@ -206,6 +206,8 @@ class RunConfig:
                     choices=("off", "bf16", "fp16"))
     channels_last: bool = _key(False, "keep activations in channels-last memory format (faster convolutions on GPUs)")
     compile: bool = _key(False, "torch.compile the network (evaluate.py only)")
+    sync_bn: bool = _key(False, "under torchrun: BatchNorm statistics of the global batch, not of each process's "
+                                "shard (one process: no effect)")
 
     def check(self) -> None:
         d = self.device

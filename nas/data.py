@@ -100,21 +100,26 @@ def bilevel_split(n: int, portion: float, seed: int, subset: int = 0) -> tuple[t
     return train, valid
 
 
-def _batch_seed(*keys: int) -> int:
+def batch_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
 
 
 class Batches:
     """Batches of one split, held on the device as uint8: the order of each epoch and the augmentation of
-    each batch are functions of (seed, epoch, batch), so any position can be replayed exactly."""
+    each batch are functions of (seed, epoch, batch), so any position can be replayed exactly.
+
+    ``shard=(rank, world)``: this process's part of every batch in a distributed run. ``batch_size`` stays the
+    global batch; each process gets its consecutive slice of it, augmented exactly as a single process would have
+    augmented those images, so the order, the split and the augmentation are those of the single-process run."""
 
     def __init__(self, data: ImageSet, indices: torch.Tensor | None = None, *, batch_size: int,
                  mean: list[float], std: list[float], device: torch.device | str = "cpu", seed: int = 0,
-                 shuffle: bool = True, augment: bool = False, cutout: int = 0, drop_last: bool = True):
+                 shuffle: bool = True, augment: bool = False, cutout: int = 0, drop_last: bool = True,
+                 shard: tuple[int, int] = (0, 1)):
         idx = torch.arange(len(data)) if indices is None else indices
         self.images = data.images[idx].to(device)  # (N, C, H, W) uint8
         self.labels = data.labels[idx].to(device)  # (N,)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.shard = batch_size, seed, shard
         self.shuffle, self.augment, self.cutout = shuffle, augment, cutout
         n = len(self.labels)
         self.drop_last = drop_last and n >= batch_size
@@ -135,29 +140,42 @@ class Batches:
         """Batches ``start``, ``start + 1``, ... of ``epoch``: (images float (B, C, H, W), labels (B,))."""
         n, b = self.num_images, self.batch_size
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_batch_seed(self.seed, epoch)))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(batch_seed(self.seed, epoch)))
         else:
             order = torch.arange(n)
         order = order.to(self.device)
+        rank, world = self.shard
         for i in range(start, len(self)):
-            idx = order[i * b:(i + 1) * b]
+            batch = order[i * b:(i + 1) * b]
+            part = shard_slice(len(batch), rank, world)
+            idx = batch[part]
             x = self.images[idx]
-            g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, i))
+            g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, i))
             if self.augment:
-                x = random_crop_flip(x, g)
+                x = random_crop_flip(x, g, total=len(batch), part=part)
             x = torch.addcmul(self.shift, x.float(), self.scale)
-            if self.cutout:
-                x = cutout(x, self.cutout, g)  # after normalizing: the hole is the mean colour, as in DARTS
+            if self.cutout:  # after normalizing: the hole is the mean colour, as in DARTS
+                x = cutout(x, self.cutout, g, total=len(batch), part=part)
             yield x, self.labels[idx]
 
 
-def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Per image: a random crop of the zero-padded image at the original size, then a flip with p=0.5."""
+def shard_slice(n: int, rank: int, world: int) -> slice:
+    """Process ``rank``'s consecutive part of a batch of n: sizes differ by at most one (a last partial batch)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4, total: int | None = None,
+                     part: slice = slice(None)) -> torch.Tensor:
+    """Per image: a random crop of the zero-padded image at the original size, then a flip with p=0.5. The draws
+    are made for a batch of ``total`` images (default: x's) and x takes those of ``part``, its place in it."""
     n, c, h, w = x.shape
+    total = n if total is None else total
     padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    oy = torch.randint(0, 2 * pad + 1, (total,), generator=g)[part].to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (total,), generator=g)[part].to(x.device)
+    flip = (torch.rand(total, generator=g)[part] < 0.5).to(x.device)
     rows = oy[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = ox[:, None] + torch.arange(w, device=x.device)  # (N, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reads the columns backwards
@@ -166,11 +184,14 @@ def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """Zero a size x size square (clipped at the border) centred at a random pixel of each image."""
+def cutout(x: torch.Tensor, size: int, g: torch.Generator, total: int | None = None,
+           part: slice = slice(None)) -> torch.Tensor:
+    """Zero a size x size square (clipped at the border) centred at a random pixel of each image (draws as in
+    random_crop_flip: for ``total`` images, x taking ``part``)."""
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=g).to(x.device)
-    cx = torch.randint(0, w, (n,), generator=g).to(x.device)
+    total = n if total is None else total
+    cy = torch.randint(0, h, (total,), generator=g)[part].to(x.device)
+    cx = torch.randint(0, w, (total,), generator=g)[part].to(x.device)
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
     y0, x0 = cy - size // 2, cx - size // 2  # top-left corner; the square spans size pixels from there

@@ -21,15 +21,17 @@ from torch import nn
 from nas.config import UserError
 
 
-def gumbel_like(alpha: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise of alpha's shape from a clamped uniform: never inf or NaN."""
+def gumbel_like(alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel(0, 1) noise of alpha's shape from a clamped uniform: never inf or NaN. ``generator`` (on alpha's
+    device): the search seeds one per step, so every process of a distributed run draws the same sample."""
     finfo = torch.finfo(alpha.dtype)
-    u = torch.rand(alpha.shape, dtype=alpha.dtype, device=alpha.device)
+    u = torch.rand(alpha.shape, dtype=alpha.dtype, device=alpha.device, generator=generator)
     u = u.clamp_(min=finfo.tiny, max=1.0 - finfo.eps)
     return -torch.log(-torch.log(u))
 
 
-def gumbel_softmax_hard(alpha: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gumbel_softmax_hard(alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """One op per row of alpha (E, K): returns (hard, index).
 
     index (E,) is argmax of log_softmax(alpha) + g, an exact sample of softmax(alpha) whatever tau is.
@@ -37,7 +39,7 @@ def gumbel_softmax_hard(alpha: torch.Tensor, tau: float) -> tuple[torch.Tensor, 
     p = softmax((log_softmax(alpha) + g) / tau). It is written one_hot + (p - p.detach()) rather than
     one_hot - p.detach() + p: the same gradient, but the forward value is exactly 0 or 1.
     """
-    logits = (F.log_softmax(alpha, dim=-1) + gumbel_like(alpha)) / tau  # (E, K)
+    logits = (F.log_softmax(alpha, dim=-1) + gumbel_like(alpha, generator)) / tau  # (E, K)
     index = logits.argmax(dim=-1)  # (E,)
     one_hot = F.one_hot(index, alpha.shape[-1]).to(alpha.dtype)
     if not alpha.requires_grad:
@@ -152,8 +154,9 @@ class GdasSample:
     op's weight carries one (the official DARTS-space GDAS cell). Both forward exactly out_k.
     """
 
-    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None, gradient: str = "all_ops"):
-        hard, index = gumbel_softmax_hard(masked(alpha, mask), tau)
+    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None, gradient: str = "all_ops",
+                 generator: torch.Generator | None = None):
+        hard, index = gumbel_softmax_hard(masked(alpha, mask), tau, generator)
         if gradient == "sampled_op" and alpha.requires_grad:
             one_hot = hard.detach()  # exactly one_hot(index)
             hard = one_hot + (hard - one_hot) * one_hot  # the same value; d hard_j = 0 for every j != k
@@ -196,9 +199,10 @@ class UniformSample:
     """One op per edge drawn uniformly (among the allowed ones, with a mask), shared by every cell of the type; alpha
     plays no part. The forward value is exactly the op's output, as in GDAS."""
 
-    def __init__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None):
+    def __init__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
         uniform = masked(torch.zeros(alpha.shape, device=alpha.device), mask)  # alpha plays no part
-        self.index: list[int] = torch.multinomial(uniform.softmax(-1), 1).squeeze(1).tolist()
+        self.index: list[int] = torch.multinomial(uniform.softmax(-1), 1, generator=generator).squeeze(1).tolist()
 
     def edge(self, e: int, x: torch.Tensor, edge: Any) -> torch.Tensor | None:
         k = self.index[e]
@@ -209,8 +213,10 @@ class SnasWeights(DartsWeights):
     """A soft Gumbel-softmax sample per edge, softmax((log_softmax(alpha) + g) / tau), shared by every cell of the
     type; every op runs, weighted by it, as in DartsWeights. With a mask, the ops it leaves out weigh exactly 0."""
 
-    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None):
-        self.weights = ((F.log_softmax(masked(alpha, mask), dim=-1) + gumbel_like(alpha)) / tau).softmax(dim=-1)
+    def __init__(self, alpha: torch.Tensor, tau: float, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        noise = gumbel_like(alpha, generator)
+        self.weights = ((F.log_softmax(masked(alpha, mask), dim=-1) + noise) / tau).softmax(dim=-1)
 
 
 class Mixer(Protocol):
@@ -218,7 +224,8 @@ class Mixer(Protocol):
     tau: float | None
     learns_alpha: bool  # False: the search takes no alpha steps (alpha's batches are only measured)
 
-    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> Mixing: ...
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Mixing: ...
 
     def set_epoch(self, epoch: int, epochs: int) -> None: ...
 
@@ -246,9 +253,10 @@ class GDAS(Annealed):
         super().__init__(tau_max, tau_min, schedule)
         self.gradient = gradient
 
-    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> GdasSample:
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> GdasSample:
         assert self.tau is not None
-        return GdasSample(alpha, self.tau, mask, self.gradient)
+        return GdasSample(alpha, self.tau, mask, self.gradient, generator)
 
 
 class DARTS:
@@ -258,7 +266,8 @@ class DARTS:
     tau: float | None = None
     learns_alpha = True
 
-    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> DartsWeights:
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> DartsWeights:
         return DartsWeights(alpha, mask)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
@@ -271,9 +280,10 @@ class SNAS(Annealed):
 
     name = "snas"
 
-    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> SnasWeights:
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> SnasWeights:
         assert self.tau is not None
-        return SnasWeights(alpha, self.tau, mask)
+        return SnasWeights(alpha, self.tau, mask, generator)
 
 
 class RandomMixer:
@@ -284,8 +294,9 @@ class RandomMixer:
     tau: float | None = None
     learns_alpha = False
 
-    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> UniformSample:
-        return UniformSample(alpha, mask)
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> UniformSample:
+        return UniformSample(alpha, mask, generator)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         pass

@@ -69,28 +69,35 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class RunLog:
-    """Records in the run directory, and the lines a run prints (also appended to log.txt)."""
+    """Records in the run directory, and the lines a run prints (also appended to log.txt). With ``writes=False``
+    (the processes other than rank 0 of a distributed run) it prints and writes nothing."""
 
-    def __init__(self, run_dir: Path, quiet: bool = False):
-        self.dir, self.quiet = run_dir, quiet
+    def __init__(self, run_dir: Path, quiet: bool = False, writes: bool = True):
+        self.dir, self.writes = run_dir, writes
+        self.quiet = quiet or not writes
         self.start = time.time()
-        self.tty = sys.stdout.isatty() and not quiet
+        self.tty = sys.stdout.isatty() and not self.quiet
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.dir / name
-        atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+        if self.writes:
+            atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
         return path
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.dir / name
-        atomic_write_text(path, text)
+        if self.writes:
+            atomic_write_text(path, text)
         return path
 
     def append(self, name: str, record: dict[str, Any]) -> None:
-        with (self.dir / name).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.writes:
+            with (self.dir / name).open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def print(self, message: str) -> None:
+        if not self.writes:
+            return
         minutes, seconds = divmod(int(time.time() - self.start), 60)  # whole seconds: never "2:60"
         line = f"[{minutes:3d}:{seconds:02d}] {message}"
         with (self.dir / "log.txt").open("a") as f:
@@ -286,13 +293,18 @@ def seed_everything(seed: int) -> None:
 
 
 class Run:
-    """What every run starts with: its device, directory, log and, when resuming, the checkpoint's state."""
+    """What every run starts with: its device, directory, log and, when resuming, the checkpoint's state.
+
+    Under torchrun (nas/distributed.py) every process joins the process group here. Rank 0 alone creates the
+    directory, reads the checkpoint and writes; the others receive the directory and the state from it, and a
+    problem rank 0 finds (an existing run, a damaged checkpoint) is raised on every process alike."""
 
     def __init__(self, run_cfg: Any, seed: int, name: str, kind: str, config_yaml: str, resume: Path | None,
                  quiet: bool):
         from nas.checkpoint import CHECKPOINT, load_checkpoint
+        from nas.distributed import setup
 
-        self.device = resolve_device(run_cfg.device)
+        self.dist, self.device = setup(resolve_device(run_cfg.device))
         if run_cfg.amp == "fp16" and self.device.type != "cuda":
             raise UserError(f"run.amp=fp16 needs a CUDA device, and this run is on {self.device.type}; "
                             "valid here: off, bf16")
@@ -302,17 +314,35 @@ class Run:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.state: dict[str, Any] | None = None
+        main = self.dist.main
+        found: tuple[Any, ...] = ("", None, None)  # (directory, checkpoint state, error), as rank 0 found them
+        if main:
+            try:
+                if resume is None:
+                    found = (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)), None, None)
+                else:
+                    found = (str(resume), load_checkpoint(resume / CHECKPOINT, kind), None)
+            except UserError as e:
+                found = ("", None, e)
+        found = self.dist.broadcast(found)
+        if found[2] is not None:
+            raise found[2]
         if resume is None:
             seed_everything(seed)
-            self.dir = prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)
-        else:
-            self.dir = resume
-            self.state = load_checkpoint(resume / CHECKPOINT, kind)
-        self.log = RunLog(self.dir, quiet)
+        self.dir, self.state = Path(found[0]), found[1]
+        self.log = RunLog(self.dir, quiet, writes=main)
         if resume is None:
             self.log.write_text("config.yaml", config_yaml)
-        record_session(self.dir, self.device, resumed=resume is not None)
+        if main:
+            record_session(self.dir, self.device, resumed=resume is not None)
         self.checkpoint_path = self.dir / CHECKPOINT
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the checkpoint (rank 0 only: every process holds the same state)."""
+        from nas.checkpoint import save_checkpoint
+
+        if self.dist.main:
+            save_checkpoint(self.checkpoint_path, state)
 
     def resume_hint(self, script: str) -> str:
         return f"python {script} --resume {self.dir}"

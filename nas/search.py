@@ -19,13 +19,13 @@ from nas.checkpoint import (
     GracefulStop,
     NumericalFault,
     rng_state,
-    save_checkpoint,
     set_rng_state,
     truncate_jsonl,
 )
 from nas.collapse import describe, dominance_warning, edge_stats
-from nas.config import SearchConfig, dump_yaml
-from nas.data import Batches, bilevel_split, channel_stats, load_dataset
+from nas.config import SearchConfig, UserError, dump_yaml
+from nas.data import Batches, batch_seed, bilevel_split, channel_stats, load_dataset
+from nas.distributed import Dist, from_environment, use_global_batchnorm
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, Run, peak_memory_mib, record_data
 from nas.spaces import search_space
@@ -35,6 +35,7 @@ from nas.unrolled import unrolled_alpha_backward
 
 RECORDS = ("metrics.jsonl", "genotypes.jsonl", "alpha.jsonl")  # one line per finished epoch
 NO_AMP = contextlib.nullcontext()
+ONE = Dist()  # a single process: no communication
 
 
 def zero_unsampled(weights: list[nn.Parameter], opt: torch.optim.Optimizer) -> None:
@@ -46,23 +47,24 @@ def zero_unsampled(weights: list[nn.Parameter], opt: torch.optim.Optimizer) -> N
 
 def weight_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                 weights: list[nn.Parameter], grad_clip: float, amp: Any = NO_AMP,
-                scaler: torch.amp.GradScaler | None = None,
-                unsampled: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+                scaler: torch.amp.GradScaler | None = None, unsampled: str = "none",
+                dist: Dist = ONE) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on the weights (train half); alpha is frozen, so no alpha gradient is computed. With
     ``unsampled="zero"``, weights without a gradient that the optimizer has stepped before get a zero one, as
-    ``zero_grad()`` left them under PyTorch 1.x: momentum and weight decay still move them."""
+    ``zero_grad()`` left them under PyTorch 1.x: momentum and weight decay still move them. In a distributed run
+    the gradients that exist are averaged across processes before clipping."""
     model.set_step("weights")
     with amp:
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
     fill = (lambda: zero_unsampled(weights, opt)) if unsampled == "zero" else None
-    backward_step(loss, opt, scaler, weights, grad_clip, before_step=fill)
+    backward_step(loss, opt, scaler, weights, grad_clip, before_step=fill, reduce=dist.average_gradients)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
 def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, amp: Any = NO_AMP,
                scaler: torch.amp.GradScaler | None = None, frozen: bool = False,
-               unrolled: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               unrolled: dict[str, Any] | None = None, dist: Dist = ONE) -> tuple[torch.Tensor, torch.Tensor]:
     """One Adam step on alpha (valid half); the weights are frozen, so no weight gradient is computed. During the
     warm-up (``frozen``) alpha does not move either: the batch is only measured. With ``unrolled`` (the train
     batch, the weight optimizer, the weights and xi), the gradient is DARTS's second-order one (nas/unrolled.py)."""
@@ -75,7 +77,7 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
     if not frozen:
-        backward_step(loss, opt, scaler)
+        backward_step(loss, opt, scaler, reduce=dist.average_gradients)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -83,9 +85,15 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result)."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
-    run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
-    device, log, state = run.device, run.log, run.state
     s = cfg.search
+    world = from_environment().world  # under torchrun: checked before anything is written
+    if cfg.data.batch_size % world:
+        raise UserError(f"data.batch_size={cfg.data.batch_size} does not split evenly over {world} processes; "
+                        f"use a multiple of {world}")
+    if world > 1 and s.unrolled:
+        raise UserError("search.unrolled=true runs in one process only: its virtual step is not distributed")
+    run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
+    device, log, state, dist = run.device, run.log, run.state, run.dist
     if state is not None and state["epoch"] >= s.epochs and (run.dir / "genotype.json").exists():
         log.print(f"{run.dir} has finished its {s.epochs} epochs; genotype.json is its result")
         return run.dir
@@ -95,7 +103,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     mean, std = channel_stats(data.images)
     w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
     common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=device,
-                                  augment=cfg.data.augment, cutout=cfg.data.cutout)
+                                  augment=cfg.data.augment, cutout=cfg.data.cutout, shard=(dist.rank, dist.world))
     train = Batches(data, w_idx, seed=cfg.seed, **common)
     valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
     num_classes, in_channels = len(data.classes), data.images.shape[1]
@@ -112,6 +120,10 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                            macro=cfg.model.macro).to(device)
+    if cfg.run.sync_bn and dist.active:
+        use_global_batchnorm(model)
+    dist.broadcast_parameters(model)  # the same seed built the same network; this makes sure of it
+    model.generator = torch.Generator(device=device)  # seeded per step: every process draws the same sample
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     model.train()
@@ -129,6 +141,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     log.print(f"{s.mixer} search in the {cfg.model.space} space{macro}: C={cfg.model.C}, layers={cfg.model.layers}, "
               f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} steps of 2 x {cfg.data.batch_size} "
               f"images per epoch, {s.epochs} epochs")
+    if dist.active:
+        log.print(f"data-parallel over {dist.world} processes: {cfg.data.batch_size // dist.world} images of each "
+                  f"batch per process{', global BatchNorm statistics' if cfg.run.sync_bn else ''}")
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
     start_epoch, start_step, partial = 0, 0, None
@@ -141,18 +156,18 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
         set_rng_state(state["rng"])
-        for f in RECORDS:
+        for f in RECORDS if dist.main else ():
             truncate_jsonl(run.dir / f, start_epoch)
         log.print(f"resuming at epoch {start_epoch + 1}, step {start_step}")
 
     def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
         """State after ``step`` steps of ``epoch`` (0-based): resuming runs step + 1 next."""
-        save_checkpoint(run.checkpoint_path, {
+        run.save({
             "kind": "search", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
             "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(), "w_sched": w_sched.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state()})
 
-    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard else None
+    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard and dist.main else None
     progress = Progress(log, s.epochs, steps, cfg.run.log_every, start_epoch)
 
     # ---- the bilevel loop
@@ -165,27 +180,37 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             lr = w_sched.get_last_lr()[0]
             first = start_step if epoch == start_epoch else 0
             resumed = bool(first and partial)
-            # train loss sum, train correct, valid loss sum, valid correct (on the device: no sync per step)
-            sums = partial["sums"].to(device) if resumed else torch.zeros(4, device=device)  # type: ignore[index]
+            # train loss sum, train correct, valid loss sum, valid correct (on the device: no sync per step); this
+            # process's share: a checkpoint holds the global sums, which rank 0 alone carries on from
+            sums = (partial["sums"].to(device) if resumed and dist.main  # type: ignore[index]
+                    else torch.zeros(4, device=device))
             n_w, n_a = (partial["images"] if resumed else (0, 0))  # type: ignore[index]
             spent = partial["time_s"] if resumed else 0.0  # type: ignore[index]
             progress.start_epoch(epoch, first)
             t0 = time.perf_counter()
             batches = zip(train.epoch(epoch, first), valid.epoch(epoch, first), strict=False)
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
+                model.generator.manual_seed(batch_seed(cfg.seed, epoch, step, 1))  # this step's samples
                 xw, xa = xw.contiguous(memory_format=memory_format), xa.contiguous(memory_format=memory_format)
                 unrolled = dict(train=(xw, yw), w_opt=w_opt, weights=weights, xi=lr) if s.unrolled else None
                 if s.order == "alpha_first":
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled, dist)
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler,
-                                                     s.unsampled_grads)
+                                                     s.unsampled_grads, dist)
                 else:
                     w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler,
-                                                     s.unsampled_grads)
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled)
+                                                     s.unsampled_grads, dist)
+                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled, dist)
                 if scaler is not None:
                     scaler.update()
-                if not torch.isfinite(w_loss + a_loss):
+                if dist.active:  # every process stops, or fails, at the same step
+                    signal = torch.tensor(float(stop.signum or 0), device=device)
+                    flags = dist.any(torch.stack([signal, (~torch.isfinite(w_loss + a_loss)).float()]))
+                    stop.signum = int(flags[0]) or None
+                    nonfinite = bool(flags[1])
+                else:
+                    nonfinite = not torch.isfinite(w_loss + a_loss)
+                if nonfinite:
                     last = "none yet" if not run.checkpoint_path.exists() else str(run.checkpoint_path)
                     raise NumericalFault(
                         f"the loss is not finite (weight step {w_loss.item()}, alpha step {a_loss.item()}) at "
@@ -202,7 +227,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                         postfix["tau"] = f"{mixer.tau:.2f}"
                 progress.step(epoch, step, postfix)
                 if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
-                    checkpoint(epoch, step, {"sums": sums.cpu(), "images": (n_w, n_a),
+                    checkpoint(epoch, step, {"sums": dist.sum(sums).cpu(), "images": (n_w, n_a),
                                              "time_s": spent + time.perf_counter() - t0})
                 stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search.py"))
             w_sched.step()
@@ -210,7 +235,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             progress.end_epoch()
 
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
-            t_loss, t_correct, v_loss, v_correct = sums.tolist()
+            t_loss, t_correct, v_loss, v_correct = dist.sum(sums).tolist()
+            n_w, n_a = n_w * dist.world, n_a * dist.world  # every process had an equal share
             genotype = model.genotype(rule, s.max_skip)
             stats = edge_stats(genotype, dict(model.alpha), space.ops)
             record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
@@ -253,8 +279,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
         log.print(warning)
     from nas.plot import draw_cells
 
-    drawings = draw_cells(genotype, run.dir / "cells")
+    if dist.main:
+        draw_cells(genotype, run.dir / "cells")
     if board is not None:
         board.close()
-    log.print(f"done: genotype written to {run.dir / 'genotype.json'}; cell drawings in {drawings[0].parent}")
+    log.print(f"done: genotype written to {run.dir / 'genotype.json'}; cell drawings in {run.dir / 'cells'}")
     return run.dir

@@ -24,15 +24,22 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
 
 
 def backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                  params: Any = (), grad_clip: float = 0.0, before_step: Callable[[], Any] | None = None) -> None:
+                  params: Any = (), grad_clip: float = 0.0, before_step: Callable[[], Any] | None = None,
+                  reduce: Callable[[torch.optim.Optimizer], Any] | None = None) -> None:
     """Backpropagate ``loss`` and step ``opt``, through ``scaler`` (fp16) when there is one, clipping the global
     norm of ``params``' true (unscaled) gradients to ``grad_clip`` when it is positive, and calling ``before_step``
-    just before the step. The caller updates the scaler once all of an iteration's optimizers have stepped."""
+    just before the step. ``reduce(opt)`` runs right after the backward pass: a distributed run averages the
+    gradients there (nas.distributed.Dist.average_gradients), so clipping and the step see the global ones. The
+    caller updates the scaler once all of an iteration's optimizers have stepped."""
     opt.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
+        if reduce is not None:
+            reduce(opt)
     else:
         scaler.scale(loss).backward()
+        if reduce is not None:
+            reduce(opt)
         if grad_clip > 0:
             scaler.unscale_(opt)  # clip the true gradients
     if grad_clip > 0:

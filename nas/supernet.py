@@ -126,6 +126,7 @@ class Supernet(nn.Module):
         self._step: str | None = None
         self._weights: list[nn.Parameter] | None = None  # cached: walking ~5000 modules per step is costly
         self.op_mask: dict[str, torch.Tensor] | None = None  # (E, K) bool per cell type: the ops allowed
+        self.generator: torch.Generator | None = None  # the samples' source (None: torch's global generator)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.values())
@@ -157,7 +158,7 @@ class Supernet(nn.Module):
     def mixings(self) -> dict[str, Mixing]:
         """One mixing (one GDAS sample) per cell type for this forward pass."""
         masks = self.op_mask or {}
-        return {t: self.mixer(a, masks.get(t)) for t, a in self.alpha.items()}
+        return {t: self.mixer(a, masks.get(t), self.generator) for t, a in self.alpha.items()}
 
     def set_param_free_dropout(self, p: float) -> None:
         for m in self.modules():

@@ -1,0 +1,175 @@
+"""Data-parallel runs under torchrun (torch.distributed): NCCL on GPUs, gloo on CPUs.
+
+Every process builds the same network from the same seed and draws the same architecture sample at every step
+(the supernet's generator is seeded from the run seed, the epoch and the step), so all of them run the same
+sampled network; each reads its own shard of every global batch (nas.data.Batches). After each backward pass
+``average_gradients`` all-reduces, in one flat buffer, exactly the gradients that exist: in a GDAS weight step the
+sampled ops' and the shared layers', never the unsampled ops' (no zero-filling). The optimizers then take identical
+steps everywhere, so the parameters stay bit-identical without ever being broadcast again. Only rank 0 writes.
+
+Without torchrun (no WORLD_SIZE in the environment, or 1) nothing here communicates: ``Dist()`` is one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nas.errors import UserError
+
+
+@dataclass
+class Dist:
+    """This process's place in the run: rank, world size and local rank (the GPU index on its machine)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    bytes_reduced: int = 0  # gradient bytes this process has all-reduced (for tests and the README's figure)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    # ---- collectives: each is a no-op in a single process
+
+    def average_gradients(self, opt: torch.optim.Optimizer) -> int:
+        """Average across processes the gradients of ``opt``'s parameters that exist (the same set everywhere: the
+        processes ran the same sampled network), as one flat all-reduce. Returns the elements reduced."""
+        if not self.active:
+            return 0
+        grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return 0
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+        self.bytes_reduced += flat.numel() * flat.element_size()
+        return flat.numel()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over processes (``t`` itself in a single process)."""
+        if self.active:
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    def any(self, flags: torch.Tensor) -> torch.Tensor:
+        """The element-wise maximum of ``flags`` over processes: whether any process raised each flag."""
+        if self.active:
+            flags = flags.clone()
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return flags
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every process (pickled; for setup-time values such as a checkpoint's state)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_parameters(self, model: nn.Module) -> None:
+        """Make every process hold rank 0's parameters and buffers (once, at the start)."""
+        if self.active:
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def from_environment() -> Dist:
+    """The Dist that torchrun's environment describes (one process when there is none)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Dist(rank=int(os.environ.get("RANK", "0")), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main_process() -> bool:
+    """Whether this process reports to the user (rank 0, or not under torchrun); readable before any setup."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo otherwise); returns this process's Dist and its
+    device (cuda:LOCAL_RANK for CUDA runs)."""
+    d = from_environment()
+    if not d.active:
+        return d, device
+    if device.type == "cuda":
+        if d.local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {d.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                            "use --nproc_per_node at most the number of GPUs")
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- global BatchNorm
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch (all processes' shards), on CPUs (gloo)
+    as on GPUs: the mean and the variance are all-reduced with autograd-aware collectives, so the backward pass is
+    that of one BatchNorm over the whole batch. Outside distributed training it is nn.BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        local = torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() / c)])
+        total = all_reduce(local)
+        n = total[c]
+        mean = total[:c] / n
+        centred = x - mean.view(1, c, 1, 1)
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / n  # two passes: as exact as one process's BN
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                assert self.num_batches_tracked is not None
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                count = float(n)
+                unbiased = var.detach() * (count / (count - 1)) if count > 1 else var.detach()
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        return y
+
+
+def use_global_batchnorm(model: nn.Module) -> int:
+    """Turn every BatchNorm2d of ``model`` into a GlobalBatchNorm2d in place (the same module objects, so references
+    to them stay valid); GDAS's fused BN straight-through then takes the plain path. Returns how many."""
+    count = 0
+    for m in model.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d
+            count += 1
+        kinds = getattr(m, "kinds", None)
+        if isinstance(kinds, list):  # a supernet's MixedEdge: its fused BN path calls the BN kernels directly
+            setattr(m, "kinds", ["plain" if k == "bn" else k for k in kinds])  # noqa: B010
+    return count
