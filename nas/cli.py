@@ -242,6 +242,13 @@ def compare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print only the study's own lines and errors")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     args = parser.parse_intermixed_args(argv)
+    from nas.distributed import from_environment
+
+    if from_environment().active:
+        if from_environment().main:
+            print("error: compare.py runs its searches and trainings as separate processes; launch it without "
+                  "torchrun", file=sys.stderr)
+        return 2
 
     def go() -> None:
         from nas.compare import report_study, run_study

@@ -89,6 +89,11 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     the run directory and returns it."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
+    from nas.distributed import from_environment
+
+    if from_environment().active:  # before anything is written
+        raise UserError("evaluate.py does not run data-parallel yet: launch it without torchrun (search.py does run "
+                        "under torchrun)")
     run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet)
     device, log, state = run.device, run.log, run.state
     t = cfg.train

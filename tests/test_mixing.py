@@ -25,7 +25,7 @@ from nas.mixing import (
 
 
 def test_gumbel_noise_is_finite_even_at_the_ends_of_the_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
-    def extreme(shape, dtype=None, device=None):  # what a uniform sampler may return: exactly 0 and nearly 1
+    def extreme(shape, dtype=None, device=None, generator=None):  # a uniform sampler may return 0 and nearly 1
         return torch.tensor([0.0, 1.0 - 2 ** -24, 0.5, 1.0], dtype=dtype).expand(*shape).clone()
 
     monkeypatch.setattr(mixing.torch, "rand", extreme)
