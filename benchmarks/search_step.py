@@ -15,6 +15,14 @@ and cuDNN's run) and judged by its faster one: every method at its best, as a us
 
     python benchmarks/search_step.py --space darts            # C=16, 8 cells, batch 64, 2 threads, CPU
     python benchmarks/search_step.py --space nb201            # C=16, N=5, batch 64
+
+With --nproc N it measures data-parallel scaling instead: gdas and darts steps run under torchrun in 1 process and
+in N processes (each with --threads threads, or one GPU each with --device cuda) on the same global batch, and it
+prints the step times, the scaling efficiency (N-process throughput over N times 1-process throughput) and the
+gradient bytes each process all-reduced per step.
+
+    python benchmarks/search_step.py --space nb201 --nproc 2 --threads 1 --formats nchw    # 2 CPU processes
+    python benchmarks/search_step.py --space darts --nproc 8 --device cuda --formats nhwc  # 8 GPUs
 """
 
 from __future__ import annotations
@@ -55,20 +63,21 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from nas.data import Batches, channel_stats
+    from nas.data import Batches, batch_seed, channel_stats
     from nas.datasets import make_synthetic
+    from nas.distributed import Dist, setup
     from nas.mixing import GdasSample, create_mixer
     from nas.search import alpha_step, weight_step
     from nas.supernet import build_supernet
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    d, device = setup(torch.device(args.device)) if "WORLD_SIZE" in os.environ else (Dist(), torch.device(args.device))
     cuda = device.type == "cuda"
     steps = args.warmup + args.steps
     data = make_synthetic(2 * args.batch * steps, 10, 32, seed=0)
     mean, std = channel_stats(data.images)
     half = len(data) // 2
-    common = dict(batch_size=args.batch, mean=mean, std=std, device=device, augment=True)
+    common = dict(batch_size=args.batch, mean=mean, std=std, device=device, augment=True, shard=(d.rank, d.world))
     train = Batches(data, torch.arange(half), seed=2 * args.round, **common)  # type: ignore[arg-type]
     valid = Batches(data, torch.arange(half, len(data)), seed=2 * args.round + 1, **common)  # type: ignore[arg-type]
 
@@ -79,6 +88,9 @@ def worker(args: argparse.Namespace) -> dict:
     model = build_supernet(args.space, C=args.C, layers=args.layers, num_classes=10, mixer=mixer).to(device)
     model.to(memory_format=fmt)
     model.train()
+    d.broadcast_parameters(model)
+    if d.active:  # every process draws the same samples, as nas.search does
+        model.generator = torch.Generator(device=device)
     weights = model.weight_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -121,7 +133,16 @@ def worker(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
-        if args.variant == "child":
+        if model.generator is not None:
+            model.generator.manual_seed(batch_seed(args.round, 0, i, 1))
+        if d.active:  # the loop's data-parallel step: what nas.search runs under torchrun
+            if args.variant == "darts":
+                alpha_step(model, xa, ya, a_opt, dist=d)
+                weight_step(model, xw, yw, w_opt, weights, 5.0, dist=d)
+            else:
+                weight_step(model, xw, yw, w_opt, weights, 5.0, dist=d)
+                alpha_step(model, xa, ya, a_opt, dist=d)
+        elif args.variant == "child":
             for (x, y), fixed in zip(((xw, yw), (xa, ya)), plan[i], strict=True):
                 model.mixings = lambda fixed=fixed: fixed  # type: ignore[method-assign]
                 weight_step(model, x, y, w_opt, weights, 5.0)
@@ -142,13 +163,55 @@ def worker(args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(1000 * (t2 - t0))
             data_times.append(1000 * (t1 - t0))
-    if args.variant == "gdas":
+    if args.variant == "gdas" and not d.active:
         samples.write_text(json.dumps(drawn))
     if cuda:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:  # the high-water mark of resident memory above what the process held before the first step
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return {"times_ms": times, "data_ms": data_times, "peak_mib": peak}
+    return {"times_ms": times, "data_ms": data_times, "peak_mib": peak, "rank": d.rank,
+            "reduced_mib_per_step": d.bytes_reduced / steps / 2**20}
+
+
+def scaling(args: argparse.Namespace) -> None:
+    """gdas and darts steps in 1 and in N processes under torchrun, alternating; one JSON object of medians, the
+    scaling efficiency and the bytes reduced per step."""
+    import tempfile
+
+    n, fmt = args.nproc, args.formats.split(",")[0]
+    variants = [v for v in args.variants.split(",") if v in ("gdas", "darts")] or ["gdas", "darts"]
+    if args.batch % n:
+        sys.exit(f"--batch {args.batch} does not split evenly over {n} processes")
+    passthrough = [f"--{k}={getattr(args, k)}" for k in ("space", "C", "layers", "batch", "steps", "warmup",
+                                                          "threads", "device")]
+    tmp = Path(tempfile.mkdtemp())
+    results: dict[tuple[str, int], list[dict]] = {(v, w): [] for v in variants for w in (1, n)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
+    port = 29600
+    for r in range(args.rounds):
+        for v in variants:
+            for w in (1, n):
+                port += 1
+                cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={w}",
+                       f"--master_port={port}", __file__, *passthrough, f"--variant={v}", f"--format={fmt}",
+                       f"--round={r}", f"--samples={tmp / 'unused.json'}"]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+                if out.returncode != 0:
+                    sys.exit(f"the {v} worker ({w} processes) failed:\n{out.stderr[-3000:]}")
+                results[(v, w)].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    report: dict[str, object] = {}
+    for v in variants:
+        t1 = statistics.median(t for res in results[(v, 1)] for t in res["times_ms"])
+        tn = statistics.median(t for res in results[(v, n)] for t in res["times_ms"])
+        report[f"{v}_ms_1proc"] = round(t1, 1)
+        report[f"{v}_ms_{n}proc"] = round(tn, 1)
+        report[f"{v}_efficiency"] = round(t1 / (n * tn), 3)  # (2B / tn) / (n * 2B / t1): the same global batch
+        report[f"{v}_reduced_mib_per_step"] = round(statistics.median(
+            res["reduced_mib_per_step"] for res in results[(v, n)]), 3)
+    report["settings"] = {"space": args.space, "C": args.C, "layers": args.layers, "global_batch": args.batch,
+                          "nproc": n, "threads_per_process": args.threads, "device": args.device, "format": fmt,
+                          "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds}
+    print(json.dumps(report))
 
 
 def main() -> None:
@@ -171,11 +234,17 @@ def main() -> None:
     p.add_argument("--variant", help=argparse.SUPPRESS)  # set in the worker processes
     p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--samples", help=argparse.SUPPRESS)  # where the GDAS worker records its samples for the child
+    p.add_argument("--nproc", type=int, default=0, help="measure data-parallel scaling over N processes (torchrun)")
     args = p.parse_args()
     if args.layers is None:
         args.layers = 8 if args.space == "darts" else 5
     if args.variant:
-        print(json.dumps(worker(args)))
+        result = worker(args)
+        if result["rank"] == 0:
+            print(json.dumps(result))
+        return
+    if args.nproc:
+        scaling(args)
         return
 
     variants = args.variants.split(",")

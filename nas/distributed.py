@@ -89,6 +89,24 @@ class Dist:
             for t in [*model.parameters(), *model.buffers()]:
                 dist.broadcast(t.data, src=0)
 
+    def agree(self, stop: Any, loss: torch.Tensor) -> bool:
+        """Once per step: whether the loss is non-finite on any process, and, should a signal have reached any
+        process (``stop.signum``), the same signal on all, so that every process checkpoints and stops (or fails)
+        at the same step."""
+        if not self.active:
+            return not bool(torch.isfinite(loss))
+        signal = torch.tensor(float(stop.signum or 0), device=loss.device)
+        flags = self.any(torch.stack([signal, (~torch.isfinite(loss)).float()]))
+        stop.signum = int(flags[0]) or None
+        return bool(flags[1])
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every process, so that evaluation mode computes the
+        same function everywhere."""
+        if self.active:
+            for t in model.buffers():
+                dist.broadcast(t.data, src=0)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -129,6 +147,28 @@ def teardown() -> None:
 
 # ---------------------------------------------------------------------------------------------- global BatchNorm
 
+class _SumOverProcesses(torch.autograd.Function):
+    """y = the sum of x over processes, on every process. Each process backpropagates its own loss through the
+    same y, so dL/dx (L the sum of the processes' losses) is the sum of the incoming gradients: an all-reduce."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+def sum_over_processes(x: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = _SumOverProcesses.apply(x)
+    return out
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics are those of the global batch (all processes' shards), on CPUs (gloo)
     as on GPUs: the mean and the variance are all-reduced with autograd-aware collectives, so the backward pass is
@@ -137,8 +177,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = sum_over_processes
         c = x.shape[1]
         local = torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() / c)])
         total = all_reduce(local)

@@ -203,14 +203,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                     a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled, dist)
                 if scaler is not None:
                     scaler.update()
-                if dist.active:  # every process stops, or fails, at the same step
-                    signal = torch.tensor(float(stop.signum or 0), device=device)
-                    flags = dist.any(torch.stack([signal, (~torch.isfinite(w_loss + a_loss)).float()]))
-                    stop.signum = int(flags[0]) or None
-                    nonfinite = bool(flags[1])
-                else:
-                    nonfinite = not torch.isfinite(w_loss + a_loss)
-                if nonfinite:
+                if dist.agree(stop, w_loss + a_loss):  # every process stops, or fails, at the same step
                     last = "none yet" if not run.checkpoint_path.exists() else str(run.checkpoint_path)
                     raise NumericalFault(
                         f"the loss is not finite (weight step {w_loss.item()}, alpha step {a_loss.item()}) at "

@@ -21,12 +21,12 @@ from nas.checkpoint import (
     GracefulStop,
     NumericalFault,
     rng_state,
-    save_checkpoint,
     set_rng_state,
     truncate_jsonl,
 )
 from nas.config import TrainConfig, UserError, dump_yaml, to_dict
 from nas.data import Batches, channel_stats, dataset_info, load_dataset
+from nas.distributed import Dist, from_environment, is_main_process, use_global_batchnorm
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
 from nas.runlog import (
@@ -70,8 +70,10 @@ def summarize(cfg: TrainConfig, genotype: Genotype) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, amp: Any = None,
-             memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
-    """(mean loss, top-1 accuracy in %) over every image of ``batches``, in evaluation mode."""
+             memory_format: torch.memory_format = torch.contiguous_format, dist: Dist | None = None
+             ) -> tuple[float, float]:
+    """(mean loss, top-1 accuracy in %) over every image of ``batches``, in evaluation mode; in a distributed run
+    each process tests its shards and the sums are added up."""
     model.eval()
     sums = torch.zeros(2, device=batches.device)
     for x, y in batches.epoch(0):
@@ -79,7 +81,7 @@ def evaluate(model: nn.Module, batches: Batches, amp: Any = None,
             logits, _ = model(x.contiguous(memory_format=memory_format))
         sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) == y).sum()])
     model.train()
-    loss, correct = sums.tolist()
+    loss, correct = (sums if dist is None else dist.sum(sums)).tolist()
     return loss / batches.num_images, 100 * correct / batches.num_images
 
 
@@ -89,13 +91,12 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     the run directory and returns it."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
-    from nas.distributed import from_environment
-
-    if from_environment().active:  # before anything is written
-        raise UserError("evaluate.py does not run data-parallel yet: launch it without torchrun (search.py does run "
-                        "under torchrun)")
+    world = from_environment().world  # under torchrun: checked before anything is written
+    if cfg.data.batch_size % world:
+        raise UserError(f"data.batch_size={cfg.data.batch_size} does not split evenly over {world} processes; "
+                        f"use a multiple of {world}")
     run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet)
-    device, log, state = run.device, run.log, run.state
+    device, log, state, dist = run.device, run.log, run.state, run.dist
     t = cfg.train
     if state is not None and state["epoch"] >= t.epochs and (run.dir / "results.json").exists():
         log.print(f"{run.dir} has finished its {t.epochs} epochs; results.json is its result")
@@ -110,10 +111,11 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     subset = None
     if cfg.data.subset:
         subset = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.data.subset]
+    shard = (dist.rank, dist.world)  # this process's part of every (global) batch
     train = Batches(train_set, subset, batch_size=cfg.data.batch_size, mean=mean, std=std, device=device,
-                    seed=cfg.seed, augment=cfg.data.augment, cutout=cfg.data.cutout)
+                    seed=cfg.seed, augment=cfg.data.augment, cutout=cfg.data.cutout, shard=shard)
     test = Batches(test_set, batch_size=max(cfg.data.batch_size, 256), mean=mean, std=std, device=device,
-                   shuffle=False, drop_last=False)
+                   shuffle=False, drop_last=False, shard=shard)
     num_classes, in_channels, size = len(train_set.classes), train_set.images.shape[1], train_set.images.shape[-1]
     record_data(run.dir, {"name": cfg.data.name, "train_images": train.num_images, "test_images": test.num_images,
                           "classes": num_classes, "image_shape": list(train_set.images.shape[1:])})
@@ -122,6 +124,9 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     # ---- network and optimizer
     model = make_network(cfg, genotype, num_classes, in_channels).to(device)
     params, flops = count_parameters(model), count_flops(model, in_channels, size)
+    if cfg.run.sync_bn and dist.active:
+        use_global_batchnorm(model)
+    dist.broadcast_parameters(model)
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     amp, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
@@ -136,6 +141,9 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     log.print(f"genotype {genotype}")
     log.print(f"{cfg.data.name}: {train.num_images} training images, {test.num_images} test images, {num_classes} "
               f"classes; {params / 1e6:.3f}M parameters, {flops / 1e6:.1f}M multiply-adds per image; device {device}")
+    if dist.active:
+        log.print(f"data-parallel over {dist.world} processes: {cfg.data.batch_size // dist.world} images of each "
+                  f"batch per process{', global BatchNorm statistics' if cfg.run.sync_bn else ''}")
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
     progress_state: dict[str, Any] = {"test": [float("nan"), float("nan")], "train_time": 0.0, "seen": 0,
@@ -150,17 +158,18 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
         start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
         progress_state = state["progress"]
         set_rng_state(state["rng"])
-        truncate_jsonl(run.dir / "metrics.jsonl", start_epoch)
+        if dist.main:
+            truncate_jsonl(run.dir / "metrics.jsonl", start_epoch)
         log.print(f"resuming at epoch {start_epoch + 1}, step {start_step}")
 
     def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
-        save_checkpoint(run.checkpoint_path, {
+        run.save({
             "kind": "train", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
             "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "progress": {**progress_state, "wall": progress_state["wall"] + time.perf_counter() - start}})
 
-    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard else None
+    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard and dist.main else None
     if board is not None and state is None:
         board.genotype(genotype, 0)
     steps = len(train)
@@ -175,7 +184,9 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
             lr = sched.get_last_lr()[0]
             first = start_step if epoch == start_epoch else 0
             resumed = bool(first and partial)
-            sums = partial["sums"].to(device) if resumed else torch.zeros(2, device=device)  # type: ignore[index]
+            # this process's share; a checkpoint holds the global sums, which rank 0 alone carries on from
+            sums = (partial["sums"].to(device) if resumed and dist.main  # type: ignore[index]
+                    else torch.zeros(2, device=device))
             n = partial["images"] if resumed else 0  # type: ignore[index]
             spent = partial["time_s"] if resumed else 0.0  # type: ignore[index]
             progress.start_epoch(epoch, first)
@@ -185,11 +196,11 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                     logits, aux = net(x.contiguous(memory_format=memory_format))
                     loss = F.cross_entropy(logits, y)
                     total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux, y)
-                if not torch.isfinite(total):
+                if dist.agree(stop, total.detach()):  # every process stops, or fails, at the same step
                     last = str(run.checkpoint_path) if run.checkpoint_path.exists() else "none yet"
                     raise NumericalFault(f"the loss is not finite ({total.item()}) at epoch {epoch + 1} step "
                                          f"{step}; the last good checkpoint is kept: {last}")
-                backward_step(total, opt, scaler, model.parameters(), t.grad_clip)
+                backward_step(total, opt, scaler, model.parameters(), t.grad_clip, reduce=dist.average_gradients)
                 if scaler is not None:
                     scaler.update()
                 sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()])
@@ -201,22 +212,24 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                                "img/s": f"{n / max(spent + time.perf_counter() - t0, 1e-9):.0f}"}
                 progress.step(epoch, step, postfix)
                 if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
-                    checkpoint(epoch, step, {"sums": sums.cpu(), "images": n,
+                    checkpoint(epoch, step, {"sums": dist.sum(sums).cpu(), "images": n,
                                              "time_s": spent + time.perf_counter() - t0})
                 stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("evaluate.py"))
             sched.step()
             elapsed = spent + time.perf_counter() - t0
             progress.end_epoch()
+            n *= dist.world  # every process had an equal share
             progress_state["train_time"] += elapsed
             progress_state["seen"] += n
 
             # ---- end of epoch: test (every eval_every epochs and at the last), metrics, checkpoint
-            loss_sum, correct = sums.tolist()
+            loss_sum, correct = dist.sum(sums).tolist()
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": 100 * correct / n,
                                       "lr": lr, "drop_path": drop_prob, "time_s": elapsed,
                                       "images_per_s": n / elapsed, "peak_mib": peak_memory_mib(device)}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                test_loss, test_acc = evaluate(net, test, amp, memory_format)
+                dist.broadcast_buffers(model)  # rank 0's BatchNorm statistics: one network tested everywhere
+                test_loss, test_acc = evaluate(net, test, amp, memory_format, dist)
                 progress_state["test"] = [test_loss, test_acc]
                 record.update(test_loss=test_loss, test_acc=test_acc)
             log.append("metrics.jsonl", record)
@@ -261,6 +274,8 @@ def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: st
     summary = {"seeds": seeds, "final_test_acc": stats("final_test_acc"),
                "params": runs[0]["params"], "flops": runs[0]["flops"], "runs": [f"seed-{s}" for s in seeds],
                "genotype": genotype.to_dict()}
+    if not is_main_process():
+        return summary
     RunLog(parent).write_json("summary.json", summary)
     final = summary["final_test_acc"]
     print(f"{len(seeds)} runs: final test accuracy {final['mean']:.2f} ± {final['std']:.2f}% (sample std); "

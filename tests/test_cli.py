@@ -81,6 +81,8 @@ def test_every_recipe_runs_on_an_image_folder(recipe: Path, tmp_path: Path) -> N
     # DARTS-space selection by perturbation scores 28 edges x 7 ops (over a minute here); tests/test_collapse.py
     # checks it on a supernet of its own, so the recipe runs here with the alpha rule
     cheaper = ["search.derive=darts"] if cfg.search.derive == "perturb" and cfg.model.space == "darts" else []
+    if cfg.search.unrolled:  # four passes per alpha step: one step shows it runs (tests/test_unrolled.py checks it)
+        cheaper.append("data.subset=12")
     rc = search_main(["--config", str(recipe), "data.name=imagefolder", f"data.root={data}", "data.image_size=8",
                       "data.batch_size=6", "search.epochs=1", "model.C=4", f"model.layers={layers}", *cheaper,
                       f"run.dir={tmp_path / 'run'}"])

@@ -149,9 +149,9 @@ TINY = ["--config", "configs/quickstart.yaml", "run.device=cpu", "data.synthetic
         "data.batch_size=32", "model.C=4", "model.layers=3", "run.tensorboard=false", "run.threads=1"]
 
 
-def torchrun(args: list[str], **kw: Any) -> subprocess.Popen[str]:
+def torchrun(args: list[str], script: str = "search.py", **kw: Any) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
-           "search.py", *args]
+           script, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -177,6 +177,17 @@ def test_torchrun_writes_one_run_directory_and_reports_bad_input_once(tmp_path: 
     rc, out, err = finish(torchrun([*TINY, "data.batch_size=33", f"run.dir={tmp_path / 'bad'}"]))
     assert rc != 0 and err.count("error: data.batch_size=33 does not split evenly over 2 processes") == 1
     assert not (tmp_path / "bad").exists()  # nothing written
+
+    # the found cell, retrained data-parallel: one results.json, the test accuracy over the whole test set
+    rc, out, err = finish(torchrun(
+        ["--config", "configs/eval/quick.yaml", "--genotype", str(tmp_path / "run"), "train.epochs=1",
+         "data.synthetic.train=128", "data.synthetic.test=41", "data.image_size=8", "data.batch_size=16", "model.C=4",
+         "model.layers=3", "run.sync_bn=true", "run.tensorboard=false", f"run.dir={tmp_path / 'train'}"],
+        script="evaluate.py"))
+    assert rc == 0, err
+    assert out.count("epoch 1/1") == 1 and "global BatchNorm statistics" in out
+    results = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert round(results["final_test_acc"] * 41 / 100, 6).is_integer()  # correct answers out of all 41 images
 
 
 def test_a_killed_two_rank_search_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
