@@ -63,6 +63,9 @@ def follow_parent() -> None:
     parent = os.environ.get("NAS_PARENT_PID")
     if not parent or not sys.platform.startswith("linux"):
         return
+    # Under torchrun (compare.py --nproc) the parent is torchrun, which the study started with the same setting:
+    # the study's death kills torchrun, whose death kills this process.
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
     import ctypes
     import signal
 
@@ -71,7 +74,7 @@ def follow_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    if os.getppid() != int(parent):  # the study died before the line above
+    if not launched and os.getppid() != int(parent):  # the study died before the line above
         os._exit(137)
 
 
@@ -239,6 +242,9 @@ def compare_main(argv: list[str] | None = None) -> int:
                                                             "command line of every run still to do; runs nothing")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="runs at once: one per GPU where there are GPUs; on a CPU the cores are split")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="processes per run: each search and training runs data-parallel under torchrun, on N "
+                             "GPUs where there are GPUs (N per job), else on the cores split N ways")
     parser.add_argument("--quiet", action="store_true", help="print only the study's own lines and errors")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     args = parser.parse_intermixed_args(argv)
@@ -246,8 +252,8 @@ def compare_main(argv: list[str] | None = None) -> int:
 
     if from_environment().active:
         if from_environment().main:
-            print("error: compare.py runs its searches and trainings as separate processes; launch it without "
-                  "torchrun", file=sys.stderr)
+            print("error: compare.py starts its searches and trainings as processes of their own; launch it "
+                  "without torchrun and give it --nproc N to run each of them on N processes", file=sys.stderr)
         return 2
 
     def go() -> None:
@@ -263,10 +269,10 @@ def compare_main(argv: list[str] | None = None) -> int:
             if args.config:
                 raise UserError("--resume continues with the study directory's own study.yaml; drop --config")
             run_study(resume=Path(args.resume), overrides=args.overrides, jobs=args.jobs, plan=args.plan,
-                      quiet=args.quiet)
+                      quiet=args.quiet, nproc=args.nproc)
             return
         cfg = load_config(StudyConfig, args.config, args.overrides)
         run_study(cfg, Path(args.config).stem if args.config else "compare", jobs=args.jobs, plan=args.plan,
-                  quiet=args.quiet)
+                  quiet=args.quiet, nproc=args.nproc)
 
     return run_guarded(go)

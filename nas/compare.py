@@ -174,19 +174,42 @@ def load_study(study_dir: str | Path, overrides: Sequence[str] = ()) -> StudyLay
 
 # ---------------------------------------------------------------------------------------------- running
 
-def job_settings(cfg: StudyConfig, jobs: int) -> list[list[str]]:
-    """Per job slot, the run.* overrides that share the hardware: one GPU per slot when there are GPUs, else the
-    CPU cores split between the slots (unless run.threads is set)."""
+def job_settings(cfg: StudyConfig, jobs: int, nproc: int = 1) -> list[tuple[list[str], dict[str, str]]]:
+    """Per job slot, the run.* overrides and environment that share the hardware: one GPU per slot when there are
+    GPUs (``nproc`` GPUs per slot for runs under torchrun), else the CPU cores split between the slots and their
+    processes (unless run.threads is set)."""
     import torch
 
     device = cfg.run.device
     if device in ("auto", "cuda") and torch.cuda.is_available():
         n = torch.cuda.device_count()
-        return [[f"run.device=cuda:{i % n}"] for i in range(jobs)]
-    if device.startswith("cuda") or cfg.run.threads or jobs == 1:
-        return [[] for _ in range(jobs)]
+        if nproc == 1:
+            return [([f"run.device=cuda:{i % n}"], {}) for i in range(jobs)]
+        gpus = [",".join(str((i * nproc + k) % n) for k in range(nproc)) for i in range(jobs)]
+        return [(["run.device=cuda"], {"CUDA_VISIBLE_DEVICES": g}) for g in gpus]
+    if device.startswith("cuda") or cfg.run.threads or jobs * nproc == 1:
+        return [([], {}) for _ in range(jobs)]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return [[f"run.threads={max(1, cores // jobs)}"] for _ in range(jobs)]
+    threads = max(1, cores // (jobs * nproc))
+    return [([f"run.threads={threads}"], {"OMP_NUM_THREADS": str(threads)}) for _ in range(jobs)]
+
+
+def launcher(nproc: int) -> list[str]:
+    """How a run starts: ``python -m nas``, or under torchrun on ``nproc`` processes of this machine."""
+    if nproc == 1:
+        return [sys.executable, "-m", "nas"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "nas"]
+
+
+def die_with_parent() -> None:
+    """In a child before it starts: the kernel kills it (SIGKILL) when the study dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 @dataclass
@@ -217,8 +240,8 @@ class Running:
         return bool(chunk)
 
 
-def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: Sequence[str], log: Any, quiet: bool,
-               failures: dict[str, str]) -> int | None:
+def run_pieces(todo: list[Piece], jobs: int, slots: list[tuple[list[str], dict[str, str]]], extra: Sequence[str],
+               log: Any, quiet: bool, failures: dict[str, str], nproc: int = 1) -> int | None:
     """Run ``todo``, ``jobs`` at a time, each training after the search it needs; forward their lines. Returns the
     signal that stopped the study (its runs checkpointed), or None. Failed runs are recorded in ``failures``."""
     pending = list(todo)
@@ -243,9 +266,11 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: Sequ
                     break
                 piece, slot = ready[0], free.pop(0)
                 pending.remove(piece)
-                cmd = [sys.executable, "-m", "nas", *piece.command([*slots[slot], *extra])]
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)  # signals reach it only through the study
+                overrides, slot_env = slots[slot]
+                cmd = [*launcher(nproc), *piece.command([*overrides, *extra])]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**env, **slot_env},
+                                        start_new_session=True,  # signals reach it only through the study
+                                        preexec_fn=die_with_parent if nproc > 1 else None)
                 assert proc.stdout is not None
                 os.set_blocking(proc.stdout.fileno(), False)
                 running[proc.stdout.fileno()] = Running(piece, proc, slot, time.perf_counter())
@@ -267,8 +292,8 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: Sequ
                     finished += 1
                     failures.pop(r.piece.name, None)
                     log.print(f"done {r.piece.name} in {took:.0f}s ({finished}/{total})")
-                elif stop and rc in (130, 143, -signal.SIGINT, -signal.SIGTERM):
-                    log.print(f"stopped {r.piece.name} with a checkpoint")
+                elif stop and (rc in (130, 143, -signal.SIGINT, -signal.SIGTERM) or nproc > 1 and rc == 1):
+                    log.print(f"stopped {r.piece.name} with a checkpoint")  # torchrun exits 1 when stopped
                 else:
                     why = r.last if rc > 0 else f"killed by signal {signal.Signals(-rc).name}"
                     failures[r.piece.name] = why
@@ -281,11 +306,14 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[list[str]], extra: Sequ
 
 
 def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: Path | None = None,
-              overrides: Sequence[str] = (), jobs: int = 1, plan: bool = False, quiet: bool = False) -> Path:
+              overrides: Sequence[str] = (), jobs: int = 1, plan: bool = False, quiet: bool = False,
+              nproc: int = 1) -> Path:
     """Run a study from ``cfg`` (or continue the one in ``resume``: finished runs are skipped and interrupted ones
     resumed from their checkpoints); with ``plan``, print the command lines of the runs still to do instead."""
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; valid: 1 or more")
+    if nproc < 1:
+        raise UserError(f"--nproc {nproc} is not valid; valid: 1 or more")
     if resume is None:
         assert cfg is not None
         study_dir = prepare_study(cfg, name)
@@ -295,15 +323,16 @@ def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: 
         study_dir = lay.dir
     todo = [p for p in pieces(lay) if p.status() != "done"]
     if plan:
-        print_plan(todo, study_dir)
+        print_plan(todo, study_dir, nproc)
         return study_dir
 
     with study_lock(study_dir):
-        execute(lay, todo, jobs, extra, quiet, resumed=resume is not None)
+        execute(lay, todo, jobs, extra, quiet, resumed=resume is not None, nproc=nproc)
     return study_dir
 
 
-def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str], quiet: bool, resumed: bool) -> None:
+def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str], quiet: bool, resumed: bool,
+            nproc: int = 1) -> None:
     """Run what is left of the study, write its report, and say how it ended (Stopped, RunsFailed or done)."""
     from nas.checkpoint import Stopped
     from nas.runlog import RunLog, atomic_write_text, record_session, resolve_device
@@ -313,13 +342,14 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
     record_session(study_dir, resolve_device(lay.cfg.run.device), resumed=resumed)
     failures_path = study_dir / "failures.json"
     failures: dict[str, str] = json.loads(failures_path.read_text()) if failures_path.exists() else {}
-    slots = job_settings(lay.cfg, jobs)
+    slots = job_settings(lay.cfg, jobs, nproc)
     n_search = sum(1 for p in todo if p.kind == "search")
     log.print(f"study {study_dir}: {len(lay.cfg.methods)} methods x {len(lay.cfg.seeds)} seeds, "
               f"{lay.cfg.random.samples} random cells, {len(lay.cells)} cells x {len(lay.cfg.eval.seeds)} training "
               f"seeds; to run: {n_search} searches and {len(todo) - n_search} trainings, {jobs} at a time"
-              + (f" ({' '.join(slots[0])} each)" if slots[0] else ""))
-    stopped = run_pieces(todo, jobs, slots, extra, log, quiet, failures)
+              + (f", each on {nproc} processes" if nproc > 1 else "")
+              + (f" ({' '.join(slots[0][0])} each)" if slots[0][0] else ""))
+    stopped = run_pieces(todo, jobs, slots, extra, log, quiet, failures, nproc)
     atomic_write_text(failures_path, json.dumps(failures, indent=2) + "\n")
     log.print(f"report: {write_report(lay, failures)}")
     hint = f"python compare.py --resume {study_dir}"
@@ -356,12 +386,14 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         yield
 
 
-def print_plan(todo: list[Piece], study_dir: Path) -> None:
+def print_plan(todo: list[Piece], study_dir: Path, nproc: int = 1) -> None:
     """One command line per run still to do, in an order that works when run top to bottom; the trainings of
     searched cells need their search's genotype.json (a note on stderr says which lines are free to start)."""
     free = sum(1 for p in todo if p.needs is None)
+    start = ["python", "-m", "nas"] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m",
+                                                        "nas"]
     for p in todo:
-        print(shlex.join(["python", "-m", "nas", *p.command()]))
+        print(shlex.join([*start, *p.command()]))
     print(f"# {len(todo)} runs: the first {free} can start at once; each of the other {len(todo) - free} trains a "
           "searched cell and needs its search's genotype.json. When they are done: "
           f"python compare.py --report {study_dir}", file=sys.stderr)

@@ -47,7 +47,8 @@ def check_op_name(name: str, valid: list[str] | None = None, where: str = "") ->
 def is_parameter_free(name: str) -> bool:
     """Whether op ``name`` learns nothing where a cell keeps its size (stride 1, C_in == C_out): none, skip_connect
     and the poolings. A cell of such edges only mixes and resamples its inputs."""
-    return sum(p.numel() for p in create_op(name, 2, 2, 1).parameters()) == 0
+    with torch.random.fork_rng(devices=[]):  # building the probe must not move the seeded stream a network draws from
+        return sum(p.numel() for p in create_op(name, 2, 2, 1).parameters()) == 0
 
 
 def create_op(name: str, C_in: int, C_out: int, stride: int, affine: bool = True) -> nn.Module:

@@ -212,8 +212,10 @@ def test_ctrl_c_stops_the_study_with_checkpoints_and_a_resume_hint(tmp_path: Pat
 def test_jobs_split_the_cpu_and_failed_runs_are_reported(tmp_path: Path) -> None:
     cfg = load_config(StudyConfig, None, ["run.device=cpu"])
     cores = len(os.sched_getaffinity(0))
-    assert job_settings(cfg, 2) == [[f"run.threads={max(1, cores // 2)}"]] * 2
-    assert job_settings(cfg, 1) == [[]]
+    threads = max(1, cores // 2)
+    assert job_settings(cfg, 2) == [([f"run.threads={threads}"], {"OMP_NUM_THREADS": str(threads)})] * 2
+    assert job_settings(cfg, 1) == [([], {})]
+    assert job_settings(cfg, 1, nproc=2) == [([f"run.threads={threads}"], {"OMP_NUM_THREADS": str(threads)})]
     # the search diverges (an absurd learning rate): its training cannot run, the random cell's still does
     study_dir = tmp_path / "s"
     args = [*TINY, "methods=[bad]", "per_method.bad.mixer=gdas", "per_method.bad.lr=1e30", "random.samples=1",
@@ -317,3 +319,20 @@ def test_a_study_directory_is_replaced_only_with_run_overwrite(tmp_path: Path,
     assert compare_main([*TINY, "random.seed=5", f"run.dir={study_dir}", "run.overwrite=true", "--plan"]) == 0
     assert not (study_dir / "search").exists()  # the study's own folders went with it
     assert "seed: 5" in (study_dir / "study.yaml").read_text()
+
+
+def test_nproc_runs_every_search_and_training_data_parallel(tmp_path: Path) -> None:
+    study_dir = tmp_path / "s"
+    args = [*TINY, "methods=[gdas]", "random.samples=0", "data.synthetic.train=64", "data.synthetic.test=16",
+            f"run.dir={study_dir}"]
+    plan = compare_cli("--plan", "--nproc", "2", *args)
+    assert plan.returncode == 0, plan.stderr
+    lines = plan.stdout.strip().splitlines()
+    start = "torchrun --standalone --nproc_per_node=2 -m nas "
+    assert len(lines) == 2 and all(line.startswith(start) for line in lines)
+    proc = compare_cli("--resume", str(study_dir), "--nproc", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "each on 2 processes" in proc.stdout
+    for run in (study_dir / "search" / "gdas-s0", next((study_dir / "train").iterdir())):
+        assert "data-parallel over 2 processes" in (run / "log.txt").read_text(), run
+    assert (study_dir / "report.md").exists()

@@ -16,6 +16,7 @@ from nas.ops import (
     Zero,
     create_op,
     create_search_op,
+    is_parameter_free,
     list_ops,
     register_op,
 )
@@ -98,3 +99,14 @@ def test_unknown_op_lists_choices_and_suggests() -> None:
 def test_duplicate_registration_is_refused() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_op("sep_conv_3x3")(lambda C_in, C_out, s, a: nn.Identity())
+
+
+def test_classifying_an_op_leaves_the_seeded_stream_alone() -> None:
+    """is_parameter_free builds a probe op: it must not draw from the global generator, or a supernet built after
+    other code (a warm cache) would start from different weights than one built in a fresh process."""
+    is_parameter_free.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    assert not is_parameter_free("sep_conv_5x5")
+    assert torch.equal(torch.rand(4), expected)
