@@ -276,3 +276,26 @@ def compare_main(argv: list[str] | None = None) -> int:
                   quiet=args.quiet, nproc=args.nproc)
 
     return run_guarded(go)
+
+
+def bench201_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nas.bench201", description="Look a NAS-Bench-201 cell up in the benchmark: one JSON line "
+        "with its index, its train/valid/test accuracy on CIFAR-10, CIFAR-100 and ImageNet16-120 (200-epoch recipe, "
+        "and 12-epoch where the file has it), params (MB) and FLOPs (M) as the benchmark records them.")
+    parser.add_argument("genotype", metavar="GENOTYPE", help="an NB201 string, a genotype.json or a run directory")
+    parser.add_argument("--benchmark", required=True, metavar="PATH",
+                        help="NATS-Bench topology file (NATS-tss-v1_0-3ffb9-full) or its -simple directory")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        import json
+
+        from nas.bench201 import arch_string, load_benchmark, lookup
+        from nas.genotype import load_genotype
+
+        genotype = load_genotype(args.genotype)
+        arch_string(genotype)  # a DARTS-space genotype is refused before the benchmark is read
+        print(json.dumps(lookup(load_benchmark(args.benchmark), genotype)))
+
+    return run_guarded(go)

@@ -1,0 +1,103 @@
+"""NAS-Bench-201 ground truth: the benchmark's own record of a cell (Dong & Yang, ICLR 2020), read with the
+maintained NATS-Bench API (its topology search space is NAS-Bench-201's: ``pip install -e ".[bench]"``).
+
+A lookup gives the cell's index in the benchmark and its train/valid/test accuracy after the 200-epoch recipe (and
+the 12-epoch one where the file has it) on CIFAR-10, CIFAR-100 and ImageNet16-120, with params and FLOPs as the
+benchmark records them. CIFAR-10's train and valid accuracy come from the benchmark's "cifar10-valid" runs (trained
+on half of the training set), its test accuracy from the "cifar10" runs (trained on all of it), as the benchmark
+reports them.
+
+    python -m nas.bench201 GENOTYPE --benchmark PATH      GENOTYPE: an NB201 string, genotype.json or a run directory
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+from nas.errors import UserError
+from nas.genotype import Genotype, to_nb201_string
+
+DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
+RECIPES = ("200", "12")  # training epochs of the benchmark's two recipes
+INSTALL = 'pip install -e ".[bench]" (the NATS-Bench API, nats_bench)'
+
+
+class BenchmarkError(UserError):
+    """A benchmark file that is missing or unreadable, or a cell it does not hold."""
+
+
+def load_benchmark(path: str | Path) -> Any:
+    """The NATS-Bench topology API over ``path``: a NATS-tss file (.pickle.pbz2, read whole) or its "-simple"
+    directory (read per cell on demand)."""
+    try:
+        import nats_bench
+    except ImportError:
+        raise BenchmarkError(f"the NAS-Bench-201 lookup needs the NATS-Bench API: {INSTALL}") from None
+    p = Path(path)
+    if not p.exists():
+        raise BenchmarkError(f"benchmark file {str(path)!r} not found; get NATS-tss-v1_0-3ffb9-simple (a directory) "
+                             "or NATS-tss-v1_0-3ffb9-full as the README says")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the API prints as it loads
+            return nats_bench.create(str(p), "tss", fast_mode=p.is_dir(), verbose=False)
+    except Exception as e:  # the API fails in many ways on a file that is not its own
+        raise BenchmarkError(f"{str(path)!r} is not a readable NAS-Bench-201 / NATS-Bench topology benchmark "
+                             f"({type(e).__name__})") from None
+
+
+def arch_string(genotype: Genotype) -> str:
+    if genotype.space != "nb201":
+        raise BenchmarkError("NAS-Bench-201 holds only nb201-space cells; this genotype is in the "
+                             f"{genotype.space} space")
+    return to_nb201_string(genotype)
+
+
+def lookup(api: Any, genotype: Genotype) -> dict[str, Any]:
+    """The benchmark's record of ``genotype``: {"index", "arch", "200": {dataset: {train, valid, test}}, "12": ...,
+    "params_mb": {dataset: ...}, "flops_m": {dataset: ...}} (a recipe absent from the file is left out)."""
+    arch = arch_string(genotype)
+    with contextlib.redirect_stdout(io.StringIO()):
+        index = api.query_index_by_arch(arch)
+    if index is None or index < 0:
+        raise BenchmarkError(f"the benchmark has no cell {arch}")
+    out: dict[str, Any] = {"index": int(index), "arch": arch}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for hp in RECIPES:
+            if hp not in api.avaliable_hps:  # the API's own spelling
+                continue
+            out[hp] = {dataset: _accuracies(api, index, dataset, hp) for dataset in DATASETS}
+        hp = next(h for h in RECIPES if h in out)
+        costs = {dataset: api.get_cost_info(index, dataset, hp=hp) for dataset in DATASETS}
+    out["params_mb"] = {d: c["params"] for d, c in costs.items()}
+    out["flops_m"] = {d: c["flops"] for d, c in costs.items()}
+    return out
+
+
+def _accuracies(api: Any, index: int, dataset: str, hp: str) -> dict[str, float | None]:
+    """Train, valid and test accuracy (%) after the recipe's last epoch, averaged over the benchmark's seeds."""
+    if dataset == "cifar10":
+        half = api.get_more_info(index, "cifar10-valid", hp=hp, is_random=False)
+        whole = api.get_more_info(index, "cifar10", hp=hp, is_random=False)
+        return {"train": half["train-accuracy"], "valid": half.get("valid-accuracy"),
+                "test": whole.get("test-accuracy")}
+    info = api.get_more_info(index, dataset, hp=hp, is_random=False)
+    return {"train": info["train-accuracy"], "valid": info.get("valid-accuracy"), "test": info.get("test-accuracy")}
+
+
+def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The flat per-epoch numbers a search logs: bench_<dataset>_<split> under the 200-epoch recipe (or the 12-epoch
+    one when that is all the file has)."""
+    hp = "200" if "200" in record else "12"
+    return {f"bench_{d.lower().replace('-', '_')}_{split}": v for d, accs in record[hp].items()
+            for split, v in accs.items() if v is not None}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from nas.cli import bench201_main
+
+    sys.exit(bench201_main())
