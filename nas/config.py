@@ -153,6 +153,8 @@ class SearchOptions:
                                         "zero: a zero gradient once they have been stepped, so momentum and weight "
                                         "decay still move them (the official code under PyTorch 1.x)",
                                 choices=("none", "zero"))
+    benchmark: str = _key("", "nb201: a NATS-Bench topology file or -simple directory; each epoch's genotype is looked "
+                              "up in NAS-Bench-201 and its accuracy logged (pip install -e \".[bench]\")")
     tau_max: float = _key(10.0, "gdas: Gumbel-softmax temperature at the first epoch", low=0.0, low_open=True)
     tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
     tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
@@ -236,6 +238,9 @@ class SearchConfig:
         if s.unrolled and self.run.amp != "off":
             raise ConfigError(f"search.unrolled=true runs in float32 only (run.amp={self.run.amp!r}): its finite "
                               "differences are smaller than half precision resolves; valid: run.amp=off")
+        if s.benchmark and self.model.space != "nb201":
+            raise ConfigError(f"search.benchmark applies only to model.space=nb201 (NAS-Bench-201's cells), not "
+                              f"{self.model.space}")
         if self.model.space == "nb201" and s.derive == "gdas":
             raise ConfigError("search.derive=gdas applies only to model.space=darts; nb201 genotypes take the argmax "
                               "op of every edge (or search.derive=perturb)")

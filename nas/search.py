@@ -81,6 +81,27 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
+def benchmark_metrics(bench: Any, genotype: Any) -> dict[str, Any]:
+    """The benchmark's accuracies of an epoch's genotype, flat (bench_index, bench_<data set>_<split>); {} for a cell
+    the benchmark lacks."""
+    from nas.bench201 import BenchmarkError, epoch_metrics, lookup
+
+    try:
+        found = lookup(bench, genotype)
+    except BenchmarkError:
+        return {}
+    return {"bench_index": found["index"], **epoch_metrics(found)}
+
+
+def describe_truth(truth: dict[str, Any]) -> str:
+    """The epoch line's part: the benchmark's test accuracies of the epoch's cell."""
+    if not truth:
+        return "the benchmark has no record of this cell"
+    names = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("imagenet16_120", "ImageNet16-120"))
+    tests = [f"{label} {truth[f'bench_{key}_test']:.2f}%" for key, label in names if f"bench_{key}_test" in truth]
+    return f"test accuracy {', '.join(tests)} (index {truth['bench_index']})"
+
+
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result)."""
@@ -92,6 +113,11 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                         f"use a multiple of {world}")
     if world > 1 and s.unrolled:
         raise UserError("search.unrolled=true runs in one process only: its virtual step is not distributed")
+    bench = None
+    if s.benchmark:  # read before anything is written: a bad path ends the run here
+        from nas.bench201 import load_benchmark
+
+        bench = load_benchmark(s.benchmark)
     run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     if state is not None and state["epoch"] >= s.epochs and (run.dir / "genotype.json").exists():
@@ -232,10 +258,11 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             n_w, n_a = n_w * dist.world, n_a * dist.world  # every process had an equal share
             genotype = model.genotype(rule, s.max_skip)
             stats = edge_stats(genotype, dict(model.alpha), space.ops)
+            truth = benchmark_metrics(bench, genotype) if bench is not None else {}
             record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
                       "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
                       "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
-                      "peak_mib": peak_memory_mib(device), **stats}
+                      "peak_mib": peak_memory_mib(device), **stats, **truth}
             log.append("metrics.jsonl", record)
             log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
             log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
@@ -248,6 +275,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                       f"{record['images_per_s']:.0f} img/s{'  (warm-up: alpha frozen)' if warm else ''}")
             log.print(f"  genotype {genotype}")
             log.print(f"  {describe(stats)}")
+            if bench is not None:
+                log.print(f"  NAS-Bench-201: {describe_truth(truth)}")
             if board is not None:
                 board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)},
                               epoch + 1, "search")

@@ -111,3 +111,50 @@ def test_bad_input_is_one_line_and_exit_2(bench: Path, tmp_path: Path, capsys: p
     with pytest.raises(BenchmarkError):
         g = published_genotype("DARTS_V2") if case == "darts" else from_nb201_string(genotype)
         lookup(load_benchmark(path), g)
+
+
+SEARCH = ["model.space=nb201", "model.C=4", "model.layers=1", "data.synthetic.train=64", "data.image_size=8",
+          "data.batch_size=16", "search.epochs=2", "--quiet"]
+
+
+def test_a_search_logs_each_epochs_benchmark_accuracy(bench: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nas.cli import search_main
+
+    run_dir = tmp_path / "run"
+    # one candidate op: every epoch's genotype is the all-nor_conv_3x3 cell, which the test benchmark holds
+    assert search_main([*SEARCH, "model.ops=[nor_conv_3x3]", f"search.benchmark={bench}", f"run.dir={run_dir}"]) == 0
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2
+    for m in metrics:
+        assert m["bench_index"] == 2
+        assert m["bench_cifar10_test"] == accuracy(2, "cifar10", "ori-test", "200", 199)
+        assert m["bench_imagenet16_120_valid"] == accuracy(2, "ImageNet16-120", "x-valid", "200", 199)
+    test = accuracy(2, "cifar10", "ori-test", "200", 199)
+    assert f"NAS-Bench-201: test accuracy CIFAR-10 {test:.2f}%" in (run_dir / "log.txt").read_text()
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("search/bench_cifar100_test")] == pytest.approx(
+        [accuracy(2, "cifar100", "x-test", "200", 199)] * 2)
+
+    # a cell the benchmark lacks is said, not fatal
+    other = tmp_path / "other"
+    assert search_main([*SEARCH, "model.ops=[skip_connect]", f"search.benchmark={bench}", f"run.dir={other}"]) == 0
+    assert "NAS-Bench-201: the benchmark has no record of this cell" in (other / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.space=darts", "model.layers=3"], "search.benchmark applies only to model.space=nb201"),
+    (["search.benchmark={missing}"], "benchmark file '{missing}' not found"),
+])
+def test_a_search_with_a_bad_benchmark_writes_nothing(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      overrides: list[str], message: str) -> None:
+    from nas.cli import search_main
+
+    missing = tmp_path / "missing"
+    args = [*SEARCH, f"search.benchmark={bench}", *[o.format(missing=missing) for o in overrides],
+            f"run.dir={tmp_path / 'run'}"]
+    assert search_main(args) == 2
+    assert message.format(missing=missing) in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
