@@ -39,7 +39,7 @@ def _check_sgd(section: str, lr: float, lr_min: float, momentum: float, nesterov
         raise ConfigError(f"{section}.nesterov=true needs {section}.momentum > 0")
 
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagefolder")
+DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagenet16-120", "imagefolder")
 SPACES = ("darts", "nb201")
 MIXERS = ("gdas", "darts", "snas", "random")
 

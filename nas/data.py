@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from nas.config import DataConfig
-from nas.datasets import DataError, ImageSet, load_cifar, load_fashion_mnist, load_image_folder, make_synthetic
+from nas.datasets import (
+    DataError,
+    ImageSet,
+    load_cifar,
+    load_fashion_mnist,
+    load_image_folder,
+    load_imagenet16,
+    make_synthetic,
+)
 
 SYNTHETIC_SEEDS = {"train": 1_000, "test": 2_000}  # the synthetic set is the same for every run seed
 
@@ -26,6 +34,8 @@ def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
         data = load_cifar(cfg.name, root, split)
     elif cfg.name == "fashion-mnist":
         data = load_fashion_mnist(root, split)
+    elif cfg.name == "imagenet16-120":
+        data = load_imagenet16(root, split, 120)
     elif cfg.name == "imagefolder":
         if not root.is_dir():
             raise DataError(f"data.root={cfg.root!r} is not a folder; for data.name=imagefolder it must hold "
@@ -48,7 +58,8 @@ def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
 
 def dataset_info(cfg: DataConfig) -> tuple[int, int, int]:
     """(classes, channels, image side) of the configured data set, without reading its images."""
-    native = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "fashion-mnist": (10, 1, 28)}
+    native = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "fashion-mnist": (10, 1, 28),
+              "imagenet16-120": (120, 3, 16)}
     if cfg.name in native:
         classes, channels, size = native[cfg.name]
     elif cfg.name == "synthetic":

@@ -61,14 +61,14 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
+def _unpickle(path: Path, kind: str = "a CIFAR") -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             obj = _SafeUnpickler(f, encoding="latin1").load()
     except Exception as e:  # a damaged file can fail in many ways inside pickle; all mean "not a batch file"
-        raise DataError(f"{path} is not a CIFAR python batch file ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path} is not {kind} python batch file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path} is not a CIFAR python batch file")
+        raise DataError(f"{path} is not {kind} python batch file")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -102,6 +102,37 @@ def load_cifar(name: str, root: Path, split: str) -> ImageSet:
         if isinstance(names, list) and len(names) == num:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     return ImageSet(torch.cat(images), torch.cat(labels), classes)
+
+
+IMAGENET16_TRAIN = [f"train_data_batch_{i}" for i in range(1, 11)]
+IMAGENET16_TEST = ["val_data"]
+
+
+def load_imagenet16(root: Path, split: str, classes: int = 120) -> ImageSet:
+    """Down-sampled ImageNet at 16x16 (Chrabaszcz et al. 2017) as NAS-Bench-201 uses it: the python batch files
+    train_data_batch_1..10 (training) and val_data (its test split) in ``root``, keeping the first ``classes``
+    classes (labels 1..1000 in the files, 0-based here)."""
+    images, labels = [], []
+    for fname in IMAGENET16_TRAIN if split == "train" else IMAGENET16_TEST:
+        path = root / fname
+        if not path.is_file():
+            raise DataError(f"ImageNet16 file {path} is missing; data.root must hold train_data_batch_1 ... "
+                            "train_data_batch_10 and val_data, the 16x16 down-sampled ImageNet (Imagenet16_train.zip "
+                            "and Imagenet16_val.zip from image-net.org, which needs a login)")
+        batch = _unpickle(path, "an ImageNet16")
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 16, 16)
+            lab = np.asarray(batch["labels"], dtype=np.int64)
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{path} is not an ImageNet16 batch ({e})") from None
+        if len(data) != len(lab):
+            raise DataError(f"{path} holds {len(data)} images but {len(lab)} labels")
+        if len(lab) and (lab.min() < 1 or lab.max() > 1000):
+            raise DataError(f"{path} has labels outside 1..1000")
+        keep = lab <= classes
+        images.append(torch.from_numpy(data[keep].copy()))
+        labels.append(torch.from_numpy(lab[keep] - 1))
+    return ImageSet(torch.cat(images), torch.cat(labels), [str(i) for i in range(classes)])
 
 
 def _download_cifar(name: str, root: Path) -> None:

@@ -246,10 +246,12 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
         board.close()
 
     test_loss, test_acc = progress_state["test"]
+    # every epoch's peak, earlier sessions' included (rank 0 holds the records; the others only their own)
+    peaks = [r["peak_mib"] for r in read_jsonl(run.dir / "metrics.jsonl")] if dist.main else [peak_memory_mib(device)]
     # The result is the last epoch's test accuracy: picking the best epoch by test accuracy would select on the
     # test set (the curve stays in metrics.jsonl).
     results = {"final_test_acc": test_acc, "final_test_loss": test_loss, "params": params, "flops": flops,
-               "epochs": t.epochs, "peak_mib": max(r["peak_mib"] for r in read_jsonl(run.dir / "metrics.jsonl")),
+               "epochs": t.epochs, "peak_mib": max(peaks),
                "wall_time_s": progress_state["wall"] + time.perf_counter() - start,
                "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}

@@ -4,6 +4,7 @@ written here in tmp_path; no test touches the network."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import shlex
@@ -381,3 +382,55 @@ def test_imagefolder_errors_name_the_path(tmp_path, make, split, as_root):
     with pytest.raises(DataError) as e:
         _folder(path if as_root else tmp_path, split)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def write_fake_imagenet16(root: Path, per_batch: int = 12) -> Path:
+    """The down-sampled ImageNet 16x16 batch files as NAS-Bench-201 reads them: pickled dicts of 'data' (N, 768)
+    uint8 rows, channel-major, and 'labels' 1..1000."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
+        labels = [int(x) for x in rng.integers(1, 241, per_batch)]  # half of them beyond the first 120 classes
+        labels[0], labels[1] = 1, 120
+        data = np.stack([np.full(768, label % 256, dtype=np.uint8) for label in labels])
+        with (root / name).open("wb") as f:
+            pickle.dump({"data": data, "labels": labels, "mean": np.zeros(768)}, f, protocol=2)
+    return root
+
+
+def test_imagenet16_keeps_the_first_120_classes_as_nas_bench_201_does(tmp_path: Path) -> None:
+    root = write_fake_imagenet16(tmp_path / "ImageNet16")
+    cfg = DataConfig(name="imagenet16-120", root=str(root))
+    for split, files in (("train", 10), ("test", 1)):
+        data = load_dataset(cfg, split)
+        raw = [pickle.loads((root / name).read_bytes(), encoding="latin1")["labels"]
+               for name in ([f"train_data_batch_{i}" for i in range(1, 11)] if split == "train" else ["val_data"])]
+        kept = [label for batch in raw for label in batch if label <= 120]
+        assert len(raw) == files and data.images.shape == (len(kept), 3, 16, 16) and data.images.dtype == torch.uint8
+        assert data.labels.tolist() == [label - 1 for label in kept]  # 0-based
+        assert data.labels.min() >= 0 and data.labels.max() <= 119 and len(data.classes) == 120
+        assert torch.equal(data.images[:, 0, 0, 0], torch.tensor([label % 256 for label in kept], dtype=torch.uint8))
+
+
+def test_imagenet16_errors_name_the_missing_file(tmp_path: Path) -> None:
+    root = write_fake_imagenet16(tmp_path / "ImageNet16")
+    (root / "train_data_batch_7").unlink()
+    with pytest.raises(DataError, match="ImageNet16 file .*train_data_batch_7 is missing; data.root must hold"):
+        load_dataset(DataConfig(name="imagenet16-120", root=str(root)), "train")
+    (root / "val_data").write_bytes(b"junk")
+    with pytest.raises(DataError, match="is not an ImageNet16 python batch file"):
+        load_dataset(DataConfig(name="imagenet16-120", root=str(root)), "test")
+
+
+def test_a_search_runs_on_imagenet16_120(tmp_path: Path) -> None:
+    from nas.cli import search_main
+    from nas.genotype import read_genotype
+
+    root = write_fake_imagenet16(tmp_path / "ImageNet16", per_batch=16)
+    run_dir = tmp_path / "run"
+    assert search_main(["data.name=imagenet16-120", f"data.root={root}", "model.space=nb201", "model.C=4",
+                        "model.layers=1", "data.batch_size=8", "search.epochs=1", "run.tensorboard=false",
+                        f"run.dir={run_dir}", "--quiet"]) == 0
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["data"]["classes"] == 120 and meta["data"]["image_shape"] == [3, 16, 16]
+    assert read_genotype(run_dir / "genotype.json").space == "nb201"
