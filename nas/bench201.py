@@ -95,6 +95,25 @@ def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
             for split, v in accs.items() if v is not None}
 
 
+def epoch_lookup(api: Any, genotype: Genotype) -> dict[str, Any]:
+    """What a search logs for an epoch's genotype: bench_index and epoch_metrics; {} for a cell the benchmark
+    lacks (said in the epoch line, not fatal)."""
+    try:
+        found = lookup(api, genotype)
+    except BenchmarkError:
+        return {}
+    return {"bench_index": found["index"], **epoch_metrics(found)}
+
+
+def describe_epoch(truth: dict[str, Any]) -> str:
+    """The epoch line's part: the benchmark's test accuracies of the epoch's cell."""
+    if not truth:
+        return "the benchmark has no record of this cell"
+    names = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("imagenet16_120", "ImageNet16-120"))
+    tests = [f"{label} {truth[f'bench_{key}_test']:.2f}%" for key, label in names if f"bench_{key}_test" in truth]
+    return f"test accuracy {', '.join(tests)} (index {truth['bench_index']})"
+
+
 if __name__ == "__main__":
     import sys
 

@@ -66,13 +66,9 @@ def follow_parent() -> None:
     # Under torchrun (compare.py --nproc) the parent is torchrun, which the study started with the same setting:
     # the study's death kills torchrun, whose death kills this process.
     launched = "TORCHELASTIC_RUN_ID" in os.environ
-    import ctypes
-    import signal
+    from nas.compare import die_with_parent
 
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
+    if not die_with_parent():
         return
     if not launched and os.getppid() != int(parent):  # the study died before the line above
         os._exit(137)

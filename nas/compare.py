@@ -201,15 +201,18 @@ def launcher(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "nas"]
 
 
-def die_with_parent() -> None:
-    """In a child before it starts: the kernel kills it (SIGKILL) when the study dies, even by SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def die_with_parent() -> bool:
+    """Have the kernel kill this process (SIGKILL) when its parent dies, even by SIGKILL (Linux; PR_SET_PDEATHSIG).
+    Called by a run a study started, and in a torchrun child before it starts. Returns whether it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
 
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 @dataclass

@@ -85,9 +85,7 @@ class Dist:
 
     def broadcast_parameters(self, model: nn.Module) -> None:
         """Make every process hold rank 0's parameters and buffers (once, at the start)."""
-        if self.active:
-            for t in [*model.parameters(), *model.buffers()]:
-                dist.broadcast(t.data, src=0)
+        self._broadcast([*model.parameters(), *model.buffers()])
 
     def agree(self, stop: Any, loss: torch.Tensor) -> bool:
         """Once per step: whether the loss is non-finite on any process, and, should a signal have reached any
@@ -103,19 +101,33 @@ class Dist:
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) on every process, so that evaluation mode computes the
         same function everywhere."""
+        self._broadcast(list(model.buffers()))
+
+    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
         if self.active:
-            for t in model.buffers():
+            for t in tensors:
                 dist.broadcast(t.data, src=0)
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
+    def describe(self, batch_size: int, sync_bn: bool) -> str:
+        """The run's line on how it is spread over the processes."""
+        return (f"data-parallel over {self.world} processes: {batch_size // self.world} images of each batch per "
+                f"process{', global BatchNorm statistics' if sync_bn else ''}")
 
 
 def from_environment() -> Dist:
     """The Dist that torchrun's environment describes (one process when there is none)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return Dist(rank=int(os.environ.get("RANK", "0")), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def check_global_batch(batch_size: int) -> int:
+    """The number of processes, once the global batch is known to split evenly over them (before anything is
+    written)."""
+    world = from_environment().world
+    if batch_size % world:
+        raise UserError(f"data.batch_size={batch_size} does not split evenly over {world} processes; use a multiple "
+                        f"of {world}")
+    return world
 
 
 def is_main_process() -> bool:
@@ -177,14 +189,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        all_reduce = sum_over_processes
         c = x.shape[1]
-        local = torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() / c)])
-        total = all_reduce(local)
+        total = sum_over_processes(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() / c)]))
         n = total[c]
         mean = total[:c] / n
         centred = x - mean.view(1, c, 1, 1)
-        var = all_reduce((centred * centred).sum((0, 2, 3))) / n  # two passes: as exact as one process's BN
+        var = sum_over_processes((centred * centred).sum((0, 2, 3))) / n  # two passes: as exact as one process's BN
         y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
         if self.affine:
             y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
@@ -194,8 +204,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.num_batches_tracked.add_(1)
                 m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                count = float(n)
-                unbiased = var.detach() * (count / (count - 1)) if count > 1 else var.detach()
+                unbiased = var.detach() * (n / (n - 1).clamp_min(1))  # on the device: no sync per BatchNorm
                 self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
         return y
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
 from nas.checkpoint import (
     GracefulStop,
     NumericalFault,
@@ -25,7 +26,7 @@ from nas.checkpoint import (
 from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig, UserError, dump_yaml
 from nas.data import Batches, batch_seed, bilevel_split, channel_stats, load_dataset
-from nas.distributed import Dist, from_environment, use_global_batchnorm
+from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, Run, peak_memory_mib, record_data
 from nas.spaces import search_space
@@ -81,43 +82,15 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-def benchmark_metrics(bench: Any, genotype: Any) -> dict[str, Any]:
-    """The benchmark's accuracies of an epoch's genotype, flat (bench_index, bench_<data set>_<split>); {} for a cell
-    the benchmark lacks."""
-    from nas.bench201 import BenchmarkError, epoch_metrics, lookup
-
-    try:
-        found = lookup(bench, genotype)
-    except BenchmarkError:
-        return {}
-    return {"bench_index": found["index"], **epoch_metrics(found)}
-
-
-def describe_truth(truth: dict[str, Any]) -> str:
-    """The epoch line's part: the benchmark's test accuracies of the epoch's cell."""
-    if not truth:
-        return "the benchmark has no record of this cell"
-    names = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("imagenet16_120", "ImageNet16-120"))
-    tests = [f"{label} {truth[f'bench_{key}_test']:.2f}%" for key, label in names if f"bench_{key}_test" in truth]
-    return f"test accuracy {', '.join(tests)} (index {truth['bench_index']})"
-
-
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result)."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     s = cfg.search
-    world = from_environment().world  # under torchrun: checked before anything is written
-    if cfg.data.batch_size % world:
-        raise UserError(f"data.batch_size={cfg.data.batch_size} does not split evenly over {world} processes; "
-                        f"use a multiple of {world}")
+    world = check_global_batch(cfg.data.batch_size)  # under torchrun: checked before anything is written
     if world > 1 and s.unrolled:
         raise UserError("search.unrolled=true runs in one process only: its virtual step is not distributed")
-    bench = None
-    if s.benchmark:  # read before anything is written: a bad path ends the run here
-        from nas.bench201 import load_benchmark
-
-        bench = load_benchmark(s.benchmark)
+    bench = load_benchmark(s.benchmark) if s.benchmark else None  # read before anything is written
     run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     if state is not None and state["epoch"] >= s.epochs and (run.dir / "genotype.json").exists():
@@ -168,8 +141,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
               f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} steps of 2 x {cfg.data.batch_size} "
               f"images per epoch, {s.epochs} epochs")
     if dist.active:
-        log.print(f"data-parallel over {dist.world} processes: {cfg.data.batch_size // dist.world} images of each "
-                  f"batch per process{', global BatchNorm statistics' if cfg.run.sync_bn else ''}")
+        log.print(dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
     start_epoch, start_step, partial = 0, 0, None
@@ -258,7 +230,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             n_w, n_a = n_w * dist.world, n_a * dist.world  # every process had an equal share
             genotype = model.genotype(rule, s.max_skip)
             stats = edge_stats(genotype, dict(model.alpha), space.ops)
-            truth = benchmark_metrics(bench, genotype) if bench is not None else {}
+            truth = epoch_lookup(bench, genotype) if bench is not None else {}
             record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
                       "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
                       "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
@@ -276,7 +248,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             log.print(f"  genotype {genotype}")
             log.print(f"  {describe(stats)}")
             if bench is not None:
-                log.print(f"  NAS-Bench-201: {describe_truth(truth)}")
+                log.print(f"  NAS-Bench-201: {describe_epoch(truth)}")
             if board is not None:
                 board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)},
                               epoch + 1, "search")

@@ -26,7 +26,7 @@ from nas.checkpoint import (
 )
 from nas.config import TrainConfig, UserError, dump_yaml, to_dict
 from nas.data import Batches, channel_stats, dataset_info, load_dataset
-from nas.distributed import Dist, from_environment, is_main_process, use_global_batchnorm
+from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
 from nas.runlog import (
@@ -91,10 +91,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     the run directory and returns it."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
-    world = from_environment().world  # under torchrun: checked before anything is written
-    if cfg.data.batch_size % world:
-        raise UserError(f"data.batch_size={cfg.data.batch_size} does not split evenly over {world} processes; "
-                        f"use a multiple of {world}")
+    check_global_batch(cfg.data.batch_size)  # under torchrun: checked before anything is written
     run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     t = cfg.train
@@ -142,8 +139,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     log.print(f"{cfg.data.name}: {train.num_images} training images, {test.num_images} test images, {num_classes} "
               f"classes; {params / 1e6:.3f}M parameters, {flops / 1e6:.1f}M multiply-adds per image; device {device}")
     if dist.active:
-        log.print(f"data-parallel over {dist.world} processes: {cfg.data.batch_size // dist.world} images of each "
-                  f"batch per process{', global BatchNorm statistics' if cfg.run.sync_bn else ''}")
+        log.print(dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
     progress_state: dict[str, Any] = {"test": [float("nan"), float("nan")], "train_time": 0.0, "seen": 0,
