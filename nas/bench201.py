@@ -22,6 +22,7 @@ from nas.genotype import Genotype, to_nb201_string
 
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 RECIPES = ("200", "12")  # training epochs of the benchmark's two recipes
+BENCH_DATA = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet16-120": "ImageNet16-120"}  # data.name: API's
 INSTALL = 'pip install -e ".[bench]" (the NATS-Bench API, nats_bench)'
 
 
@@ -30,13 +31,13 @@ class BenchmarkError(UserError):
 
 
 def load_benchmark(path: str | Path) -> Any:
-    """The NATS-Bench topology API over ``path``: a NATS-tss file (.pickle.pbz2, read whole) or its "-simple"
-    directory (read per cell on demand)."""
+    """The NATS-Bench topology API over ``path`` (``~`` expanded): a NATS-tss file (.pickle.pbz2, read whole) or its
+    "-simple" directory (read per cell on demand)."""
     try:
         import nats_bench
     except ImportError:
         raise BenchmarkError(f"the NAS-Bench-201 lookup needs the NATS-Bench API: {INSTALL}") from None
-    p = Path(path)
+    p = Path(path).expanduser()  # "~/..." in a key=value override reaches us unexpanded
     if not p.exists():
         raise BenchmarkError(f"benchmark file {str(path)!r} not found; get NATS-tss-v1_0-3ffb9-simple (a directory) "
                              "or NATS-tss-v1_0-3ffb9-full as the README says")
@@ -85,6 +86,16 @@ def _accuracies(api: Any, index: int, dataset: str, hp: str) -> dict[str, float 
                 "test": whole.get("test-accuracy")}
     info = api.get_more_info(index, dataset, hp=hp, is_random=False)
     return {"train": info["train-accuracy"], "valid": info.get("valid-accuracy"), "test": info.get("test-accuracy")}
+
+
+def score(record: dict[str, Any], data: str) -> dict[str, Any]:
+    """What a comparison study scores a cell by: the benchmark's test accuracy on ``data`` (a data.name: cifar10,
+    cifar100 or imagenet16-120) under the 200-epoch recipe (the 12-epoch one when that is all the file has), with
+    params and FLOPs as the benchmark records them for that data set."""
+    name = BENCH_DATA[data]
+    hp = "200" if "200" in record else "12"
+    return {"data": name, "recipe": hp, "test_acc": record[hp][name]["test"],
+            "params": record["params_mb"][name] * 1e6, "flops": record["flops_m"][name] * 1e6}
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:

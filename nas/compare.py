@@ -12,12 +12,14 @@ scheduler can run the same command lines (--plan). The report is built from what
     STUDY/search/<m>-s<seed>/        search runs
     STUDY/random/random-<i>/         random cells (genotype.json, cells/ drawings)
     STUDY/train/<cell>-e<seed>/      training runs, <cell> = <m>-s<seed> or random-<i>
+    STUDY/bench/<cell>.json          with eval.benchmark (NB201): the cell's NAS-Bench-201 record, instead of trainings
     STUDY/report.md, report.json, plots/, log.txt, failures.json
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -39,7 +41,7 @@ from nas.report import Cell, SearchRun, StudyLayout, write_report
 
 STUDY_FILE = "study.yaml"
 STUDY_FILES = (STUDY_FILE, "report.md", "report.json", "log.txt", "meta.json", "failures.json", ".lock")
-STUDY_DIRS = ("configs", "search", "random", "train", "plots")
+STUDY_DIRS = ("configs", "search", "random", "train", "bench", "plots")
 RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
 
 
@@ -55,7 +57,8 @@ def layout(study_dir: Path, cfg: StudyConfig) -> StudyLayout:
     cells = [Cell(f"{r.method}-s{r.seed}", r.method, r.seed, r.dir) for r in searches]
     cells += [Cell(f"random-{i}", "random", None, study_dir / "random" / f"random-{i}")
               for i in range(cfg.random.samples)]
-    trainings = {c.id: [(e, study_dir / "train" / f"{c.id}-e{e}") for e in cfg.eval.seeds] for c in cells}
+    seeds = () if cfg.eval.benchmark else cfg.eval.seeds  # a benchmark study looks its cells up instead
+    trainings = {c.id: [(e, study_dir / "train" / f"{c.id}-e{e}") for e in seeds] for c in cells}
     return StudyLayout(study_dir, cfg, searches, cells, trainings)
 
 
@@ -117,6 +120,8 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
     if cfg.data.name != "synthetic":  # a missing or damaged data set fails here, not in the first run
         for split in ("train", "test"):
             load_dataset(cfg.data, split)
+    if cfg.eval.benchmark:  # and a benchmark file that cannot be read
+        open_benchmark(cfg.eval.benchmark)
     study_dir = Path(cfg.run.dir or os.path.join("runs", f"{name}-{datetime.now():%Y%m%d-%H%M%S}"))
     if study_dir.exists() and not study_dir.is_dir():
         raise UserError(f"run.dir={str(study_dir)!r} is a file, not a directory")
@@ -140,7 +145,8 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
 
     for method in dict.fromkeys([*cfg.methods, *cfg.per_method]):
         atomic_write_text(study_dir / "configs" / f"search-{method}.yaml", dump_yaml(cfg.search_config(method, 0)))
-    atomic_write_text(study_dir / "configs" / "train.yaml", dump_yaml(cfg.train_config(cfg.eval.seeds[0])))
+    if not cfg.eval.benchmark:
+        atomic_write_text(study_dir / "configs" / "train.yaml", dump_yaml(cfg.train_config(cfg.eval.seeds[0])))
     space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
     rng = random.Random(cfg.random.seed)
     lay = layout(study_dir, cfg)
@@ -170,6 +176,62 @@ def load_study(study_dir: str | Path, overrides: Sequence[str] = ()) -> StudyLay
                             f"settings); valid when continuing: {', '.join(RESUMABLE)}")
     cfg = load_config(StudyConfig, path / STUDY_FILE, list(overrides))
     return layout(path, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- benchmark lookups
+
+@functools.lru_cache(maxsize=1)
+def open_benchmark(path: str) -> Any:
+    """The NAS-Bench-201 API over ``path``, read once per process (the whole file takes minutes to read)."""
+    from nas.bench201 import load_benchmark
+
+    return load_benchmark(path)
+
+
+def unscored(lay: StudyLayout) -> list[Cell]:
+    """With eval.benchmark: the cells whose genotype exists but whose benchmark record is missing or stale."""
+    from nas.genotype import read_genotype, to_nb201_string
+
+    out = []
+    for cell in lay.cells:
+        if not (cell.source / "genotype.json").exists():
+            continue
+        path = lay.lookup_file(cell)
+        record = json.loads(path.read_text()) if path.exists() else None
+        if record is None or record["arch"] != to_nb201_string(read_genotype(cell.source / "genotype.json")):
+            out.append(cell)
+    return out
+
+
+def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
+    """Look every found or drawn cell that has no record yet up in the benchmark (eval.benchmark) and write its
+    record to bench/<cell>.json; a cell that cannot be looked up is recorded in ``failures`` as bench/<cell>."""
+    from nas.bench201 import BenchmarkError, describe_epoch, epoch_metrics, lookup
+    from nas.genotype import read_genotype
+    from nas.runlog import atomic_write_text
+
+    todo = unscored(lay)
+    if not todo:
+        return
+    try:
+        api = open_benchmark(lay.cfg.eval.benchmark)
+    except BenchmarkError as e:
+        for cell in todo:
+            failures[f"bench/{cell.id}"] = str(e)
+        log.print(f"FAILED the NAS-Bench-201 lookup of {len(todo)} cells: {e}")
+        return
+    (lay.dir / "bench").mkdir(exist_ok=True)
+    for cell in todo:
+        try:
+            record = lookup(api, read_genotype(cell.source / "genotype.json"))
+        except BenchmarkError as e:
+            failures[f"bench/{cell.id}"] = str(e)
+            log.print(f"FAILED bench/{cell.id}: {e}")
+            continue
+        atomic_write_text(lay.lookup_file(cell), json.dumps(record, indent=2) + "\n")
+        failures.pop(f"bench/{cell.id}", None)
+        truth = {"bench_index": record["index"], **epoch_metrics(record)}
+        log.print(f"NAS-Bench-201: {cell.id}: {describe_epoch(truth)}")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -326,7 +388,7 @@ def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: 
         study_dir = lay.dir
     todo = [p for p in pieces(lay) if p.status() != "done"]
     if plan:
-        print_plan(todo, study_dir, nproc)
+        print_plan(todo, study_dir, nproc, benchmark=bool(lay.cfg.eval.benchmark))
         return study_dir
 
     with study_lock(study_dir):
@@ -347,22 +409,31 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
     failures: dict[str, str] = json.loads(failures_path.read_text()) if failures_path.exists() else {}
     slots = job_settings(lay.cfg, jobs, nproc)
     n_search = sum(1 for p in todo if p.kind == "search")
+    bench = lay.cfg.eval.benchmark
+    scoring = f"{len(lay.cells)} cells looked up in NAS-Bench-201 ({bench})" if bench \
+        else f"{len(lay.cells)} cells x {len(lay.cfg.eval.seeds)} training seeds"
     log.print(f"study {study_dir}: {len(lay.cfg.methods)} methods x {len(lay.cfg.seeds)} seeds, "
-              f"{lay.cfg.random.samples} random cells, {len(lay.cells)} cells x {len(lay.cfg.eval.seeds)} training "
-              f"seeds; to run: {n_search} searches and {len(todo) - n_search} trainings, {jobs} at a time"
+              f"{lay.cfg.random.samples} random cells, {scoring}; to run: {n_search} searches and "
+              f"{len(todo) - n_search} trainings, {jobs} at a time"
               + (f", each on {nproc} processes" if nproc > 1 else "")
               + (f" ({' '.join(slots[0][0])} each)" if slots[0][0] else ""))
     stopped = run_pieces(todo, jobs, slots, extra, log, quiet, failures, nproc)
+    if lay.cfg.eval.benchmark:
+        score_cells(lay, log, failures)
     atomic_write_text(failures_path, json.dumps(failures, indent=2) + "\n")
     log.print(f"report: {write_report(lay, failures)}")
     hint = f"python compare.py --resume {study_dir}"
     if stopped is not None:
         raise Stopped(stopped, f"stopped the study; its runs checkpointed; continue with: {hint}")
-    everything = pieces(lay)
-    left = [p for p in everything if p.status() != "done"]
+    everything = [p.name for p in pieces(lay)]
+    left = [p.name for p in pieces(lay) if p.status() != "done"]
+    if lay.cfg.eval.benchmark:
+        everything += [f"bench/{c.id}" for c in lay.cells]
+        left += [f"bench/{c.id}" for c in unscored(lay)]
     if left:
-        first = next(iter(failures.items()), (left[0].name, "did not run: what it needs failed"))
-        raise RunsFailed(f"{len(left)} of {len(everything)} runs did not finish ({first[0]}: {first[1]}); the "
+        first = next(iter(failures.items()), (left[0], "did not run: what it needs failed"))
+        what = "runs and lookups" if lay.cfg.eval.benchmark else "runs"
+        raise RunsFailed(f"{len(left)} of {len(everything)} {what} did not finish ({first[0]}: {first[1]}); the "
                          f"report lists them; fix the cause and continue with: {hint}")
 
 
@@ -389,7 +460,7 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         yield
 
 
-def print_plan(todo: list[Piece], study_dir: Path, nproc: int = 1) -> None:
+def print_plan(todo: list[Piece], study_dir: Path, nproc: int = 1, benchmark: bool = False) -> None:
     """One command line per run still to do, in an order that works when run top to bottom; the trainings of
     searched cells need their search's genotype.json (a note on stderr says which lines are free to start)."""
     free = sum(1 for p in todo if p.needs is None)
@@ -397,6 +468,11 @@ def print_plan(todo: list[Piece], study_dir: Path, nproc: int = 1) -> None:
                                                         "nas"]
     for p in todo:
         print(shlex.join([*start, *p.command()]))
+    if benchmark:
+        print(f"# {len(todo)} searches, all free to start at once; nothing is retrained. When they are done: python "
+              f"compare.py --report {study_dir} looks every cell up in NAS-Bench-201 and writes the report",
+              file=sys.stderr)
+        return
     print(f"# {len(todo)} runs: the first {free} can start at once; each of the other {len(todo) - free} trains a "
           "searched cell and needs its search's genotype.json. When they are done: "
           f"python compare.py --report {study_dir}", file=sys.stderr)
@@ -407,4 +483,9 @@ def report_study(study_dir: str | Path) -> Path:
     lay = load_study(study_dir)
     path = lay.dir / "failures.json"
     failures = json.loads(path.read_text()) if path.exists() else {}
+    if lay.cfg.eval.benchmark:
+        from nas.runlog import RunLog, atomic_write_text
+
+        score_cells(lay, RunLog(lay.dir), failures)
+        atomic_write_text(path, json.dumps(failures, indent=2) + "\n")
     return write_report(lay, failures)

@@ -290,6 +290,7 @@ class TrainConfig:
                               "both to 0 for model.space=nb201")
 
 
+BENCHMARK_DATA = ("cifar10", "cifar100", "imagenet16-120")  # the data sets NAS-Bench-201 trained every cell on
 STUDY_SECTIONS = ("seed", "data", "model", "run", "eval", "random", "methods", "seeds", "per_method")
 
 
@@ -314,6 +315,10 @@ class EvalRecipe:
     data: EvalData = _key(EvalData(), "batches for retraining; the data set itself is the study's data section")
     model: NetworkConfig = _key(NetworkConfig(), "the network built from each genotype")
     train: TrainOptions = _key(TrainOptions(), "training from scratch")
+    benchmark: str = _key("", "nb201: score each genotype by its NAS-Bench-201 record instead of retraining it (a "
+                              "NATS-Bench topology file or -simple directory; the recipe keys above are then unused)")
+    benchmark_data: str | None = _key(None, "with eval.benchmark: the benchmark data set whose test accuracy scores a "
+                                            "cell (null: data.name)", choices=(None, *BENCHMARK_DATA))
 
 
 @dataclass(frozen=True)
@@ -348,11 +353,25 @@ class StudyConfig:
                                   "with a letter, and not 'random' (the random baseline's name)")
         for name in (*self.methods, *(m for m in self.per_method if m not in self.methods)):
             self.search_config(name, self.seeds[0])
+        if self.eval.benchmark:
+            self.benchmark_data()
+            return  # nothing is retrained: the recipe is unused
         space = self.eval.model.space
         if space is not None and space != self.model.space:
             raise ConfigError(f"eval.model.space={space} differs from model.space={self.model.space}: a study "
                               "trains the genotypes its supernet searched; set eval.model.space=null")
         self.train_config(self.eval.seeds[0])
+
+    def benchmark_data(self) -> str:
+        """With eval.benchmark: the data set (data.name spelling) whose benchmark test accuracy scores a cell."""
+        if self.model.space != "nb201":
+            raise ConfigError(f"eval.benchmark applies only to model.space=nb201 (NAS-Bench-201's cells), not "
+                              f"{self.model.space}; retrain the cells instead (leave eval.benchmark empty)")
+        name = self.eval.benchmark_data or self.data.name
+        if name not in BENCHMARK_DATA:
+            raise ConfigError(f"eval.benchmark scores a cell on one of NAS-Bench-201's data sets and data.name={name} "
+                              f"is not one; set eval.benchmark_data to one of {', '.join(BENCHMARK_DATA)}")
+        return name
 
     def method_options(self, name: str) -> SearchOptions:
         """The search section as method ``name`` runs it: the shared keys, its own per_method keys on top, and its

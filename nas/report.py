@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from nas.bench201 import BENCH_DATA, score
 from nas.collapse import WHY, dominated, normal_free
 from nas.config import StudyConfig, to_dict
-from nas.genotype import Genotype, op_counts, read_genotype
+from nas.genotype import Genotype, op_counts, read_genotype, to_nb201_string
 from nas.runlog import atomic_write_text, read_jsonl
 
 
@@ -47,7 +48,11 @@ class StudyLayout:
     cfg: StudyConfig
     searches: list[SearchRun]
     cells: list[Cell]
-    trainings: dict[str, list[tuple[int, Path]]]   # cell id -> (training seed, run directory)
+    trainings: dict[str, list[tuple[int, Path]]]   # cell id -> (training seed, run directory); none with a benchmark
+
+    def lookup_file(self, cell: Cell) -> Path:
+        """With eval.benchmark: where the cell's NAS-Bench-201 record is written."""
+        return self.dir / "bench" / f"{cell.id}.json"
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -105,20 +110,31 @@ def read_search(run: SearchRun, ops: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def read_cell(cell: Cell, trainings: list[tuple[int, Path]], study_dir: Path) -> dict[str, Any]:
+def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
+    """A cell's genotype and its scores: the final test accuracy of each training (keyed by training seed), or with
+    eval.benchmark its NAS-Bench-201 test accuracy (keyed "benchmark") and the benchmark's whole record."""
     g: Genotype | None = read_genotype(cell.source / "genotype.json") if (cell.source / "genotype.json").exists() \
         else None
-    results = {seed: _json(d / "results.json") for seed, d in trainings}
+    results = {seed: _json(d / "results.json") for seed, d in lay.trainings[cell.id]}
     done = {seed: r for seed, r in results.items() if r is not None}
-    drawings = sorted(str(p.relative_to(study_dir)) for p in (cell.source / "cells").glob("*.png")) if g else []
+    drawings = sorted(str(p.relative_to(lay.dir)) for p in (cell.source / "cells").glob("*.png")) if g else []
     first = next(iter(done.values()), None)
-    return {"id": cell.id, "method": cell.method, "seed": cell.seed, "genotype": str(g) if g else None,
-            "genotype_json": g.to_dict() if g else None, "ops": op_counts(g) if g else None,
-            "normal_param_free": list(normal_free(g)) if g else None, "dominated": dominated(g) if g else None,
-            "test_acc": {str(s): r["final_test_acc"] for s, r in done.items()},
-            "params": first["params"] if first else None, "flops": first["flops"] if first else None,
-            "train_time_s": [r["wall_time_s"] for r in done.values()],
-            "train_peak_mib": [r.get("peak_mib") for r in done.values()], "drawings": drawings}
+    out = {"id": cell.id, "method": cell.method, "seed": cell.seed, "genotype": str(g) if g else None,
+           "genotype_json": g.to_dict() if g else None, "ops": op_counts(g) if g else None,
+           "normal_param_free": list(normal_free(g)) if g else None, "dominated": dominated(g) if g else None,
+           "test_acc": {str(s): r["final_test_acc"] for s, r in done.items()},
+           "params": first["params"] if first else None, "flops": first["flops"] if first else None,
+           "train_time_s": [r["wall_time_s"] for r in done.values()],
+           "train_peak_mib": [r.get("peak_mib") for r in done.values()], "drawings": drawings}
+    if lay.cfg.eval.benchmark:
+        record = _json(lay.lookup_file(cell)) if g else None  # below: not a stale record of another cell
+        if g is not None and record is not None and record["arch"] == to_nb201_string(g):
+            found = score(record, lay.cfg.benchmark_data())
+            out.update(test_acc={} if found["test_acc"] is None else {"benchmark": found["test_acc"]},
+                       params=found["params"], flops=found["flops"], benchmark=record)
+        else:
+            out["benchmark"] = None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -142,12 +158,13 @@ def summarize(name: str, cells: list[dict[str, Any]], searches: list[dict[str, A
     }
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Whether a's and b's test accuracies differ by more than the spread across seeds of either."""
+def compare(a: dict[str, Any], b: dict[str, Any], unit: str = "finished training") -> dict[str, Any]:
+    """Whether a's and b's test accuracies differ by more than the spread across seeds of either; ``unit`` is what
+    gives one accuracy (a finished training, or a cell with a benchmark record)."""
     sa, sb = a["test_acc"], b["test_acc"]
     out = {"a": a["method"], "b": b["method"], "difference": None, "spread": None, "verdict": "missing"}
     if not sa["n"] or not sb["n"]:
-        out["text"] = f"{a['method']} vs {b['method']}: not compared (no finished training on one side)"
+        out["text"] = f"{a['method']} vs {b['method']}: not compared (no {unit} on one side)"
         return out
     diff = sa["mean"] - sb["mean"]
     spread = max(sa["std"], sb["std"])
@@ -155,7 +172,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     head = f"{a['method']} {sa['mean']:.2f}% vs {b['method']} {sb['mean']:.2f}% (n={sa['n']} and {sb['n']}):"
     if sa["n"] < 2 or sb["n"] < 2:
         out["verdict"] = "no_spread"
-        out["text"] = f"{head} a difference of {diff:+.2f} points, but one side has a single training, so there is " \
+        out["text"] = f"{head} a difference of {diff:+.2f} points, but one side has a single {unit}, so there is " \
                       "no spread to judge it against; add seeds"
     elif abs(diff) <= spread:
         out["verdict"] = "within_spread"
@@ -178,15 +195,17 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
     cfg = lay.cfg
     ops = cfg.model.ops or get_space(cfg.model.space).ops
     searches = [read_search(r, ops) for r in lay.searches]
-    cells = [read_cell(c, lay.trainings[c.id], lay.dir) for c in lay.cells]
+    cells = [read_cell(c, lay) for c in lay.cells]
     rows = [summarize(m, [c for c in cells if c["method"] == m], [s for s in searches if s["method"] == m])
             for m in cfg.methods]
     random_row = summarize("random", [c for c in cells if c["method"] == "random"], [])
-    comparisons = [compare(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    unit = "cell with a benchmark record" if cfg.eval.benchmark else "finished training"
+    comparisons = [compare(a, b, unit) for i, a in enumerate(rows) for b in rows[i + 1:]]
     if cfg.random.samples:
-        comparisons += [compare(r, random_row) for r in rows]
-    unfinished = _unfinished(lay, failures)
-    report: dict[str, Any] = {"study": str(lay.dir), "budget": _budget(lay, searches, cells), "machine": _machine(lay),
+        comparisons += [compare(r, random_row, unit) for r in rows]
+    unfinished = _unfinished(lay, failures, cells)
+    report: dict[str, Any] = {"study": str(lay.dir), "scoring": _scoring(lay, cells),
+              "budget": _budget(lay, searches, cells), "machine": _machine(lay),
               "methods": rows, "random": random_row if cfg.random.samples else None, "comparisons": comparisons,
               "cells": cells, "searches": searches, "unfinished": unfinished, "config": to_dict(cfg)}
     from nas.report_plots import draw_plots
@@ -197,7 +216,7 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
     return lay.dir / "report.md"
 
 
-def _unfinished(lay: StudyLayout, failures: dict[str, str]) -> list[dict[str, str]]:
+def _unfinished(lay: StudyLayout, failures: dict[str, str], cells: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     runs: list[tuple[str, Path, str, Path | None]] = [("search", r.dir, "genotype.json", None) for r in lay.searches]
     runs += [("train", d, "results.json", c.source) for c in lay.cells for _, d in lay.trainings[c.id]]
@@ -214,7 +233,28 @@ def _unfinished(lay: StudyLayout, failures: dict[str, str]) -> list[dict[str, st
         else:
             state = "not started"
         out.append({"run": name, "state": state})
+    if lay.cfg.eval.benchmark:
+        for cell, c in zip(lay.cells, cells, strict=True):
+            name = f"bench/{cell.id}"
+            if c["genotype"] is None:
+                state = f"waits for its cell ({cell.source.relative_to(lay.dir)} has no genotype.json)"
+            elif name in failures:
+                state = f"not looked up: {failures[name]}"
+            elif c["benchmark"] is None:
+                state = "not looked up yet (compare.py --resume or --report looks it up)"
+            else:
+                continue
+            out.append({"run": name, "state": state})
     return out
+
+
+def _scoring(lay: StudyLayout, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the report scores a cell: by retraining it, or by its NAS-Bench-201 record (eval.benchmark)."""
+    cfg = lay.cfg
+    if not cfg.eval.benchmark:
+        return {"by": "training"}
+    recipes = sorted({score(c["benchmark"], "cifar10")["recipe"] for c in cells if c.get("benchmark")})
+    return {"by": "benchmark", "benchmark": cfg.eval.benchmark, "data": cfg.benchmark_data(), "recipes": recipes}
 
 
 def _budget(lay: StudyLayout, searches: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -288,20 +328,41 @@ def _method_cells(row: dict[str, Any]) -> list[str]:
             _f(row["search_peak_mib"], ".0f", " MiB"), valid, free, _f(row["skip_connect"], ".1f")]
 
 
+_BENCH_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}
+
+
+def _scoring_line(scoring: dict[str, Any], b: dict[str, Any]) -> str:
+    """The budget's line on how a cell is scored: the retraining recipe, or the benchmark lookup."""
+    if scoring["by"] == "benchmark":
+        epochs = " or ".join(scoring["recipes"]) or "200"
+        return (f"- scoring: **no cell was retrained**; each was looked up in NAS-Bench-201 ({scoring['benchmark']}) "
+                f"and scored by its {_BENCH_LABELS[scoring['data']]} test accuracy after the benchmark's "
+                f"{epochs}-epoch training, averaged over the benchmark's seeds")
+    return (f"- retraining (one recipe for every cell): C={b['eval']['C']}, layers={b['eval']['layers']}, "
+            f"{b['eval']['epochs']} epochs, batch {b['eval']['batch']}, seeds {b['eval']['seeds']}; the accuracy of a "
+            "training is its last epoch's on the test split")
+
+
+def _other_benchmark_tests(record: dict[str, Any], data: str) -> str:
+    """The cell's benchmark test accuracy on the data sets other than the one that scores it."""
+    hp = score(record, data)["recipe"]
+    others = [(d, record[hp][BENCH_DATA[d]]["test"]) for d in _BENCH_LABELS if d != data]
+    return " (" + ", ".join(f"{_BENCH_LABELS[d]} {_f(a)}" for d, a in others) + ")"
+
+
 def markdown(r: dict[str, Any]) -> str:
     b, m = r["budget"], r["machine"]
     lines = [f"# Comparison study: {r['study']}", ""]
     imgs = f"{b['weight_images']} weight + {b['alpha_images']} alpha images" if b["weight_images"] else "images: –"
+    bench = r["scoring"]["by"] == "benchmark"
+    retraining = "" if bench else f"; retraining: {b['train_images']} training and {b['test_images']} test images"
     lines += [
         "## Budget", "",
-        f"- data: {b['data']}, {b['classes']} classes, images {b['image_shape']}; search: {imgs}; retraining: "
-        f"{b['train_images']} training and {b['test_images']} test images",
+        f"- data: {b['data']}, {b['classes']} classes, images {b['image_shape']}; search: {imgs}{retraining}",
         f"- search: {b['supernet']['space']} supernet, C={b['supernet']['C']}, layers={b['supernet']['layers']}, "
         f"{b['search_epochs']} epochs, batch {b['search_batch']}, seeds {b['search_seeds']}"
         + (f"; per method: {json.dumps(b['per_method'])}" if b["per_method"] else ""),
-        f"- retraining (one recipe for every cell): C={b['eval']['C']}, layers={b['eval']['layers']}, "
-        f"{b['eval']['epochs']} epochs, batch {b['eval']['batch']}, seeds {b['eval']['seeds']}; the accuracy of a "
-        "training is its last epoch's on the test split",
+        _scoring_line(r["scoring"], b),
         f"- random baseline: {b['random_cells']} cells",
         f"- compute: {b['search_time_s'] / 60:.1f} min of search, {b['train_time_s'] / 60:.1f} min of training",
     ]
@@ -310,13 +371,15 @@ def markdown(r: dict[str, Any]) -> str:
         dev = ", ".join(d.get("name", d["type"]) for d in m["devices"])
         lines.append(f"- machine: {', '.join(m['hosts'])}; {cpu}; device {dev}; torch threads "
                      f"{', '.join(map(str, m['threads']))}; torch {', '.join(m['torch'])}")
+    what = "NAS-Bench-201 test accuracy: mean ± sample std over the method's cells (one per search seed), as the " \
+        "benchmark records them, params and FLOPs too" if bench else \
+        "Test accuracy: mean ± sample std over every training of the method's cells (search seeds × training seeds)"
     lines += ["", "## Methods", "",
-              "Test accuracy: mean ± sample std over every training of the method's cells (search seeds × training "
-              "seeds). Search figures are means over the finished searches; peak memory is the process's high-water "
+              f"{what}. Search figures are means over the finished searches; peak memory is the process's high-water "
               "mark (RSS on a CPU, allocated tensors on a GPU). Edges: parameter-free (none, skip, pooling) / all "
               "kept edges of the genotype, and skip-connects.", "",
-              "| method | test acc % | params | FLOPs | search time | search peak mem | supernet valid acc % | "
-              "param-free / edges | skip |",
+              f"| method | {'benchmark ' if bench else ''}test acc % | params | FLOPs | search time | search peak "
+              "mem | supernet valid acc % | param-free / edges | skip |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in [*r["methods"], *([r["random"]] if r["random"] else [])]:
         lines.append("| " + " | ".join(_method_cells(row)) + " |")
@@ -334,10 +397,14 @@ def markdown(r: dict[str, Any]) -> str:
             warned = True
     if warned:
         lines += ["", WHY]
-    lines += ["", "## Cells", "", "| cell | test acc % per training seed | params | FLOPs | param-free / edges | "
-              "genotype | drawings |", "|---|---|---|---|---|---|---|"]
+    column = f"NAS-Bench-201 test acc % ({_BENCH_LABELS[r['scoring']['data']]}; the others)" if bench \
+        else "test acc % per training seed"
+    lines += ["", "## Cells", "", f"| cell | {column} | params | FLOPs | param-free / edges | genotype | drawings |",
+              "|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         accs = ", ".join(f"{a:.2f}" for a in c["test_acc"].values()) or "–"
+        if bench and c["benchmark"]:
+            accs += _other_benchmark_tests(c["benchmark"], r["scoring"]["data"])
         ops = f"{c['ops']['parameter_free']} / {c['ops']['edges']}" if c["ops"] else "–"
         draw = " ".join(f"[{Path(d).stem}]({d})" for d in c["drawings"]) or "–"
         text = f"`{c['genotype']}`".replace("|", "\\|") if c["genotype"] else "not found yet"  # | splits a cell

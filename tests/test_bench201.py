@@ -4,7 +4,13 @@ and one-line errors for a missing or unreadable file, a cell the benchmark lacks
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,11 +35,13 @@ def accuracy(cell: int, dataset: str, split: str, hp: str, epoch: int) -> float:
     return 10.0 * cell + 2.0 * d + 0.5 * s + (1.0 if hp == "200" else 0.0) + epoch / 1000
 
 
-def make_benchmark(folder: Path, hps: tuple[str, ...] = ("12", "200")) -> Path:
+def make_benchmark(folder: Path, hps: tuple[str, ...] = ("12", "200"), cells: list[str] = CELLS,
+                   accuracy: Callable[[int, str, str, str, int], float] = accuracy) -> Path:
+    """A benchmark file of ``cells`` (cell i has index i) with ``accuracy`` as every recorded accuracy."""
     from nats_bench.api_utils import ArchResults, ResultsCount, pickle_save
 
     arch2infos = {}
-    for i, arch in enumerate(CELLS):
+    for i, arch in enumerate(cells):
         infos = {}
         for hp in hps:
             epochs = int(hp)
@@ -50,7 +58,7 @@ def make_benchmark(folder: Path, hps: tuple[str, ...] = ("12", "200")) -> Path:
                 results.update(dataset, 777, count)
             infos[hp] = results.state_dict()
         arch2infos[i] = infos
-    pickle_save({"meta_archs": CELLS, "arch2infos": arch2infos, "evaluated_indexes": list(range(len(CELLS)))},
+    pickle_save({"meta_archs": cells, "arch2infos": arch2infos, "evaluated_indexes": list(range(len(cells)))},
                 str(folder / "NATS-tss-test"), ext=".pickle.pbz2")
     return folder / "NATS-tss-test.pickle.pbz2"
 
@@ -89,6 +97,11 @@ def test_the_command_prints_one_json_line_for_a_string_a_file_or_a_run_directory
         assert bench201_main([source, "--benchmark", str(bench)]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1 and json.loads(lines[0])["index"] == index
+
+
+def test_a_path_under_home_is_expanded(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(bench.parent))  # the shell leaves key=~/... unexpanded
+    assert lookup(load_benchmark(f"~/{bench.name}"), from_nb201_string(CELLS[0]))["index"] == 0
 
 
 @pytest.mark.parametrize("case,message", [
@@ -158,3 +171,90 @@ def test_a_search_with_a_bad_benchmark_writes_nothing(bench: Path, tmp_path: Pat
     assert search_main(args) == 2
     assert message.format(missing=missing) in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------- comparison studies
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ("nor_conv_3x3", "skip_connect")  # a 2-op space: 64 cells, few enough for a benchmark that holds every one
+ALL_CELLS = ["|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops) for ops in itertools.product(OPS, repeat=6)]
+STUDY = ["methods=[gdas]", "seeds=[0,1]", "random.samples=3", "data.synthetic.train=128", "data.synthetic.test=32",
+         "data.image_size=8", "data.batch_size=16", "model.space=nb201", f"model.ops=[{','.join(OPS)}]", "model.C=4",
+         "model.layers=1", "search.epochs=1", "eval.benchmark_data=cifar100", "run.tensorboard=false"]
+
+
+def study_accuracy(cell: int, dataset: str, split: str, hp: str, epoch: int) -> float:
+    """Every cell its own accuracies in [40, 95), fixed by (cell, data set, split, recipe)."""
+    return round(40 + 55 * random.Random(f"{cell} {dataset} {split} {hp}").random(), 2)
+
+
+def test_a_study_scores_its_cells_by_lookup_instead_of_retraining(tmp_path: Path) -> None:
+    # first a benchmark of half the space: the random cells of random.seed=0 are indexes 55, 57 and 10, so some of
+    # the study's cells are in it and some are not
+    path = make_benchmark(tmp_path, hps=("200",), cells=ALL_CELLS[:32], accuracy=study_accuracy)
+    study = tmp_path / "study"
+    first = subprocess.run([sys.executable, "compare.py", *STUDY, f"eval.benchmark={path}", f"run.dir={study}",
+                            "--jobs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    ids = ["gdas-s0", "gdas-s1", "random-0", "random-1", "random-2"]
+    archs = {i: json.loads(load_nb201(study, i)) for i in ids}
+    missing = [i for i in ids if archs[i] not in ALL_CELLS[:32]]
+    assert 0 < len(missing) < len(ids) and first.returncode == 1, first.stdout + first.stderr
+    assert f"{len(missing)} of {2 + len(ids)} runs and lookups did not finish" in first.stderr
+    report = json.loads((study / "report.json").read_text())
+    assert report["scoring"]["by"] == "benchmark" and not (study / "train").exists()
+    assert {u["run"]: u["state"] for u in report["unfinished"]} == {
+        f"bench/{i}": f"not looked up: the benchmark has no cell {archs[i]}" for i in missing}
+
+    # the whole benchmark (all 64 cells of the space): --report looks up what is missing; the rest is kept
+    kept = {i: (study / "bench" / f"{i}.json").read_bytes() for i in ids if i not in missing}
+    assert make_benchmark(tmp_path, hps=("200",), cells=ALL_CELLS, accuracy=study_accuracy) == path
+    again = subprocess.run([sys.executable, "compare.py", "--report", str(study)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all((study / "bench" / f"{i}.json").read_bytes() == b for i, b in kept.items())
+    report = json.loads((study / "report.json").read_text())
+    assert report["unfinished"] == [] and report["scoring"]["recipes"] == ["200"]
+    cells = {c["id"]: c for c in report["cells"]}
+    scores = {}
+    for i in ids:  # cifar100's x-test accuracy of the 200-epoch recipe
+        index = ALL_CELLS.index(archs[i])
+        scores[i] = study_accuracy(index, "cifar100", "x-test", "200", 199)
+        assert cells[i]["test_acc"] == {"benchmark": scores[i]}
+        assert cells[i]["benchmark"]["index"] == index
+        assert cells[i]["params"] == pytest.approx(0.1 * (index + 1) * 1e6)  # as the benchmark records them
+    gdas = report["methods"][0]["test_acc"]
+    assert gdas["n"] == 2 and gdas["mean"] == pytest.approx((scores["gdas-s0"] + scores["gdas-s1"]) / 2)
+    assert report["random"]["test_acc"]["n"] == 3
+    md = (study / "report.md").read_text()
+    assert "CIFAR-100 test accuracy after the benchmark's 200-epoch" in md
+    assert "| method | benchmark test acc % |" in md
+    assert "**no cell was retrained**" in md and "retraining:" not in md
+    looked_up = re.findall(r"NAS-Bench-201: (\S+): test accuracy CIFAR-10", again.stdout)
+    assert sorted(looked_up) == sorted(missing)  # only what the first run could not look up
+
+
+def load_nb201(study: Path, cell: str) -> str:
+    """The NB201 string of a study's cell, as JSON text."""
+    from nas.genotype import read_genotype, to_nb201_string
+
+    folder = study / ("random" if cell.startswith("random") else "search") / cell
+    return json.dumps(to_nb201_string(read_genotype(folder / "genotype.json")))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.space=darts", "model.layers=3", "model.ops=null"], "eval.benchmark applies only to model.space=nb201"),
+    (["eval.benchmark_data=null"], "data.name=synthetic is not one; set eval.benchmark_data to one of cifar10, "
+                                   "cifar100, imagenet16-120"),
+    (["eval.benchmark={missing}"], "benchmark file '{missing}' not found"),
+])
+def test_a_study_with_a_bad_benchmark_writes_nothing(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     overrides: list[str], message: str) -> None:
+    from nas.cli import compare_main
+
+    missing = tmp_path / "missing"
+    args = [*STUDY, f"eval.benchmark={bench}", *[o.format(missing=missing) for o in overrides],
+            f"run.dir={tmp_path / 'study'}"]
+    assert compare_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.format(missing=missing) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "study").exists()

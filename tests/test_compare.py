@@ -247,8 +247,8 @@ def test_report_escapes_and_warns_about_cells_dominated_by_parameter_free_edges(
               "search_seeds": [0], "per_method": {}, "eval": {"C": 4, "layers": 1, "epochs": 1, "batch": 8,
                                                               "seeds": [0]},
               "random_cells": 0, "search_time_s": 0.0, "train_time_s": 0.0}
-    md = markdown({"study": "s", "budget": budget, "machine": {}, "methods": [row], "random": None,
-                   "comparisons": [], "cells": [cell], "plots": [],
+    md = markdown({"study": "s", "scoring": {"by": "training"}, "budget": budget, "machine": {}, "methods": [row],
+                   "random": None, "comparisons": [], "cells": [cell], "plots": [],
                    "unfinished": [{"run": "train/gdas-s0-e0", "state": "not started"}]})
     assert r"`\|none~0\|+\|skip_connect~0\|none~1\|+\|x\|`" in md
     assert "**warning: gdas: 1 of 1 cells have a normal cell dominated by parameter-free edges** (gdas-s0 6 of 6)" in md
