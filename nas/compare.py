@@ -182,7 +182,7 @@ def load_study(study_dir: str | Path, overrides: Sequence[str] = ()) -> StudyLay
 
 @functools.lru_cache(maxsize=1)
 def open_benchmark(path: str) -> Any:
-    """The NAS-Bench-201 API over ``path``, read once per process (the whole file takes minutes to read)."""
+    """The NAS-Bench-201 API over ``path``, read once per process (a whole NATS-tss file is large)."""
     from nas.bench201 import load_benchmark
 
     return load_benchmark(path)
@@ -418,7 +418,7 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
               + (f", each on {nproc} processes" if nproc > 1 else "")
               + (f" ({' '.join(slots[0][0])} each)" if slots[0][0] else ""))
     stopped = run_pieces(todo, jobs, slots, extra, log, quiet, failures, nproc)
-    if lay.cfg.eval.benchmark:
+    if lay.cfg.eval.benchmark and stopped is None:  # a stopped study stops now; --resume looks its cells up
         score_cells(lay, log, failures)
     atomic_write_text(failures_path, json.dumps(failures, indent=2) + "\n")
     log.print(f"report: {write_report(lay, failures)}")

@@ -253,9 +253,14 @@ def record_data(run_dir: Path, info: dict[str, Any]) -> None:
 
 def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
     """Append this session (start or resume) to meta.json: command line, git commit, versions, device."""
-    import numpy
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
+    import numpy
+
+    try:
+        vision = version("torchvision")  # not imported: that takes seconds (it loads torch._dynamo)
+    except PackageNotFoundError:
+        vision = None
     path = run_dir / "meta.json"
     meta = json.loads(path.read_text()) if path.exists() else {"sessions": []}
     dev = {"type": device.type}
@@ -265,7 +270,7 @@ def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
         "started": datetime.now().isoformat(timespec="seconds"), "resumed": resumed, "command": sys.argv,
         "cwd": os.getcwd(), "host": platform.node(), "git": _git_commit(), "device": dev,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": numpy.__version__},
+                     "torchvision": vision, "numpy": numpy.__version__},
         "threads": torch.get_num_threads(), "cpu": {"model": cpu_model(), "cores": os.cpu_count()}})
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
 
