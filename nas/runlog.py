@@ -342,6 +342,11 @@ class Run:
             record_session(self.dir, self.device, resumed=resume is not None)
         self.checkpoint_path = self.dir / CHECKPOINT
 
+    def record_data(self, info: dict[str, Any]) -> None:
+        """Note in meta.json what data the run reads (rank 0 only: two writers would race on the file)."""
+        if self.dist.main:
+            record_data(self.dir, info)
+
     def save(self, state: dict[str, Any]) -> None:
         """Write the checkpoint (rank 0 only: every process holds the same state)."""
         from nas.checkpoint import save_checkpoint

@@ -28,7 +28,7 @@ from nas.config import SearchConfig, UserError, dump_yaml
 from nas.data import Batches, batch_seed, bilevel_split, channel_stats, load_dataset
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.mixing import create_mixer
-from nas.runlog import Board, Progress, Run, peak_memory_mib, record_data
+from nas.runlog import Board, Progress, Run, peak_memory_mib
 from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
 from nas.supernet import Supernet, build_supernet
@@ -106,8 +106,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     train = Batches(data, w_idx, seed=cfg.seed, **common)
     valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
     num_classes, in_channels = len(data.classes), data.images.shape[1]
-    record_data(run.dir, {"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
-                          "classes": num_classes, "image_shape": list(data.images.shape[1:])})
+    run.record_data({"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
+                     "classes": num_classes, "image_shape": list(data.images.shape[1:])})
     del data
     steps = min(len(train), len(valid))
 

@@ -37,7 +37,6 @@ from nas.runlog import (
     peak_memory_mib,
     prepare_run_dir,
     read_jsonl,
-    record_data,
 )
 from nas.steps import autocast, backward_step, grad_scaler
 
@@ -114,8 +113,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     test = Batches(test_set, batch_size=max(cfg.data.batch_size, 256), mean=mean, std=std, device=device,
                    shuffle=False, drop_last=False, shard=shard)
     num_classes, in_channels, size = len(train_set.classes), train_set.images.shape[1], train_set.images.shape[-1]
-    record_data(run.dir, {"name": cfg.data.name, "train_images": train.num_images, "test_images": test.num_images,
-                          "classes": num_classes, "image_shape": list(train_set.images.shape[1:])})
+    run.record_data({"name": cfg.data.name, "train_images": train.num_images, "test_images": test.num_images,
+                     "classes": num_classes, "image_shape": list(train_set.images.shape[1:])})
     del train_set, test_set
 
     # ---- network and optimizer
