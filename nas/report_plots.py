@@ -70,8 +70,9 @@ def accuracy_plot(path: Path, report: dict[str, Any], methods: list[str], colors
                         fmt="D", color="black", capsize=4, zorder=4)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title("looked up in NAS-Bench-201: one point per cell" if report["scoring"]["by"] == "benchmark"
+    bench = report["scoring"]["by"] == "benchmark"
+    ax.set_ylabel("benchmark test accuracy (%)" if bench else "final test accuracy (%)")
+    ax.set_title("looked up in NAS-Bench-201: one point per cell" if bench
                  else "retrained from scratch: one point per training", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
