@@ -157,22 +157,6 @@ def test_a_search_logs_each_epochs_benchmark_accuracy(bench: Path, tmp_path: Pat
     assert "NAS-Bench-201: the benchmark has no record of this cell" in (other / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model.space=darts", "model.layers=3"], "search.benchmark applies only to model.space=nb201"),
-    (["search.benchmark={missing}"], "benchmark file '{missing}' not found"),
-])
-def test_a_search_with_a_bad_benchmark_writes_nothing(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      overrides: list[str], message: str) -> None:
-    from nas.cli import search_main
-
-    missing = tmp_path / "missing"
-    args = [*SEARCH, f"search.benchmark={bench}", *[o.format(missing=missing) for o in overrides],
-            f"run.dir={tmp_path / 'run'}"]
-    assert search_main(args) == 2
-    assert message.format(missing=missing) in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
 # ---------------------------------------------------------------------------------------------- comparison studies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +180,7 @@ def test_a_study_scores_its_cells_by_lookup_instead_of_retraining(tmp_path: Path
     first = subprocess.run([sys.executable, "compare.py", *STUDY, f"eval.benchmark={path}", f"run.dir={study}",
                             "--jobs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     ids = ["gdas-s0", "gdas-s1", "random-0", "random-1", "random-2"]
-    archs = {i: json.loads(load_nb201(study, i)) for i in ids}
+    archs = {i: nb201_string(study, i) for i in ids}
     missing = [i for i in ids if archs[i] not in ALL_CELLS[:32]]
     assert 0 < len(missing) < len(ids) and first.returncode == 1, first.stdout + first.stderr
     assert f"{len(missing)} of {2 + len(ids)} runs and lookups did not finish" in first.stderr
@@ -233,28 +217,35 @@ def test_a_study_scores_its_cells_by_lookup_instead_of_retraining(tmp_path: Path
     assert sorted(looked_up) == sorted(missing)  # only what the first run could not look up
 
 
-def load_nb201(study: Path, cell: str) -> str:
-    """The NB201 string of a study's cell, as JSON text."""
+def nb201_string(study: Path, cell: str) -> str:
+    """The NB201 string of a study's cell."""
     from nas.genotype import read_genotype, to_nb201_string
 
     folder = study / ("random" if cell.startswith("random") else "search") / cell
-    return json.dumps(to_nb201_string(read_genotype(folder / "genotype.json")))
+    return to_nb201_string(read_genotype(folder / "genotype.json"))
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model.space=darts", "model.layers=3", "model.ops=null"], "eval.benchmark applies only to model.space=nb201"),
-    (["eval.benchmark_data=null"], "data.name=synthetic is not one; set eval.benchmark_data to one of cifar10, "
-                                   "cifar100, imagenet16-120"),
-    (["eval.benchmark={missing}"], "benchmark file '{missing}' not found"),
-])
-def test_a_study_with_a_bad_benchmark_writes_nothing(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                     overrides: list[str], message: str) -> None:
-    from nas.cli import compare_main
+BAD = [  # (tool, overrides, message)
+    ("search", ["model.space=darts", "model.layers=3"], "search.benchmark applies only to model.space=nb201"),
+    ("search", ["search.benchmark={missing}"], "benchmark file '{missing}' not found"),
+    ("study", ["model.space=darts", "model.layers=3", "model.ops=null"],
+     "eval.benchmark applies only to model.space=nb201"),
+    ("study", ["eval.benchmark_data=null"], "data.name=synthetic is not one; set eval.benchmark_data to one of "
+                                            "cifar10, cifar100, imagenet16-120"),
+    ("study", ["eval.benchmark={missing}"], "benchmark file '{missing}' not found"),
+]
 
+
+@pytest.mark.parametrize("tool,overrides,message", BAD, ids=[f"{b[0]}-{b[2][:24]}" for b in BAD])
+def test_a_search_or_study_with_a_bad_benchmark_writes_nothing(bench: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str], tool: str,
+                                                               overrides: list[str], message: str) -> None:
+    from nas.cli import compare_main, search_main
+
+    main, base = (search_main, [*SEARCH, f"search.benchmark={bench}"]) if tool == "search" else \
+        (compare_main, [*STUDY, f"eval.benchmark={bench}"])
     missing = tmp_path / "missing"
-    args = [*STUDY, f"eval.benchmark={bench}", *[o.format(missing=missing) for o in overrides],
-            f"run.dir={tmp_path / 'study'}"]
-    assert compare_main(args) == 2
+    assert main([*base, *[o.format(missing=missing) for o in overrides], f"run.dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message.format(missing=missing) in err and err.count("\n") == 1, err
-    assert not (tmp_path / "study").exists()
+    assert not (tmp_path / "run").exists()
