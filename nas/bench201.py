@@ -64,6 +64,13 @@ def lookup(api: Any, genotype: Genotype) -> dict[str, Any]:
         index = api.query_index_by_arch(arch)
     if index is None or index < 0:
         raise BenchmarkError(f"the benchmark has no cell {arch}")
+    if api.fast_mode and index not in api.evaluated_indexes:  # a -simple directory: one file per cell, read now
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                api.reload(api.archive_dir, index)
+        except Exception as e:  # the API asserts, or the file is damaged
+            raise BenchmarkError(f"the benchmark directory {api.archive_dir!r} lists cell {arch} (index {index}) but "
+                                 f"its file cannot be read ({type(e).__name__})") from None
     out: dict[str, Any] = {"index": int(index), "arch": arch}
     with contextlib.redirect_stdout(io.StringIO()):
         for hp in RECIPES:

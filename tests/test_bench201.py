@@ -63,13 +63,33 @@ def make_benchmark(folder: Path, hps: tuple[str, ...] = ("12", "200"), cells: li
     return folder / "NATS-tss-test.pickle.pbz2"
 
 
+def make_simple(bench: Path) -> Path:
+    """The same benchmark as a "-simple" directory, as NATS-Bench ships it: meta.pickle.pbz2 with the cells, and one
+    file per cell (000000.pickle.pbz2, ...) that the API reads when the cell is first asked for."""
+    from nats_bench.api_utils import pickle_load, pickle_save
+
+    data = pickle_load(str(bench))
+    folder = bench.parent / "NATS-tss-test-simple"
+    folder.mkdir()
+    pickle_save({"meta_archs": data["meta_archs"]}, str(folder / "meta"), ext=".pickle.pbz2")
+    for index, infos in data["arch2infos"].items():
+        pickle_save(infos, str(folder / f"{index:06d}"), ext=".pickle.pbz2")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_benchmark(tmp_path_factory.mktemp("bench"))
 
 
-def test_lookup_returns_the_benchmark_record_of_the_cell(bench: Path) -> None:
-    api = load_benchmark(bench)
+@pytest.mark.parametrize("form", ["file", "simple directory"])
+def test_lookup_returns_the_benchmark_record_of_the_cell(bench: Path, tmp_path: Path, form: str) -> None:
+    if form == "file":
+        api = load_benchmark(bench)
+    else:
+        copy = tmp_path / bench.name
+        copy.write_bytes(bench.read_bytes())
+        api = load_benchmark(make_simple(copy))
     record = lookup(api, from_nb201_string(CELLS[1]))
     assert record["index"] == 1 and record["arch"] == CELLS[1]
     last = 199
@@ -97,6 +117,20 @@ def test_the_command_prints_one_json_line_for_a_string_a_file_or_a_run_directory
         assert bench201_main([source, "--benchmark", str(bench)]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1 and json.loads(lines[0])["index"] == index
+
+
+def test_a_simple_directory_missing_a_cells_file_is_one_line(bench: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / bench.name
+    copy.write_bytes(bench.read_bytes())
+    folder = make_simple(copy)
+    (folder / "000002.pickle.pbz2").unlink()
+    assert bench201_main([CELLS[0], "--benchmark", str(folder)]) == 0  # the other cells still read
+    capsys.readouterr()
+    assert bench201_main([CELLS[2], "--benchmark", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"lists cell {CELLS[2]} (index 2) but its file cannot be read" in err
+    assert err.count("\n") == 1
 
 
 def test_a_path_under_home_is_expanded(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
