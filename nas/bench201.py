@@ -23,6 +23,7 @@ from nas.genotype import Genotype, to_nb201_string
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 RECIPES = ("200", "12")  # training epochs of the benchmark's two recipes
 BENCH_DATA = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet16-120": "ImageNet16-120"}  # data.name: API's
+LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}  # data.name: printed
 INSTALL = 'pip install -e ".[bench]" (the NATS-Bench API, nats_bench)'
 
 
@@ -127,8 +128,8 @@ def describe_epoch(truth: dict[str, Any]) -> str:
     """The epoch line's part: the benchmark's test accuracies of the epoch's cell."""
     if not truth:
         return "the benchmark has no record of this cell"
-    names = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("imagenet16_120", "ImageNet16-120"))
-    tests = [f"{label} {truth[f'bench_{key}_test']:.2f}%" for key, label in names if f"bench_{key}_test" in truth]
+    keys = {data: f"bench_{data.replace('-', '_')}_test" for data in LABELS}  # as epoch_metrics names them
+    tests = [f"{LABELS[data]} {truth[key]:.2f}%" for data, key in keys.items() if key in truth]
     return f"test accuracy {', '.join(tests)} (index {truth['bench_index']})"
 
 

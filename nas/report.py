@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.bench201 import BENCH_DATA, score
+from nas.bench201 import BENCH_DATA, LABELS, score
 from nas.collapse import WHY, dominated, normal_free
 from nas.config import StudyConfig, to_dict
 from nas.genotype import Genotype, op_counts, read_genotype, to_nb201_string
@@ -328,15 +328,12 @@ def _method_cells(row: dict[str, Any]) -> list[str]:
             _f(row["search_peak_mib"], ".0f", " MiB"), valid, free, _f(row["skip_connect"], ".1f")]
 
 
-_BENCH_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}
-
-
 def _scoring_line(scoring: dict[str, Any], b: dict[str, Any]) -> str:
     """The budget's line on how a cell is scored: the retraining recipe, or the benchmark lookup."""
     if scoring["by"] == "benchmark":
         epochs = " or ".join(scoring["recipes"]) or "200"
         return (f"- scoring: **no cell was retrained**; each was looked up in NAS-Bench-201 ({scoring['benchmark']}) "
-                f"and scored by its {_BENCH_LABELS[scoring['data']]} test accuracy after the benchmark's "
+                f"and scored by its {LABELS[scoring['data']]} test accuracy after the benchmark's "
                 f"{epochs}-epoch training, averaged over the benchmark's seeds")
     return (f"- retraining (one recipe for every cell): C={b['eval']['C']}, layers={b['eval']['layers']}, "
             f"{b['eval']['epochs']} epochs, batch {b['eval']['batch']}, seeds {b['eval']['seeds']}; the accuracy of a "
@@ -346,8 +343,8 @@ def _scoring_line(scoring: dict[str, Any], b: dict[str, Any]) -> str:
 def _other_benchmark_tests(record: dict[str, Any], data: str) -> str:
     """The cell's benchmark test accuracy on the data sets other than the one that scores it."""
     hp = score(record, data)["recipe"]
-    others = [(d, record[hp][BENCH_DATA[d]]["test"]) for d in _BENCH_LABELS if d != data]
-    return " (" + ", ".join(f"{_BENCH_LABELS[d]} {_f(a)}" for d, a in others) + ")"
+    others = [(d, record[hp][BENCH_DATA[d]]["test"]) for d in LABELS if d != data]
+    return " (" + ", ".join(f"{LABELS[d]} {_f(a)}" for d, a in others) + ")"
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -397,7 +394,7 @@ def markdown(r: dict[str, Any]) -> str:
             warned = True
     if warned:
         lines += ["", WHY]
-    column = f"NAS-Bench-201 test acc % ({_BENCH_LABELS[r['scoring']['data']]}; the others)" if bench \
+    column = f"NAS-Bench-201 test acc % ({LABELS[r['scoring']['data']]}; the others)" if bench \
         else "test acc % per training seed"
     lines += ["", "## Cells", "", f"| cell | {column} | params | FLOPs | param-free / edges | genotype | drawings |",
               "|---|---|---|---|---|---|---|"]
