@@ -101,27 +101,32 @@ def score(record: dict[str, Any], data: str) -> dict[str, Any]:
     cifar100 or imagenet16-120) under the 200-epoch recipe (the 12-epoch one when that is all the file has), with
     params and FLOPs as the benchmark records them for that data set."""
     name = BENCH_DATA[data]
-    hp = "200" if "200" in record else "12"
+    hp = recipe(record)
     return {"data": name, "recipe": hp, "test_acc": record[hp][name]["test"],
             "params": record["params_mb"][name] * 1e6, "flops": record["flops_m"][name] * 1e6}
 
 
+def recipe(record: dict[str, Any]) -> str:
+    """The recipe whose accuracies stand for the cell: the 200-epoch one, or the 12-epoch one when that is all the
+    file has."""
+    return "200" if "200" in record else "12"
+
+
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The flat per-epoch numbers a search logs: bench_<dataset>_<split> under the 200-epoch recipe (or the 12-epoch
-    one when that is all the file has)."""
-    hp = "200" if "200" in record else "12"
-    return {f"bench_{d.lower().replace('-', '_')}_{split}": v for d, accs in record[hp].items()
-            for split, v in accs.items() if v is not None}
+    """The flat numbers a search logs per epoch: bench_index and bench_<dataset>_<split> under recipe(record)."""
+    return {"bench_index": record["index"], **{f"bench_{d.lower().replace('-', '_')}_{split}": v
+                                                for d, accs in record[recipe(record)].items()
+                                                for split, v in accs.items() if v is not None}}
 
 
 def epoch_lookup(api: Any, genotype: Genotype) -> dict[str, Any]:
-    """What a search logs for an epoch's genotype: bench_index and epoch_metrics; {} for a cell the benchmark
-    lacks (said in the epoch line, not fatal)."""
+    """What a search logs for an epoch's genotype: its epoch_metrics, or {} for a cell the benchmark lacks (said in
+    the epoch line, not fatal)."""
     try:
         found = lookup(api, genotype)
     except BenchmarkError:
         return {}
-    return {"bench_index": found["index"], **epoch_metrics(found)}
+    return epoch_metrics(found)
 
 
 def describe_epoch(truth: dict[str, Any]) -> str:

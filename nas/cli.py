@@ -246,8 +246,9 @@ def compare_main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     from nas.distributed import from_environment
 
-    if from_environment().active:
-        if from_environment().main:
+    launched = from_environment()
+    if launched.active:
+        if launched.main:
             print("error: compare.py starts its searches and trainings as processes of their own; launch it "
                   "without torchrun and give it --nproc N to run each of them on N processes", file=sys.stderr)
         return 2

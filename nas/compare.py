@@ -230,8 +230,7 @@ def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
             continue
         atomic_write_text(lay.lookup_file(cell), json.dumps(record, indent=2) + "\n")
         failures.pop(f"bench/{cell.id}", None)
-        truth = {"bench_index": record["index"], **epoch_metrics(record)}
-        log.print(f"NAS-Bench-201: {cell.id}: {describe_epoch(truth)}")
+        log.print(f"NAS-Bench-201: {cell.id}: {describe_epoch(epoch_metrics(record))}")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -425,8 +424,9 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
     hint = f"python compare.py --resume {study_dir}"
     if stopped is not None:
         raise Stopped(stopped, f"stopped the study; its runs checkpointed; continue with: {hint}")
-    everything = [p.name for p in pieces(lay)]
-    left = [p.name for p in pieces(lay) if p.status() != "done"]
+    runs = pieces(lay)
+    everything = [p.name for p in runs]
+    left = [p.name for p in runs if p.status() != "done"]
     if lay.cfg.eval.benchmark:
         everything += [f"bench/{c.id}" for c in lay.cells]
         left += [f"bench/{c.id}" for c in unscored(lay)]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.bench201 import BENCH_DATA, LABELS, score
+from nas.bench201 import BENCH_DATA, LABELS, recipe, score
 from nas.collapse import WHY, dominated, normal_free
 from nas.config import StudyConfig, to_dict
 from nas.genotype import Genotype, op_counts, read_genotype, to_nb201_string
@@ -253,7 +253,7 @@ def _scoring(lay: StudyLayout, cells: list[dict[str, Any]]) -> dict[str, Any]:
     cfg = lay.cfg
     if not cfg.eval.benchmark:
         return {"by": "training"}
-    recipes = sorted({score(c["benchmark"], "cifar10")["recipe"] for c in cells if c.get("benchmark")})
+    recipes = sorted({recipe(c["benchmark"]) for c in cells if c.get("benchmark")})
     return {"by": "benchmark", "benchmark": cfg.eval.benchmark, "data": cfg.benchmark_data(), "recipes": recipes}
 
 
@@ -342,7 +342,7 @@ def _scoring_line(scoring: dict[str, Any], b: dict[str, Any]) -> str:
 
 def _other_benchmark_tests(record: dict[str, Any], data: str) -> str:
     """The cell's benchmark test accuracy on the data sets other than the one that scores it."""
-    hp = score(record, data)["recipe"]
+    hp = recipe(record)
     others = [(d, record[hp][BENCH_DATA[d]]["test"]) for d in LABELS if d != data]
     return " (" + ", ".join(f"{LABELS[d]} {_f(a)}" for d, a in others) + ")"
 

@@ -230,7 +230,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             n_w, n_a = n_w * dist.world, n_a * dist.world  # every process had an equal share
             genotype = model.genotype(rule, s.max_skip)
             stats = edge_stats(genotype, dict(model.alpha), space.ops)
-            truth = epoch_lookup(bench, genotype) if bench is not None else {}
+            truth = epoch_lookup(bench, genotype) if bench is not None and dist.main else {}  # rank 0 logs it
             record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
                       "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
                       "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,

@@ -32,16 +32,11 @@ def backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.
     gradients there (nas.distributed.Dist.average_gradients), so clipping and the step see the global ones. The
     caller updates the scaler once all of an iteration's optimizers have stepped."""
     opt.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        if reduce is not None:
-            reduce(opt)
-    else:
-        scaler.scale(loss).backward()
-        if reduce is not None:
-            reduce(opt)
-        if grad_clip > 0:
-            scaler.unscale_(opt)  # clip the true gradients
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if reduce is not None:
+        reduce(opt)
+    if scaler is not None and grad_clip > 0:
+        scaler.unscale_(opt)  # clip the true gradients
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if before_step is not None:
