@@ -41,7 +41,7 @@ def _check_sgd(section: str, lr: float, lr_min: float, momentum: float, nesterov
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagenet16-120", "imagefolder")
 SPACES = ("darts", "nb201")
-MIXERS = ("gdas", "darts", "snas", "random")
+MIXERS = ("gdas", "darts", "snas", "drnas", "random")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class DataConfig:
     batch_size: int = _key(64, "images per step (weight and alpha steps alike)", low=1)
     augment: bool = _key(True, "random crop (4 px padding) and horizontal flip on training batches")
     cutout: int = _key(0, "side in pixels of the cutout square on training batches (0: off)", low=0)
+    cache: bool = _key(True, "imagefolder: keep the decoded images in $NAS_CACHE_DIR (default ~/.cache/nas), so the "
+                             "next run reads one file instead of decoding every image")
     synthetic: SyntheticConfig = _key(SyntheticConfig(), "the synthetic data set (data.name=synthetic only)")
 
     def check(self) -> None:
@@ -123,18 +125,29 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SearchOptions:
     mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops; "
-                      "snas: every op, weighted by a soft Gumbel-softmax sample; random: one op per edge drawn "
-                      "uniformly, no alpha steps (with search.derive=sample)",
+                      "snas: every op, weighted by a soft Gumbel-softmax sample; drnas: every op, weighted by a "
+                      "sample of Dirichlet(elu(alpha) + 1) (Chen et al. 2021); random: one op per edge drawn "
+                      "uniformly, no alpha steps (with search.derive=sample or naswot)",
                       choices=MIXERS)
-    epochs: int = _key(50, "search epochs", low=1)
+    epochs: int = _key(50, "search epochs (0: none, for search.derive=naswot, which scores cells at initialisation)",
+                       low=0)
+    weight_sampling: str = _key("mixer", "the ops a weight step trains. mixer: the mixer's (GDAS: its sample); "
+                                         "uniform: one op per edge drawn uniformly, so every op is trained as often "
+                                         "before alpha judges it (SPOS, Guo et al. 2020); alpha steps keep the mixer",
+                                choices=("mixer", "uniform"))
+    drnas_kl: float = _key(0.0, "drnas: weight of KL(Dirichlet(beta) || Dirichlet(1)) in the alpha loss (0: alpha's "
+                                "weight decay is the only regulariser, the official default)", low=0.0)
     order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
     derive: str = _key("darts", "genotype rule: darts (by alpha; darts space: 2 distinct inputs per node), gdas "
                                 "(darts space: top-2 (op, input) pairs) or perturb (by how much the supernet's "
                                 "accuracy drops without each op; Wang et al. 2021) or sample (the best of "
                                 "search.samples random cells, scored with the supernet's weights on the alpha half; "
-                                "Li & Talwalkar 2019)",
-                       choices=("darts", "gdas", "perturb", "sample"))
-    samples: int = _key(100, "search.derive=sample: random cells scored at the end", low=1)
+                                "Li & Talwalkar 2019) or naswot (the best of search.samples random cells by the "
+                                "training-free NASWOT score at initialisation; Mellor et al. 2021)",
+                       choices=("darts", "gdas", "perturb", "sample", "naswot"))
+    samples: int = _key(100, "search.derive=sample or naswot: random cells scored at the end", low=1)
+    naswot_batch: int = _key(128, "search.derive=naswot: images of the alpha half in the batch that scores a cell "
+                                  "(the kernel K is batch x batch)", low=2)
     unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
                                  "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
                                  "darts mixer only")
@@ -174,16 +187,23 @@ class SearchOptions:
             raise ConfigError(f"search.unrolled=true needs search.mixer=darts (got {self.mixer!r}): the finite "
                               "differences need the same network on both sides, and a sampling mixer draws a new "
                               "one every forward pass")
+        if self.drnas_kl and self.mixer != "drnas":
+            raise ConfigError(f"search.drnas_kl={self.drnas_kl} applies only to search.mixer=drnas (got {self.mixer!r})")
+        if self.weight_sampling == "uniform" and self.mixer == "random":
+            raise ConfigError("search.weight_sampling=uniform is what search.mixer=random does already; drop it")
         if self.gdas_gradient != "all_ops" and self.mixer != "gdas":
             raise ConfigError(f"search.gdas_gradient={self.gdas_gradient} applies only to search.mixer=gdas "
                               f"(got {self.mixer!r})")
-        if self.mixer == "random" and self.derive != "sample":
+        if self.mixer == "random" and self.derive not in ("sample", "naswot"):
             raise ConfigError(f"search.mixer=random never steps alpha, so search.derive={self.derive!r} would read "
-                              "untrained logits; valid: search.derive=sample")
-        if self.max_skip is not None and self.derive in ("perturb", "sample"):
+                              "untrained logits; valid: search.derive=sample or naswot")
+        if self.epochs == 0 and self.derive != "naswot":
+            raise ConfigError(f"search.epochs=0 trains nothing, which only search.derive=naswot (a training-free "
+                              f"score) can use; got search.derive={self.derive}")
+        if self.max_skip is not None and self.derive in ("perturb", "sample", "naswot"):
             raise ConfigError(f"search.max_skip caps the alpha rules (search.derive=darts or gdas); "
                               f"derive={self.derive} does not read alpha; drop one of them")
-        if self.warmup_epochs >= self.epochs:
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"search.warmup_epochs={self.warmup_epochs} leaves no epoch for alpha in "
                               f"search.epochs={self.epochs}; valid: warmup_epochs < epochs")
         if self.tau_min > self.tau_max:
@@ -228,7 +248,7 @@ class SearchConfig:
 
     def check(self) -> None:
         s, default = self.search, SearchOptions()
-        if s.mixer in ("darts", "random"):
+        if s.mixer in ("darts", "drnas", "random"):
             for k in ("tau_max", "tau_min", "tau_schedule"):
                 if getattr(s, k) != getattr(default, k):
                     raise ConfigError(f"search.{k} applies only to search.mixer=gdas or snas; the {s.mixer} "

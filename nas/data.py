@@ -45,7 +45,7 @@ def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
             if not (root / "train").is_dir():
                 raise DataError(f"image folder {root / 'train'}/ not found; the test labels follow its class folders")
             classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-        data = load_image_folder(root, split, cfg.image_size or 32, classes)
+        data = load_image_folder(root, split, cfg.image_size or 32, classes, cfg.cache)
     else:
         n = cfg.synthetic.train if split == "train" else cfg.synthetic.test
         s = cfg.synthetic
@@ -54,6 +54,15 @@ def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
     if size is not None and tuple(data.images.shape[-2:]) != (size, size):
         data.images = resize(data.images, size)
     return data
+
+
+def data_notes(cfg: DataConfig, data: ImageSet) -> list[str]:
+    """What a run says about the training split it read: how an image folder was read, and a data.subset larger
+    than the data."""
+    notes = [f"{cfg.name} train split: {data.source}"] if data.source else []
+    if cfg.subset > len(data):
+        notes.append(f"data.subset={cfg.subset} is more than the {len(data)} training images; using all {len(data)}")
+    return notes
 
 
 def dataset_info(cfg: DataConfig) -> tuple[int, int, int]:

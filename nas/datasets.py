@@ -7,11 +7,16 @@ set drawn in-process whose classes differ in visual structure (orientation and p
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import math
+import os
 import pickle
 import socket
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ class ImageSet:
     images: torch.Tensor   # (N, C, H, W) uint8
     labels: torch.Tensor   # (N,) int64
     classes: list[str]
+    source: str = ""       # how the images were read, for the run's log (an image folder: decoded or cached)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -201,10 +207,19 @@ def load_fashion_mnist(root: Path, split: str) -> ImageSet:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 
 
-def load_image_folder(root: Path, split: str, size: int, classes: list[str] | None = None) -> ImageSet:
-    """``root/<split>/<class>/<image>``, every image converted to RGB and resized to size x size."""
-    from PIL import Image, UnidentifiedImageError
+def cache_dir() -> Path:
+    """Where decoded image folders are cached: $NAS_CACHE_DIR, or ~/.cache/nas."""
+    return Path(os.environ.get("NAS_CACHE_DIR") or Path.home() / ".cache" / "nas").expanduser()
 
+
+def load_image_folder(root: Path, split: str, size: int, classes: list[str] | None = None,
+                      cache: bool = True) -> ImageSet:
+    """``root/<split>/<class>/<image>``, every image converted to RGB and resized to size x size.
+
+    Decoding is spread over threads (PIL releases the GIL while it decodes). With ``cache``, the decoded uint8
+    tensor is kept in cache_dir() under a key made of the folder, the size and every file's name, size and
+    modification time, so the next run reads one file instead of decoding every image; a changed file makes a new
+    key. ``ImageSet.source`` says which of the two happened."""
     folder = root / split
     if not folder.is_dir():
         raise DataError(f"image folder {folder}/ not found; data.root must hold train/ and test/, each with one "
@@ -219,23 +234,63 @@ def load_image_folder(root: Path, split: str, size: int, classes: list[str] | No
         if unknown:
             raise DataError(f"{folder}/{unknown[0]}/ is a class the training set lacks; train classes: "
                             f"{', '.join(classes)}")
-    images, labels = [], []
+    paths: list[Path] = []
+    labels: list[int] = []
     for label, name in enumerate(classes):
-        paths = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        here = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
             if (folder / name).is_dir() else []
-        if not paths and split == "train":
+        if not here and split == "train":
             raise DataError(f"class folder {folder / name}/ has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for path in paths:
-            try:
-                with Image.open(path) as opened:
-                    im = opened.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                images.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise DataError(f"cannot read image {path}: {e}") from None
-            labels.append(label)
-    if not images:
+        paths += here
+        labels += [label] * len(here)
+    if not paths:
         raise DataError(f"{folder}/ has no images")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+    key = _folder_key(folder, size, classes, paths) if cache else ""
+    cached = cache_dir() / "imagefolder" / f"{key}.pt"
+    if cache and cached.is_file():
+        try:
+            images = torch.load(cached, weights_only=True)
+            if isinstance(images, torch.Tensor) and images.shape == (len(paths), 3, size, size):
+                return ImageSet(images, torch.tensor(labels, dtype=torch.int64), classes,
+                                source=f"{len(paths)} images read from the cache {cached}")
+        except Exception:  # a damaged cache file is decoded again and rewritten
+            pass
+    t0 = time.perf_counter()
+    threads = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        images = torch.stack(list(pool.map(functools.partial(_decode, size=size), paths)))
+    source = f"{len(paths)} images decoded in {time.perf_counter() - t0:.1f}s with {threads} threads"
+    if cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            torch.save(images, tmp)
+            os.replace(tmp, cached)
+            source += f", cached in {cached}"
+        except OSError as e:  # a read-only home: the run goes on without a cache
+            source += f" (not cached: {e.strerror or e})"
+    return ImageSet(images, torch.tensor(labels, dtype=torch.int64), classes, source=source)
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            im = opened.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _folder_key(folder: Path, size: int, classes: list[str], paths: list[Path]) -> str:
+    """A digest of everything the decoded tensor depends on: the folder, the size, the classes, and each file's
+    path, size and modification time."""
+    h = hashlib.sha256(f"{folder.resolve()}\n{size}\n{classes}\n".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"{folder.name}-{size}px-{h.hexdigest()[:20]}"
 
 
 # ---------------------------------------------------------------------------------------------- synthetic

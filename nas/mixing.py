@@ -5,6 +5,9 @@ softmax(alpha); the forward pass computes only that op and its value is exactly 
 the backward pass reaches every alpha entry through the soft weights softmax((log_softmax(alpha) + g) / tau)
 (straight-through). DARTS (Liu et al., ICLR 2019, Eq. 2): every edge outputs sum_k softmax(alpha)_k op_k(x).
 SNAS-style (Xie et al., ICLR 2019): every edge outputs sum_k p_k op_k(x), p a soft Gumbel-softmax sample.
+DrNAS (Chen et al., ICLR 2021, Eq. 2-4): every edge outputs sum_k w_k op_k(x), w a sample of Dirichlet(beta) with
+concentration beta = elu(alpha) + 1, differentiable in beta by the pathwise (implicit reparameterization) gradient
+of its Gamma draws; optionally KL(Dirichlet(beta) || Dirichlet(1)) is added to the alpha loss.
 
 This is the only module that knows about Gumbel noise and tau.
 """
@@ -219,6 +222,35 @@ class SnasWeights(DartsWeights):
         self.weights = ((F.log_softmax(masked(alpha, mask), dim=-1) + noise) / tau).softmax(dim=-1)
 
 
+class DirichletWeights(DartsWeights):
+    """A sample of Dirichlet(elu(alpha) + 1) per edge, shared by every cell of the type; every op runs, weighted by
+    it, as in DartsWeights (with a mask, the ops it leaves out weigh exactly 0). The sample is Gamma(beta_k) draws
+    normalised by their sum: each draw is differentiable in its concentration (the implicit reparameterization
+    gradient torch implements for Gamma), so alpha's gradient flows through the sample."""
+
+    def __init__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        gamma = torch._standard_gamma(concentration(alpha), generator=generator)  # (E, K), > 0
+        if mask is not None:
+            gamma = gamma * mask  # a left-out op weighs exactly 0 (an edge keeps at least one op)
+        self.weights = gamma / gamma.sum(-1, keepdim=True)
+
+
+def concentration(alpha: torch.Tensor) -> torch.Tensor:
+    """DrNAS's Dirichlet concentration beta = elu(alpha) + 1 > 0 (1 at alpha = 0: the uniform Dirichlet)."""
+    return F.elu(alpha) + 1
+
+
+def dirichlet_kl(alpha: torch.Tensor, prior: float = 1.0) -> torch.Tensor:
+    """KL(Dirichlet(beta) || Dirichlet(prior * 1)) summed over the edges (DrNAS's KL regulariser)."""
+    beta = concentration(alpha)
+    anchor = torch.full_like(beta, prior)
+    b0, a0 = beta.sum(-1), anchor.sum(-1)
+    kl = (torch.lgamma(b0) - torch.lgamma(beta).sum(-1) - torch.lgamma(a0) + torch.lgamma(anchor).sum(-1)
+          + ((beta - anchor) * (torch.digamma(beta) - torch.digamma(b0).unsqueeze(-1))).sum(-1))
+    return kl.sum()
+
+
 class Mixer(Protocol):
     name: str
     tau: float | None
@@ -229,8 +261,17 @@ class Mixer(Protocol):
 
     def set_epoch(self, epoch: int, epochs: int) -> None: ...
 
+    def regularizer(self, alpha: torch.Tensor) -> torch.Tensor | None: ...
 
-class Annealed:
+
+class NoRegularizer:
+    """A mixer whose alpha loss is the validation loss alone."""
+
+    def regularizer(self, alpha: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class Annealed(NoRegularizer):
     """A Gumbel mixer's temperature: tau_max at the first epoch, annealed to tau_min at the last."""
 
     learns_alpha = True
@@ -259,7 +300,7 @@ class GDAS(Annealed):
         return GdasSample(alpha, self.tau, mask, self.gradient, generator)
 
 
-class DARTS:
+class DARTS(NoRegularizer):
     """Continuous relaxation: every op weighted by softmax(alpha). No temperature."""
 
     name = "darts"
@@ -286,7 +327,7 @@ class SNAS(Annealed):
         return SnasWeights(alpha, self.tau, mask, generator)
 
 
-class RandomMixer:
+class RandomMixer(NoRegularizer):
     """Random search with weight sharing (Li & Talwalkar, UAI 2019): every forward pass trains one op per edge drawn
     uniformly; alpha is never stepped. The genotype comes from scoring sampled cells (search.derive=sample)."""
 
@@ -302,6 +343,29 @@ class RandomMixer:
         pass
 
 
+class DrNAS:
+    """Dirichlet mixing (DrNAS, Chen et al., ICLR 2021): every op weighted by a fresh sample of Dirichlet(elu(alpha)
+    + 1). ``kl`` > 0 adds kl * KL(Dirichlet(beta) || Dirichlet(1)) to the alpha loss (the paper's distance to an
+    anchor); at 0 the only regulariser is alpha's weight decay, the L2 term of the official code's default."""
+
+    name = "drnas"
+    tau: float | None = None
+    learns_alpha = True
+
+    def __init__(self, kl: float = 0.0):
+        self.kl = kl
+
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> DirichletWeights:
+        return DirichletWeights(alpha, mask, generator)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        pass
+
+    def regularizer(self, alpha: torch.Tensor) -> torch.Tensor | None:
+        return self.kl * dirichlet_kl(alpha) if self.kl else None
+
+
 def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: str = "linear") -> float:
     """Temperature for 0-based ``epoch`` of ``epochs``: tau_max at the first epoch, tau_min at the last."""
     t = epoch / (epochs - 1) if epochs > 1 else 0.0
@@ -313,7 +377,7 @@ def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: st
 
 
 def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear",
-                 gradient: str = "all_ops") -> Mixer:
+                 gradient: str = "all_ops", kl: float = 0.0) -> Mixer:
     if name == "gdas":
         return GDAS(tau_max, tau_min, schedule, gradient)
     if name == "darts":
@@ -322,4 +386,6 @@ def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, sche
         return SNAS(tau_max, tau_min, schedule)
     if name == "random":
         return RandomMixer()
-    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts, snas, random")
+    if name == "drnas":
+        return DrNAS(kl)
+    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts, snas, drnas, random")

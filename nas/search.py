@@ -25,7 +25,7 @@ from nas.checkpoint import (
 )
 from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig, UserError, dump_yaml
-from nas.data import Batches, batch_seed, bilevel_split, channel_stats, load_dataset
+from nas.data import Batches, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, Run, peak_memory_mib
@@ -78,7 +78,8 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
     if not frozen:
-        backward_step(loss, opt, scaler, reduce=dist.average_gradients)
+        reg = model.regularizer()  # the mixer's own term (DrNAS's KL), if it has one; the logged loss stays the CE
+        backward_step(loss if reg is None else loss + reg, opt, scaler, reduce=dist.average_gradients)
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -99,6 +100,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
 
     # ---- data: the training set only, split into a weight half and an alpha half; search never reads test
     data = load_dataset(cfg.data, "train")
+    notes = data_notes(cfg.data, data)
     mean, std = channel_stats(data.images)
     w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
     common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=device,
@@ -114,11 +116,13 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     # ---- supernet and the two optimizers
     space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule,
-                         gradient=s.gdas_gradient)
+                         gradient=s.gdas_gradient, kl=s.drnas_kl)
     rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                            macro=cfg.model.macro).to(device)
+    if s.weight_sampling == "uniform":
+        model.weight_mixer = create_mixer("random")  # fair training: every op of an edge sampled as often
     if cfg.run.sync_bn and dist.active:
         use_global_batchnorm(model)
     dist.broadcast_parameters(model)  # the same seed built the same network; this makes sure of it
@@ -134,6 +138,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas,
                              weight_decay=s.arch_weight_decay)
     log.print(f"run directory {run.dir}")
+    for note in notes:
+        log.print(note)
     log.print(f"{cfg.data.name}: {train.num_images} images for weight steps, {valid.num_images} for alpha steps, "
               f"{num_classes} classes, {tuple(train.images.shape[1:])} per image; device {device}")
     macro = f" ({cfg.model.macro} network)" if cfg.model.macro != "darts" else ""
@@ -258,7 +264,18 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
     genotype = model.genotype(rule, s.max_skip)
-    if s.derive in ("perturb", "sample"):
+    if s.derive == "naswot":
+        from nas.naswot import select_by_naswot
+
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
+            fresh = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
+                                   mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
+                                   macro=cfg.model.macro).to(device, memory_format=memory_format)
+        x = torch.addcmul(valid.shift, valid.images[:s.naswot_batch].float(), valid.scale)  # the alpha half's first images
+        x = x.contiguous(memory_format=memory_format)
+        genotype = select_by_naswot(fresh.train(), x, cfg.seed, s.samples, log.print)
+    elif s.derive in ("perturb", "sample"):
         from nas.datasets import ImageSet
         from nas.perturb import select_by_perturbation, select_by_sampling
 

@@ -127,6 +127,7 @@ class Supernet(nn.Module):
         self._weights: list[nn.Parameter] | None = None  # cached: walking ~5000 modules per step is costly
         self.op_mask: dict[str, torch.Tensor] | None = None  # (E, K) bool per cell type: the ops allowed
         self.generator: torch.Generator | None = None  # the samples' source (None: torch's global generator)
+        self.weight_mixer: Mixer | None = None  # the weight steps' own mixer (search.weight_sampling=uniform)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.values())
@@ -156,9 +157,16 @@ class Supernet(nn.Module):
         self._step = step
 
     def mixings(self) -> dict[str, Mixing]:
-        """One mixing (one GDAS sample) per cell type for this forward pass."""
+        """One mixing (one GDAS sample) per cell type for this forward pass; in a weight step, the weight mixer's
+        when there is one (fair training: every op sampled as often)."""
         masks = self.op_mask or {}
-        return {t: self.mixer(a, masks.get(t), self.generator) for t, a in self.alpha.items()}
+        mixer = self.weight_mixer if self.weight_mixer is not None and self._step == "weights" else self.mixer
+        return {t: mixer(a, masks.get(t), self.generator) for t, a in self.alpha.items()}
+
+    def regularizer(self) -> torch.Tensor | None:
+        """The mixer's term of the alpha loss, summed over the cell types (None: it has none)."""
+        terms = [r for a in self.alpha.values() if (r := self.mixer.regularizer(a)) is not None]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def set_param_free_dropout(self, p: float) -> None:
         for m in self.modules():

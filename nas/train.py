@@ -25,7 +25,7 @@ from nas.checkpoint import (
     truncate_jsonl,
 )
 from nas.config import TrainConfig, UserError, dump_yaml, to_dict
-from nas.data import Batches, channel_stats, dataset_info, load_dataset
+from nas.data import Batches, channel_stats, data_notes, dataset_info, load_dataset
 from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
@@ -103,6 +103,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     # ---- data: the whole training split (or data.subset of it) for training, the test split for testing
     train_set = load_dataset(cfg.data, "train")
     test_set = load_dataset(cfg.data, "test")
+    notes = data_notes(cfg.data, train_set)
     mean, std = channel_stats(train_set.images)
     subset = None
     if cfg.data.subset:
@@ -134,6 +135,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=t.lr_min)
     aux_weight = cfg.model.auxiliary_weight
     log.print(f"run directory {run.dir}")
+    for note in notes:
+        log.print(note)
     log.print(f"genotype {genotype}")
     log.print(f"{cfg.data.name}: {train.num_images} training images, {test.num_images} test images, {num_classes} "
               f"classes; {params / 1e6:.3f}M parameters, {flops / 1e6:.1f}M multiply-adds per image; device {device}")

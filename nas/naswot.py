@@ -1,0 +1,87 @@
+"""The training-free score of NASWOT (Mellor et al., "Neural architecture search without training", ICML 2021,
+Sec. 3): for a batch of N images, every ReLU of the network gives each image a binary code (which units are
+active); K[i, j] = sum over ReLUs of the number of units on which images i and j agree, and the score is
+log|det K|. A network whose ReLUs tell the images of a batch apart scores high, and it is computed at
+initialisation, with no training.
+
+A cell is scored in a freshly initialised supernet, running that cell alone through the supernet's op mask: the
+same network a discrete build of the cell would be, with the supernet's C and layers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.genotype import Genotype, random_genotype
+from nas.mixing import create_mixer
+from nas.perturb import masks_of
+from nas.supernet import Supernet
+
+
+def relu_kernel(model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], Any] | None = None
+                ) -> torch.Tensor:
+    """K (N, N) float64 for the batch x (N, ...): K[i, j] = sum over the ReLUs that ran of the number of units where
+    images i and j are both active or both inactive (the input of the ReLU > 0, or not)."""
+    K = torch.zeros(len(x), len(x), dtype=torch.float64, device=x.device)
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        c = (inputs[0].detach().flatten(1) > 0).to(torch.float64)  # (N, units) binary codes
+        K.add_(c @ c.T + (1 - c) @ (1 - c).T)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            (forward or model)(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return K
+
+
+def naswot(model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], Any] | None = None) -> float:
+    """log|det K| of relu_kernel: NASWOT's score of ``model`` on the batch ``x`` (higher is better)."""
+    return float(torch.linalg.slogdet(relu_kernel(model, x, forward))[1])
+
+
+@contextmanager
+def running(model: Supernet, genotype: Genotype) -> Iterator[None]:
+    """The supernet running ``genotype`` alone: one allowed op per edge, sampled with certainty."""
+    saved = model.mixer, model.op_mask
+    model.mixer = create_mixer("random")  # uniform among the allowed ops: the one op of each edge
+    model.op_mask = masks_of(model.space, genotype, model.alpha[model.space.cell_types[0]].device)
+    try:
+        yield
+    finally:
+        model.mixer, model.op_mask = saved
+
+
+def score_cells(model: Supernet, cells: list[Genotype], x: torch.Tensor) -> list[float]:
+    """NASWOT's score of each cell, run alone in ``model`` (which should be freshly initialised) on the batch x."""
+    model.set_step("none")
+    scores = []
+    for g in cells:
+        with running(model, g):
+            scores.append(naswot(model, x))
+    return scores
+
+
+def select_by_naswot(model: Supernet, x: torch.Tensor, seed: int, samples: int,
+                     say: Callable[[str], None] = print, pool: list[Genotype] | None = None) -> Genotype:
+    """The best by NASWOT of ``pool``, or of ``samples`` random cells (drawn under the darts rule's constraints,
+    seeded by ``seed``), scored in ``model`` on the batch x."""
+    rng = random.Random(seed)
+    cells = pool if pool is not None else [random_genotype(model.space, rng, "darts") for _ in range(samples)]
+    say(f"scoring {len(cells)} {'cells' if pool is not None else 'random cells'} by NASWOT (log|det K| of the ReLU "
+        f"codes) at initialisation, on one batch of {len(x)} images")
+    scores = score_cells(model, cells, x)
+    order = sorted(range(len(cells)), key=lambda i: (-scores[i], i))  # the best score; on a tie, the first drawn
+    for i in order[:3]:
+        say(f"  cell {i + 1}/{len(cells)}: {scores[i]:.2f}  {cells[i]}")
+    say(f"  median of the {len(cells)} scores: {sorted(scores)[len(scores) // 2]:.2f}")
+    return cells[order[0]]
