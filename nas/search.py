@@ -272,7 +272,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             fresh = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                                    mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                                    macro=cfg.model.macro).to(device, memory_format=memory_format)
-        x = torch.addcmul(valid.shift, valid.images[:s.naswot_batch].float(), valid.scale)  # the alpha half's first images
+        x = torch.addcmul(valid.shift, valid.images[:s.naswot_batch].float(), valid.scale)  # the alpha half's first
         x = x.contiguous(memory_format=memory_format)
         genotype = select_by_naswot(fresh.train(), x, cfg.seed, s.samples, log.print)
     elif s.derive in ("perturb", "sample"):

@@ -13,3 +13,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402  (after the variable, which torch reads when it starts its thread pool)
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# Decoded image folders are cached in NAS_CACHE_DIR (default ~/.cache/nas); the suite keeps its own, in a fresh
+# temporary folder that it removes at exit, so that it never reads or leaves files in the user's cache.
+if "NAS_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="nas-test-cache-")
+    os.environ["NAS_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
