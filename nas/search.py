@@ -271,7 +271,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
             fresh = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                                    mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
-                                   macro=cfg.model.macro).to(device, memory_format=memory_format)
+                                   macro=cfg.model.macro).to(device)
+            fresh.to(memory_format=memory_format)
         x = torch.addcmul(valid.shift, valid.images[:s.naswot_batch].float(), valid.scale)  # the alpha half's first
         x = x.contiguous(memory_format=memory_format)
         genotype = select_by_naswot(fresh.train(), x, cfg.seed, s.samples, log.print)
@@ -294,5 +295,6 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
         draw_cells(genotype, run.dir / "cells")
     if board is not None:
         board.close()
+    run.finish()
     log.print(f"done: genotype written to {run.dir / 'genotype.json'}; cell drawings in {run.dir / 'cells'}")
     return run.dir

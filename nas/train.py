@@ -254,6 +254,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
     log.write_json("results.json", results)
+    run.finish()
     log.print(f"done: test accuracy {test_acc:.2f}% after the last epoch; results in {run.dir / 'results.json'}")
     return results
 

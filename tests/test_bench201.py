@@ -237,12 +237,12 @@ def test_a_study_scores_its_cells_by_lookup_instead_of_retraining(tmp_path: Path
     for i in ids:  # cifar100's x-test accuracy of the 200-epoch recipe
         index = ALL_CELLS.index(archs[i])
         scores[i] = study_accuracy(index, "cifar100", "x-test", "200", 199)
-        assert cells[i]["test_acc"] == {"benchmark": scores[i]}
+        assert cells[i]["acc"] == {"benchmark": scores[i]}
         assert cells[i]["benchmark"]["index"] == index
         assert cells[i]["params"] == pytest.approx(0.1 * (index + 1) * 1e6)  # as the benchmark records them
-    gdas = report["methods"][0]["test_acc"]
+    gdas = report["methods"][0]["acc"]
     assert gdas["n"] == 2 and gdas["mean"] == pytest.approx((scores["gdas-s0"] + scores["gdas-s1"]) / 2)
-    assert report["random"]["test_acc"]["n"] == 3
+    assert report["random"]["acc"]["n"] == 3
     md = (study / "report.md").read_text()
     assert "CIFAR-100 test accuracy after the benchmark's 200-epoch" in md
     assert "| method | benchmark test acc % |" in md

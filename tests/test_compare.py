@@ -70,17 +70,17 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_study_writes_every_report_file_with_the_right_rows(study: Path) -> None:
     report = json.loads((study / "report.json").read_text())
     assert [r["method"] for r in report["methods"]] == ["gdas", "darts"]
-    assert report["random"]["cells"] == 3 and report["random"]["test_acc"]["n"] == 3
+    assert report["random"]["cells"] == 3 and report["random"]["acc"]["n"] == 3
     assert [c["id"] for c in report["cells"]] == ["gdas-s0", "darts-s0", "random-0", "random-1", "random-2"]
     assert report["unfinished"] == []
     for row in report["methods"]:
-        assert row["searches_done"] == 1 and row["test_acc"]["n"] == 1
-        assert 0 <= row["test_acc"]["mean"] <= 100 and row["params"] > 0 and row["flops"] > 0
+        assert row["searches_done"] == 1 and row["acc"]["n"] == 1
+        assert 0 <= row["acc"]["mean"] <= 100 and row["params"] > 0 and row["flops"] > 0
         assert row["search_time_s"] > 0 and row["search_peak_mib"] > 0
         assert 0 <= row["supernet_valid_acc"]["mean"] <= 100
     for cell in report["cells"]:  # each accuracy is the training's own final one, never a best epoch
         results = json.loads((study / "train" / f"{cell['id']}-e0" / "results.json").read_text())
-        assert cell["test_acc"] == {"0": results["final_test_acc"]} and "best_test_acc" not in results
+        assert cell["acc"] == {"0": results["final_test_acc"]} and "best_test_acc" not in results
         assert cell["genotype"] == str(load_genotype(json.dumps(cell["genotype_json"])))
         assert all((study / d).is_file() for d in cell["drawings"]) and cell["drawings"]
     # every method against each other and against random; with n = 1 nothing is called a win
@@ -140,7 +140,7 @@ def test_verdicts_call_a_difference_only_beyond_the_seed_spread() -> None:
     def row(name: str, values: list[float]) -> dict:
         import statistics
 
-        return {"method": name, "test_acc": {"mean": statistics.fmean(values), "n": len(values),
+        return {"method": name, "acc": {"mean": statistics.fmean(values), "n": len(values),
                                              "std": statistics.stdev(values) if len(values) > 1 else 0.0}}
 
     assert compare(row("a", [70, 74]), row("b", [71, 73]))["verdict"] == "within_spread"
@@ -148,7 +148,7 @@ def test_verdicts_call_a_difference_only_beyond_the_seed_spread() -> None:
     assert wide["verdict"] == "higher" and "a is higher by 10.00 points" in wide["text"]
     assert compare(row("a", [70, 71]), row("b", [80, 81]))["verdict"] == "lower"
     assert compare(row("a", [90]), row("b", [10, 11]))["verdict"] == "no_spread"
-    assert compare(row("a", [90]), {"method": "b", "test_acc": {"n": 0}})["verdict"] == "missing"
+    assert compare(row("a", [90]), {"method": "b", "acc": {"n": 0}})["verdict"] == "missing"
 
 
 def test_study_killed_with_sigkill_resumes_and_ends_with_the_same_report(study: Path, tmp_path: Path) -> None:
@@ -235,11 +235,11 @@ def test_jobs_split_the_cpu_and_failed_runs_are_reported(tmp_path: Path) -> None
 
 def test_report_escapes_and_warns_about_cells_dominated_by_parameter_free_edges() -> None:
     empty = {"mean": None, "std": None, "n": 0, "median": None, "min": None, "max": None}
-    row = {"method": "gdas", "cells": 1, "test_acc": empty, "params": None, "flops": None, "search_time_s": None,
+    row = {"method": "gdas", "cells": 1, "acc": empty, "params": None, "flops": None, "search_time_s": None,
            "search_peak_mib": None, "supernet_valid_acc": empty, "edges": 6, "parameter_free": 6,
            "skip_connect": 5}
     cell = {"id": "gdas-s0", "method": "gdas", "seed": 0, "genotype": "|none~0|+|skip_connect~0|none~1|+|x|",
-            "ops": {"edges": 6, "parameter_free": 6}, "test_acc": {}, "params": None, "flops": None,
+            "ops": {"edges": 6, "parameter_free": 6}, "acc": {}, "params": None, "flops": None,
             "drawings": [], "dominated": True, "normal_param_free": [6, 6]}
     budget = {"data": "synthetic", "classes": 10, "image_shape": [3, 8, 8], "weight_images": None,
               "alpha_images": None, "train_images": None, "test_images": None,
