@@ -135,6 +135,8 @@ class SearchOptions:
                                          "uniform: one op per edge drawn uniformly, so every op is trained as often "
                                          "before alpha judges it (SPOS, Guo et al. 2020); alpha steps keep the mixer",
                                 choices=("mixer", "uniform"))
+    beta_decay: float = _key(0.0, "weight of beta-DARTS's beta-decay regulariser (the mean over edges of "
+                                  "logsumexp(alpha)) in the alpha loss (Ye et al. 2022); 0: off", low=0.0)
     drnas_kl: float = _key(0.0, "drnas: weight of KL(Dirichlet(beta) || Dirichlet(1)) in the alpha loss (0: alpha's "
                                 "weight decay is the only regulariser, the official default)", low=0.0)
     order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
@@ -146,8 +148,13 @@ class SearchOptions:
                                 "training-free NASWOT score at initialisation; Mellor et al. 2021)",
                        choices=("darts", "gdas", "perturb", "sample", "naswot"))
     samples: int = _key(100, "search.derive=sample or naswot: random cells scored at the end", low=1)
-    naswot_batch: int = _key(128, "search.derive=naswot: images of the alpha half in the batch that scores a cell "
-                                  "(the kernel K is batch x batch)", low=2)
+    naswot_prior: float = _key(0.0, "alpha starts at this times NASWOT's per-op prior: the mean standardised NASWOT "
+                                    "score of the random cells holding each op on each edge (search.prior_samples "
+                                    "cells, scored at initialisation); 0: no prior, alpha starts at 1e-3 randn",
+                               low=0.0)
+    prior_samples: int = _key(200, "search.naswot_prior: random cells scored for the prior", low=2)
+    naswot_batch: int = _key(128, "search.derive=naswot and naswot_prior: images of the alpha half in the batch "
+                                  "that scores a cell (the kernel K is batch x batch)", low=2)
     unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
                                  "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
                                  "darts mixer only")
@@ -405,10 +412,6 @@ class StudyConfig:
             if key in STUDY_SECTIONS:
                 raise ConfigError(f"per_method.{name}.{key}: a method may set search.* keys only; every method of a "
                                   "study searches the same data with the same supernet")
-        if "epochs" in raw and not (raw.get("derive") == "naswot" and raw["epochs"] == 0):
-            raise ConfigError(f"per_method.{name}.epochs: every method of a study searches for the same number of "
-                              "epochs (the same budget); set search.epochs (only a training-free method, "
-                              "derive=naswot, may set epochs=0)")
         raw = dict(raw)
         if "mixer" not in raw:
             if name not in MIXERS:

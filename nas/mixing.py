@@ -251,6 +251,12 @@ def dirichlet_kl(alpha: torch.Tensor, prior: float = 1.0) -> torch.Tensor:
     return kl.sum()
 
 
+def beta_decay(alpha: torch.Tensor) -> torch.Tensor:
+    """beta-DARTS's regulariser (Ye et al., CVPR 2022, Eq. 9): the mean over edges of logsumexp(alpha_e), whose
+    gradient softmax(alpha_e) pulls the largest logits down most, keeping alpha's softmax from saturating early."""
+    return torch.logsumexp(alpha, dim=-1).mean()
+
+
 class Mixer(Protocol):
     name: str
     tau: float | None

@@ -85,3 +85,35 @@ def select_by_naswot(model: Supernet, x: torch.Tensor, seed: int, samples: int,
         say(f"  cell {i + 1}/{len(cells)}: {scores[i]:.2f}  {cells[i]}")
     say(f"  median of the {len(cells)} scores: {sorted(scores)[len(scores) // 2]:.2f}")
     return cells[order[0]]
+
+
+def op_prior(model: Supernet, x: torch.Tensor, seed: int, samples: int,
+             say: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """NASWOT as a prior on alpha: score ``samples`` random cells in ``model`` (freshly initialised) on the batch x,
+    standardise the scores, and give each (edge, op) of each cell type the mean standardised score of the cells
+    that hold that op on that edge (0 where none does). Returns one (E, K) tensor per cell type."""
+    rng = random.Random(seed)
+    cells = [random_genotype(model.space, rng, "darts") for _ in range(samples)]
+    with torch.random.fork_rng(devices=[]):  # scoring must not move the stream the search draws from next
+        scores = torch.tensor(score_cells(model, cells, x), dtype=torch.float64)
+    finite = scores.isfinite()  # a singular K (a cell whose output is constant) scores -inf: the lowest there is
+    if not finite.any():
+        raise ValueError("every cell's NASWOT kernel is singular: the batch cannot tell its images apart")
+    scores = torch.where(finite, scores, scores[finite].min())
+    z = (scores - scores.mean()) / scores.std().clamp_min(1e-12)
+    space = model.space
+    prior = {}
+    for t in space.cell_types:
+        total = torch.zeros(space.num_edges, space.num_ops, dtype=torch.float64)
+        count = torch.zeros_like(total)
+        for g, zi in zip(cells, z, strict=True):
+            mask = masks_of(space, g)[t]
+            used = mask.sum(-1) == 1  # the edges this cell keeps (DARTS space: `none` alone marks a dropped edge)
+            total[used] += zi * mask[used]
+            count[used] += mask[used].to(torch.float64)
+        prior[t] = (total / count.clamp_min(1)).to(torch.float32)
+    best = int(z.argmax())
+    say(f"NASWOT prior: {samples} random cells scored at initialisation on {len(x)} images (best "
+        f"{float(scores[best]):.2f}, median {float(scores.median()):.2f}); per edge, the op whose cells score highest: "
+        + " ".join(f"{t}: " + ",".join(space.ops[int(k)] for k in p.argmax(-1)) for t, p in prior.items()))
+    return prior

@@ -121,6 +121,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                            macro=cfg.model.macro).to(device)
+    model.beta_decay = s.beta_decay
     if s.weight_sampling == "uniform":
         model.weight_mixer = create_mixer("random")  # fair training: every op of an edge sampled as often
     if cfg.run.sync_bn and dist.active:
@@ -149,8 +150,20 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     if dist.active:
         log.print(dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
 
+    def naswot_batch() -> torch.Tensor:
+        """The batch NASWOT scores cells on: the first images of the alpha half (a seeded shuffle), normalised."""
+        x = torch.addcmul(valid.shift, valid.images[:s.naswot_batch].float(), valid.scale)
+        return x.contiguous(memory_format=memory_format)
+
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
     start_epoch, start_step, partial = 0, 0, None
+    if state is None and s.naswot_prior:  # a new run: alpha starts from NASWOT's prior, scored on this fresh supernet
+        from nas.naswot import op_prior
+
+        prior = op_prior(model, naswot_batch(), cfg.seed, s.prior_samples, log.print)
+        with torch.no_grad():
+            for t, p in prior.items():
+                model.alpha[t].copy_(s.naswot_prior * p.to(device))
     if state is not None:
         model.load_state_dict(state["model"])
         w_opt.load_state_dict(state["w_opt"])
@@ -273,9 +286,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                                    mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                                    macro=cfg.model.macro).to(device)
             fresh.to(memory_format=memory_format)
-        x = torch.addcmul(valid.shift, valid.images[:s.naswot_batch].float(), valid.scale)  # the alpha half's first
-        x = x.contiguous(memory_format=memory_format)
-        genotype = select_by_naswot(fresh.train(), x, cfg.seed, s.samples, log.print)
+        genotype = select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print)
     elif s.derive in ("perturb", "sample"):
         from nas.datasets import ImageSet
         from nas.perturb import select_by_perturbation, select_by_sampling

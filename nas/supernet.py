@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nas.genotype import Genotype, derive
-from nas.mixing import Mixer, Mixing
+from nas.mixing import Mixer, Mixing, beta_decay
 from nas.ops import (
     FactorizedReduce,
     FixedReductionCell,
@@ -128,6 +128,7 @@ class Supernet(nn.Module):
         self.op_mask: dict[str, torch.Tensor] | None = None  # (E, K) bool per cell type: the ops allowed
         self.generator: torch.Generator | None = None  # the samples' source (None: torch's global generator)
         self.weight_mixer: Mixer | None = None  # the weight steps' own mixer (search.weight_sampling=uniform)
+        self.beta_decay = 0.0  # search.beta_decay: the weight of beta-DARTS's regulariser in the alpha loss
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.values())
@@ -164,8 +165,11 @@ class Supernet(nn.Module):
         return {t: mixer(a, masks.get(t), self.generator) for t, a in self.alpha.items()}
 
     def regularizer(self) -> torch.Tensor | None:
-        """The mixer's term of the alpha loss, summed over the cell types (None: it has none)."""
+        """The alpha loss's terms beyond the validation loss, summed over the cell types: the mixer's own (DrNAS's
+        KL) and beta-decay (None: there are none)."""
         terms = [r for a in self.alpha.values() if (r := self.mixer.regularizer(a)) is not None]
+        if self.beta_decay:
+            terms += [self.beta_decay * beta_decay(a) for a in self.alpha.values()]
         return sum(terms[1:], terms[0]) if terms else None
 
     def set_param_free_dropout(self, p: float) -> None:

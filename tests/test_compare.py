@@ -262,8 +262,6 @@ BAD = [
     (["per_method.darts.ordr=alpha_first"], "unknown key 'per_method.darts.ordr' (did you mean "
                                             "'per_method.darts.order'?)"),
     (["search.mixer=darts"], "search.mixer is set per method in a study"),
-    (["per_method.gdas.epochs=3"], "per_method.gdas.epochs: every method of a study searches for the same number "
-                                   "of epochs"),
     (["search.tau_max=5"], "method 'darts': search.tau_max applies only to search.mixer=gdas or snas"),
     (["seeds=[1,1]"], "seeds=[1, 1] lists a seed twice"),
     (["methods=[gdas,random]", "per_method.random.mixer=gdas"], "method name 'random' is not valid"),

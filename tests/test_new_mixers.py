@@ -100,3 +100,40 @@ def test_naswot_ranks_a_cell_of_convolutions_above_a_cell_of_none() -> None:
     empty, convs = score_cells(model, cells, x)
     assert convs > empty
     assert model.op_mask is None and model.mixer.name == "gdas"  # left as it was found
+
+
+def test_beta_decay_is_the_mean_logsumexp_and_pulls_the_largest_logits_down_most() -> None:
+    from nas.mixing import beta_decay
+
+    alpha = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]], requires_grad=True)
+    value = beta_decay(alpha)
+    assert value.item() == pytest.approx(torch.logsumexp(alpha, -1).mean().item())
+    value.backward()
+    assert torch.allclose(alpha.grad, alpha.detach().softmax(-1) / 2)  # d/d alpha: softmax over the 2 edges
+    model = build_supernet("nb201", C=2, layers=1, num_classes=2, mixer=create_mixer("gdas"))
+    assert model.regularizer() is None
+    model.beta_decay = 0.5
+    assert model.regularizer().item() == pytest.approx(0.5 * beta_decay(model.alpha["normal"]).item())
+
+
+def test_the_naswot_prior_is_each_ops_mean_standardised_score() -> None:
+    import random
+
+    from nas.genotype import random_genotype
+    from nas.naswot import op_prior
+
+    torch.manual_seed(0)
+    model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer("gdas"))
+    x = torch.randn(12, 3, 8, 8)
+    prior = op_prior(model, x, seed=5, samples=30, say=lambda _: None)["normal"]
+    rng = random.Random(5)  # the same cells, scored here one by one
+    cells = [random_genotype(model.space, rng, "darts") for _ in range(30)]
+    scores = torch.tensor(score_cells(model, cells, x), dtype=torch.float64)
+    scores = torch.where(scores.isfinite(), scores, scores[scores.isfinite()].min())
+    z = (scores - scores.mean()) / scores.std()
+    ops = model.space.ops
+    for e in range(6):
+        for k, op in enumerate(ops):
+            held = [zi for g, zi in zip(cells, z) if [o for node in g.normal for o, _ in node][e] == op]
+            want = float(sum(held) / len(held)) if held else 0.0
+            assert prior[e, k].item() == pytest.approx(want, abs=1e-5)
