@@ -148,6 +148,10 @@ class SearchOptions:
                                 "training-free NASWOT score at initialisation; Mellor et al. 2021)",
                        choices=("darts", "gdas", "perturb", "sample", "naswot"))
     samples: int = _key(100, "search.derive=sample or naswot: random cells scored at the end", low=1)
+    naswot_pool: str = _key("random", "search.derive=naswot: the cells it scores. random: search.samples random cells "
+                                      "(NASWOT as a method of its own); alpha: up to search.samples distinct cells "
+                                      "drawn from the searched alpha (NASWOT as a filter of the search's result)",
+                            choices=("random", "alpha"))
     naswot_prior: float = _key(0.0, "alpha starts at this times NASWOT's per-op prior: the mean standardised NASWOT "
                                     "score of the random cells holding each op on each edge (search.prior_samples "
                                     "cells, scored at initialisation); 0: no prior, alpha starts at 1e-3 randn",
@@ -206,9 +210,14 @@ class SearchOptions:
         if self.mixer == "random" and self.derive not in ("sample", "naswot"):
             raise ConfigError(f"search.mixer=random never steps alpha, so search.derive={self.derive!r} would read "
                               "untrained logits; valid: search.derive=sample or naswot")
-        if self.epochs == 0 and self.derive != "naswot":
-            raise ConfigError(f"search.epochs=0 trains nothing, which only search.derive=naswot (a training-free "
-                              f"score) can use; got search.derive={self.derive}")
+        if self.epochs == 0 and self.derive != "naswot" and not self.naswot_prior:
+            raise ConfigError(f"search.epochs=0 trains nothing, which only the training-free NASWOT can use "
+                              f"(search.derive=naswot or search.naswot_prior > 0); got search.derive={self.derive}")
+        if self.naswot_pool == "alpha" and self.derive != "naswot":
+            raise ConfigError("search.naswot_pool=alpha applies only to search.derive=naswot")
+        if self.naswot_pool == "alpha" and self.mixer == "random":
+            raise ConfigError("search.naswot_pool=alpha draws cells from alpha, which search.mixer=random never "
+                              "learns; valid: search.naswot_pool=random")
         if self.max_skip is not None and self.derive in ("perturb", "sample", "naswot"):
             raise ConfigError(f"search.max_skip caps the alpha rules (search.derive=darts or gdas); "
                               f"derive={self.derive} does not read alpha; drop one of them")

@@ -11,6 +11,7 @@ same network a discrete build of the cell would be, with the supernet's C and la
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.genotype import Genotype, random_genotype
-from nas.mixing import create_mixer
+from nas.genotype import Genotype, derive, random_genotype
+from nas.mixing import create_mixer, gumbel_like
 from nas.perturb import masks_of
 from nas.supernet import Supernet
 
@@ -61,14 +62,37 @@ def running(model: Supernet, genotype: Genotype) -> Iterator[None]:
         model.mixer, model.op_mask = saved
 
 
-def score_cells(model: Supernet, cells: list[Genotype], x: torch.Tensor) -> list[float]:
-    """NASWOT's score of each cell, run alone in ``model`` (which should be freshly initialised) on the batch x."""
+def score_cells(model: Supernet, cells: list[Genotype], x: torch.Tensor,
+                say: Callable[[str], None] | None = None) -> list[float]:
+    """NASWOT's score of each cell, run alone in ``model`` (which should be freshly initialised) on the batch x;
+    with ``say``, a progress line at every tenth of the cells."""
     model.set_step("none")
     scores = []
-    for g in cells:
+    start, every = time.perf_counter(), max(1, len(cells) // 10)
+    for i, g in enumerate(cells, start=1):
         with running(model, g):
             scores.append(naswot(model, x))
+        if say is not None and (i % every == 0 or i == len(cells)) and i < len(cells):
+            took = time.perf_counter() - start
+            say(f"  {i}/{len(cells)} cells scored, {took:.0f}s, about {took / i * (len(cells) - i):.0f}s to go")
     return scores
+
+
+def cells_from_alpha(model: Supernet, samples: int, seed: int, rule: str = "darts") -> list[Genotype]:
+    """Up to ``samples`` distinct cells drawn from alpha: first the one alpha derives, then the cells derived from
+    alpha + Gumbel noise (the Gumbel-max trick: in NAS-Bench-201, each edge's op an exact sample of softmax(alpha);
+    in the DARTS space, samples that keep the derivation rule's constraints). The draws are bounded: a peaked
+    alpha may give fewer distinct cells."""
+    alphas = {t: a.detach().cpu() for t, a in model.alpha.items()}
+    g = torch.Generator().manual_seed(seed)
+    first = derive(model.space, alphas, rule)
+    found = {str(first): first}
+    for _ in range(20 * samples):
+        if len(found) >= samples:
+            break
+        cell = derive(model.space, {t: a + gumbel_like(a, g) for t, a in alphas.items()}, rule)
+        found.setdefault(str(cell), cell)
+    return list(found.values())
 
 
 def select_by_naswot(model: Supernet, x: torch.Tensor, seed: int, samples: int,
@@ -79,7 +103,7 @@ def select_by_naswot(model: Supernet, x: torch.Tensor, seed: int, samples: int,
     cells = pool if pool is not None else [random_genotype(model.space, rng, "darts") for _ in range(samples)]
     say(f"scoring {len(cells)} {'cells' if pool is not None else 'random cells'} by NASWOT (log|det K| of the ReLU "
         f"codes) at initialisation, on one batch of {len(x)} images")
-    scores = score_cells(model, cells, x)
+    scores = score_cells(model, cells, x, say)
     order = sorted(range(len(cells)), key=lambda i: (-scores[i], i))  # the best score; on a tie, the first drawn
     for i in order[:3]:
         say(f"  cell {i + 1}/{len(cells)}: {scores[i]:.2f}  {cells[i]}")
@@ -94,8 +118,9 @@ def op_prior(model: Supernet, x: torch.Tensor, seed: int, samples: int,
     that hold that op on that edge (0 where none does). Returns one (E, K) tensor per cell type."""
     rng = random.Random(seed)
     cells = [random_genotype(model.space, rng, "darts") for _ in range(samples)]
+    say(f"NASWOT prior: scoring {samples} random cells at initialisation on {len(x)} images")
     with torch.random.fork_rng(devices=[]):  # scoring must not move the stream the search draws from next
-        scores = torch.tensor(score_cells(model, cells, x), dtype=torch.float64)
+        scores = torch.tensor(score_cells(model, cells, x, say), dtype=torch.float64)
     finite = scores.isfinite()  # a singular K (a cell whose output is constant) scores -inf: the lowest there is
     if not finite.any():
         raise ValueError("every cell's NASWOT kernel is singular: the batch cannot tell its images apart")
@@ -113,7 +138,6 @@ def op_prior(model: Supernet, x: torch.Tensor, seed: int, samples: int,
             count[used] += mask[used].to(torch.float64)
         prior[t] = (total / count.clamp_min(1)).to(torch.float32)
     best = int(z.argmax())
-    say(f"NASWOT prior: {samples} random cells scored at initialisation on {len(x)} images (best "
-        f"{float(scores[best]):.2f}, median {float(scores.median()):.2f}); per edge, the op whose cells score highest: "
+    say(f"NASWOT prior: best score {float(scores[best]):.2f}, median {float(scores.median()):.2f}; per edge, the op whose cells score highest: "
         + " ".join(f"{t}: " + ",".join(space.ops[int(k)] for k in p.argmax(-1)) for t, p in prior.items()))
     return prior

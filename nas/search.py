@@ -278,7 +278,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
     genotype = model.genotype(rule, s.max_skip)
     if s.derive == "naswot":
-        from nas.naswot import select_by_naswot
+        from nas.naswot import cells_from_alpha, select_by_naswot
 
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
@@ -286,7 +286,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                                    mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                                    macro=cfg.model.macro).to(device)
             fresh.to(memory_format=memory_format)
-        genotype = select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print)
+        pool = cells_from_alpha(model, s.samples, cfg.seed, rule) if s.naswot_pool == "alpha" else None
+        genotype = select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print, pool)
     elif s.derive in ("perturb", "sample"):
         from nas.datasets import ImageSet
         from nas.perturb import select_by_perturbation, select_by_sampling
