@@ -138,6 +138,7 @@ def op_prior(model: Supernet, x: torch.Tensor, seed: int, samples: int,
             count[used] += mask[used].to(torch.float64)
         prior[t] = (total / count.clamp_min(1)).to(torch.float32)
     best = int(z.argmax())
-    say(f"NASWOT prior: best score {float(scores[best]):.2f}, median {float(scores.median()):.2f}; per edge, the op whose cells score highest: "
+    say(f"NASWOT prior: best score {float(scores[best]):.2f}, median {float(scores.median()):.2f}; per edge, the op "
+        "whose cells score highest: "
         + " ".join(f"{t}: " + ",".join(space.ops[int(k)] for k in p.argmax(-1)) for t, p in prior.items()))
     return prior
