@@ -29,7 +29,7 @@ SYNTHETIC_SEEDS = {"train": 1_000, "test": 2_000}  # the synthetic set is the sa
 def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
     """The ``split`` ("train" or "test") of the configured data set, resized to data.image_size if set."""
     assert split in ("train", "test"), split
-    root = Path(cfg.root)
+    root = Path(cfg.root).expanduser()  # "~/..." in a key=value override reaches us unexpanded
     if cfg.name in ("cifar10", "cifar100"):
         data = load_cifar(cfg.name, root, split)
     elif cfg.name == "fashion-mnist":
@@ -74,7 +74,7 @@ def dataset_info(cfg: DataConfig) -> tuple[int, int, int]:
     elif cfg.name == "synthetic":
         classes, channels, size = cfg.synthetic.classes, 3, 32
     else:
-        train = Path(cfg.root) / "train"
+        train = Path(cfg.root).expanduser() / "train"
         if not train.is_dir():
             raise DataError(f"image folder {train}/ not found; data.root must hold train/ and test/, each with one "
                             "folder of images per class")

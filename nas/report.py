@@ -154,10 +154,10 @@ def summarize(name: str, cells: list[dict[str, Any]], searches: list[dict[str, A
         "acc": stats(accs),
         "params": _mean([c["params"] for c in cells if c["params"] is not None]),
         "flops": _mean([c["flops"] for c in cells if c["flops"] is not None]),
-        "search_time_s": _mean([s["time_s"] for s in done]),
+        "search_time_s": _mean([t for s in done if (t := s["wall_s"] or s["time_s"]) is not None]),
         "search_cpu_s": _mean([s["cpu_s"] for s in done if s["cpu_s"] is not None]),
-        "search_peak_mib": _mean([s["peak_mib"] for s in done]),
-        "supernet_valid_acc": stats([s["supernet_valid_acc"] for s in done]),
+        "search_peak_mib": _mean([s["peak_mib"] for s in done if s["peak_mib"] is not None]),
+        "supernet_valid_acc": stats([s["supernet_valid_acc"] for s in done if s["supernet_valid_acc"] is not None]),
         "edges": _mean([c["ops"]["edges"] for c in found]),
         "parameter_free": _mean([c["ops"]["parameter_free"] for c in found]),
         "skip_connect": _mean([c["ops"]["skip_connect"] for c in found]),
@@ -302,7 +302,8 @@ def _budget(lay: StudyLayout, searches: list[dict[str, Any]], cells: list[dict[s
         "eval": {"C": cfg.eval.model.C, "layers": cfg.eval.model.layers, "epochs": cfg.eval.train.epochs,
                  "batch": cfg.eval.data.batch_size, "seeds": list(cfg.eval.seeds)},
         "random_cells": cfg.random.samples,
-        "search_time_s": sum(s["time_s"] or 0.0 for s in searches),
+        "search_time_s": sum(s["wall_s"] or s["time_s"] or 0.0 for s in searches),
+        "search_cpu_s": sum(s["cpu_s"] or 0.0 for s in searches),
         "train_time_s": sum(t for c in cells for t in c["train_time_s"]),
     }
 
@@ -391,8 +392,8 @@ def quality_table(r: dict[str, Any]) -> list[str]:
     """The markdown of the search-quality table: per method, mean ± std accuracy and mean (min) percentile on each
     data set, CPU time per search; then the whole space's distribution, where the table gave it."""
     space = r["scoring"].get("space")
-    head = ["method", "cells"] + [f"{LABELS[d]} {_metric(r['scoring'], d).split(' ', 1)[1]} %" if i == 0
-                                  else f"{LABELS[d]} %" for i, d in enumerate(LABELS)]
+    split = "valid" if r["scoring"].get("split") == ["valid"] else "test"
+    head = ["method", "cells"] + [f"{LABELS[d]} {split} acc %" for d in LABELS]
     keys = list(BENCH_DATA.values())
     if space:
         head = head[:2] + [x for h, d in zip(head[2:], LABELS, strict=True) for x in (h, f"{LABELS[d]} percentile")]
@@ -431,7 +432,8 @@ def markdown(r: dict[str, Any]) -> str:
         + (f"; per method: {json.dumps(b['per_method'])}" if b["per_method"] else ""),
         _scoring_line(r["scoring"], b),
         f"- random baseline: {b['random_cells']} cells",
-        f"- compute: {b['search_time_s'] / 60:.1f} min of search, {b['train_time_s'] / 60:.1f} min of training",
+        f"- compute: {b['search_time_s'] / 60:.1f} min of search ({b['search_cpu_s'] / 60:.1f} CPU-min), "
+        f"{b['train_time_s'] / 60:.1f} min of training",
     ]
     if m:
         cpu = "; ".join(f"{c['model']} ({c['cores']} cores)" for c in m["cpu"] if c) or "–"
