@@ -33,7 +33,7 @@ def test_required_key_names_exist() -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads(path: Path) -> None:
     cfg = load_config(SearchConfig, path)
-    assert cfg.search.epochs >= 1
+    assert cfg.search.epochs >= 1 or cfg.search.derive == "naswot"  # only a training-free recipe trains nothing
 
 
 def test_recipes_exist() -> None:
