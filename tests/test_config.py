@@ -47,7 +47,8 @@ def test_recipes_exist() -> None:
 def test_every_study_loads_and_each_method_makes_a_valid_search(path: Path) -> None:
     cfg = load_config(StudyConfig, path)
     for method in cfg.methods:
-        assert cfg.search_config(method, seed=0).search.epochs == cfg.per_method.get(method, {}).get("epochs", cfg.search.epochs)
+        epochs = cfg.per_method.get(method, {}).get("epochs", cfg.search.epochs)  # a method may have its own
+        assert cfg.search_config(method, seed=0).search.epochs == epochs, method
 
 
 def test_overrides_apply_over_the_file(tmp_path: Path) -> None:
