@@ -46,7 +46,8 @@ def stable(report: dict) -> dict:
     def strip(x: object) -> object:
         if isinstance(x, dict):
             return {k: strip(v) for k, v in x.items()
-                    if not any(w in k for w in ("time", "peak", "seconds")) and k not in ("machine", "study", "dir")}
+                    if not any(w in k for w in ("time", "peak", "seconds", "cpu_s", "wall_s"))
+                    and k not in ("machine", "study", "dir")}
         if isinstance(x, list):
             return [strip(v) for v in x]
         return x
@@ -246,7 +247,7 @@ def test_report_escapes_and_warns_about_cells_dominated_by_parameter_free_edges(
               "supernet": {"space": "nb201", "C": 4, "layers": 1}, "search_epochs": 1, "search_batch": 8,
               "search_seeds": [0], "per_method": {}, "eval": {"C": 4, "layers": 1, "epochs": 1, "batch": 8,
                                                               "seeds": [0]},
-              "random_cells": 0, "search_time_s": 0.0, "train_time_s": 0.0}
+              "random_cells": 0, "search_time_s": 0.0, "search_cpu_s": 0.0, "train_time_s": 0.0}
     md = markdown({"study": "s", "scoring": {"by": "training"}, "budget": budget, "machine": {}, "methods": [row],
                    "random": None, "comparisons": [], "cells": [cell], "plots": [],
                    "unfinished": [{"run": "train/gdas-s0-e0", "state": "not started"}]})

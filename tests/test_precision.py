@@ -74,10 +74,16 @@ def test_fp16_needs_cuda_and_compile_is_for_evaluate(tmp_path: Path, capsys: pyt
     assert "run.compile applies only to evaluate.py" in capsys.readouterr().err
 
 
-def test_compiled_evaluation_compiles_one_training_and_one_test_graph(tmp_path: Path) -> None:
+def test_compiled_evaluation_compiles_one_training_and_one_test_graph(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """run.compile=true trains and tests through torch.compile; the drop-path probability changes every epoch
-    without a recompilation (it lives in a tensor), so three epochs need two graphs."""
+    without a recompilation (it lives in a tensor), so three epochs need two graphs. The graphs are what dynamo
+    captures, whatever backend then compiles them: the test runs them eagerly, since inductor's code generation
+    alone takes minutes on a CPU."""
     from torch._dynamo.utils import counters
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, **{**kw, "backend": "eager"}))
 
     torch._dynamo.reset()
     counters.clear()
