@@ -48,6 +48,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     """Load a checkpoint written by save_checkpoint for a ``kind`` ("search" or "train") run."""
+    state = _read(path)
+    if state.get("kind") != kind:
+        raise CheckpointError(f"{path} is a {state.get('kind')!r} checkpoint, not a {kind!r} one")
+    return state
+
+
+def read_kind(path: Path) -> str:
+    """The kind of run ("search" or "train") that wrote the checkpoint at ``path``."""
+    return str(_read(path).get("kind"))
+
+
+def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -60,8 +72,6 @@ def load_checkpoint(path: Path, kind: str) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable checkpoint: {reason}") from None
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise CheckpointError(f"{path} is not a checkpoint of this version of nas (version {VERSION})")
-    if state.get("kind") != kind:
-        raise CheckpointError(f"{path} is a {state.get('kind')!r} checkpoint, not a {kind!r} one")
     return state
 
 

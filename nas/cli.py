@@ -82,11 +82,14 @@ def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> A
     if not (path / "config.yaml").is_file() or not (path / "checkpoint.pt").is_file():
         missing = "config.yaml" if not (path / "config.yaml").is_file() else "checkpoint.pt"
         raise UserError(f"--resume {run_dir!r} is not a run directory with a checkpoint (no {missing})")
-    other = {"search": ("train", "evaluate.py"), "train": ("search", "search.py")}[kind]
-    text = (path / "config.yaml").read_text()
-    if f"\n{other[0]}:" in f"\n{text}" and f"\n{kind}:" not in f"\n{text}":
-        raise UserError(f"{run_dir!r} is a {'train' if kind == 'search' else 'search'} run; resume it with "
-                        f"python {other[1]} --resume {run_dir}")
+    from nas.checkpoint import read_kind
+
+    written = read_kind(path / "checkpoint.pt")  # the checkpoint says which loop wrote it
+    if written != kind:
+        tool = {"search": "search", "train": "evaluate"}.get(written)
+        if tool is None:
+            raise UserError(f"{run_dir!r}: its checkpoint is of kind {written!r}; valid: search or train")
+        raise UserError(f"{run_dir!r} is a {written} run; resume it with python -m nas {tool} --resume {run_dir}")
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key not in RESUMABLE:
@@ -96,11 +99,11 @@ def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> A
 
 
 def plot_main(argv: list[str] | None = None) -> int:
-    """python -m nas.plot: draw a genotype's cells."""
+    """python -m nas plot: draw a genotype's cells."""
     from nas.genotype import load_genotype
     from nas.plot import draw_cells
 
-    parser = argparse.ArgumentParser(prog="python -m nas.plot", description="Draw a genotype's cells (PNG and SVG).")
+    parser = argparse.ArgumentParser(prog="python -m nas plot", description="Draw a genotype's cells (PNG and SVG).")
     parser.add_argument("genotype", help="genotype.json, a run directory, a published name or a genotype string")
     parser.add_argument("--out", metavar="DIR", help="where to write the drawings (default: the run directory's "
                                                      "cells/ folder, else ./cells)")
@@ -120,8 +123,8 @@ def plot_main(argv: list[str] | None = None) -> int:
 
 def genotype_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nas.genotype", description="Check a genotype and print it in another format.",
-        epilog="example: python -m nas.genotype runs/quickstart --to darts")
+        prog="python -m nas genotype", description="Check a genotype and print it in another format.",
+        epilog="example: python -m nas genotype runs/quickstart --to text")
     parser.add_argument("genotype", help="genotype.json, a run directory, a DARTS Genotype(...) text file, "
                                          "or a genotype string")
     parser.add_argument("--to", choices=["json", "text"], default="json",
@@ -277,7 +280,7 @@ def compare_main(argv: list[str] | None = None) -> int:
 
 def bench201_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nas.bench201", description="Look a NAS-Bench-201 cell up in the benchmark: one JSON line. "
+        prog="python -m nas bench201", description="Look a NAS-Bench-201 cell up in the benchmark: one JSON line. "
         "From the table (the default): its validation accuracy after the 200-epoch recipe, mean and per seed, on "
         "CIFAR-10, CIFAR-100 and ImageNet16-120, its percentile among all 15,625 cells, size (MB of parameters), "
         "latency and training time. From a NATS-Bench file: its index, train/valid/test accuracy (200-epoch recipe, "
@@ -299,3 +302,44 @@ def bench201_main(argv: list[str] | None = None) -> int:
         print(json.dumps(lookup(load_benchmark(args.benchmark), genotype)))
 
     return run_guarded(go)
+
+
+def config_main(argv: list[str] | None = None) -> int:
+    """python -m nas config [search|train|study]: every key of a config with its default and meaning."""
+    from nas.config import key_table
+
+    tables = {"search": SearchConfig, "train": TrainConfig, "study": StudyConfig}
+    parser = argparse.ArgumentParser(prog="python -m nas config", description="Print every key of a config file "
+                                     "kind with its default and meaning, as a markdown table.")
+    parser.add_argument("kind", nargs="?", default="search", choices=list(tables),
+                        help="search (search.py recipes), train (evaluate.py recipes) or study (compare.py)")
+    args = parser.parse_args(argv)
+    print(key_table(tables[args.kind]))
+    return 0
+
+
+# python -m nas TOOL: every tool, with the line `python -m nas --help` shows for it
+TOOLS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
+    "search": (search_main, "search a cell (search.py)"),
+    "evaluate": (evaluate_main, "train a genotype from scratch and test it (evaluate.py)"),
+    "compare": (compare_main, "run, resume or report a comparison study (compare.py)"),
+    "genotype": (genotype_main, "check a genotype and print it as JSON or text"),
+    "plot": (plot_main, "draw a genotype's cells"),
+    "bench201": (bench201_main, "look a NAS-Bench-201 cell up in the benchmark"),
+    "config": (config_main, "print every key of a search, train or study config"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m nas TOOL [arguments]: the one door to every tool."""
+    args = sys.argv[1:] if argv is None else argv
+    usage = "usage: python -m nas TOOL [arguments]  (python -m nas TOOL --help for a tool's own)\n\ntools:\n" + \
+        "\n".join(f"  {name:<10} {line}" for name, (_, line) in TOOLS.items())
+    if not args or args[0] in ("-h", "--help"):
+        print(usage, file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    if args[0] not in TOOLS:
+        print(f"error: unknown tool {args[0]!r}; valid: {', '.join(TOOLS)}", file=sys.stderr)
+        return 2
+    tool, _ = TOOLS[args[0]]
+    return tool(args[1:])

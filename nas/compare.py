@@ -258,6 +258,16 @@ def job_settings(cfg: StudyConfig, jobs: int, nproc: int = 1) -> list[tuple[list
     return [([f"run.threads={threads}"], {"OMP_NUM_THREADS": str(threads)}) for _ in range(jobs)]
 
 
+def exit_reason(rc: int) -> str:
+    """Why a piece that printed no error line ended without its result file: exit 0, or a signal (rc < 0)."""
+    if rc == 0:
+        return "exited 0 without writing its result file"
+    try:
+        return f"killed by signal {signal.Signals(-rc).name}"
+    except ValueError:
+        return f"killed by signal {-rc}"
+
+
 def launcher(nproc: int) -> list[str]:
     """How a run starts: ``python -m nas``, or under torchrun on ``nproc`` processes of this machine."""
     if nproc == 1:
@@ -362,7 +372,7 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[tuple[list[str], dict[s
                 elif stop and (rc in (130, 143, -signal.SIGINT, -signal.SIGTERM) or nproc > 1 and rc == 1):
                     log.print(f"stopped {r.piece.name} with a checkpoint")  # torchrun exits 1 when stopped
                 else:
-                    why = r.last if rc > 0 else f"killed by signal {signal.Signals(-rc).name}"
+                    why = r.last if rc > 0 else exit_reason(rc)
                     failures[r.piece.name] = why
                     log.print(f"FAILED {r.piece.name} (exit {rc}): {why}")
     finally:

@@ -6,6 +6,7 @@ an invalid value raises ConfigError with one line naming the key, the bad value 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -28,7 +29,7 @@ def _key(default: Any, help: str, *, choices: tuple[Any, ...] = (), low: float |
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
             "high_open": high_open}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: default, metadata=meta)
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)  # each instance its own
     return field(default=default, metadata=meta)
 
 
@@ -726,12 +727,3 @@ def key_table(cls: type) -> str:
         rows.append(f"| `{k}` | `{shown}` | {h} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":  # python -m nas.config [search|train|study]: the README's key tables
-    import sys
-
-    tables = {"search": SearchConfig, "train": TrainConfig, "study": StudyConfig}
-    which = sys.argv[1] if len(sys.argv) > 1 else "search"
-    if which not in tables:
-        sys.exit(f"usage: python -m nas.config [{'|'.join(tables)}]; got {which!r}")
-    print(key_table(tables[which]))

@@ -406,14 +406,6 @@ def read_genotype(path: str | Path) -> Genotype:
         raise GenotypeError(f"{p}: {e}") from None
 
 
-if __name__ == "__main__":  # python -m nas.genotype SOURCE [--to FORMAT]
-    import sys
-
-    from nas.cli import genotype_main
-
-    sys.exit(genotype_main())
-
-
 # ---------------------------------------------------------------------------------------------- published
 
 # Published CIFAR-10 cells of the DARTS (NASNet-like) space, as data: (DARTS Genotype text, source).

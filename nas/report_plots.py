@@ -45,8 +45,10 @@ def draw_plots(out_dir: Path, report: dict[str, Any], ops: tuple[str, ...]) -> l
         paths.append(accuracy_plot(out_dir / "accuracy.png", report, methods, colors))
     if searches:
         paths.append(supernet_plot(out_dir / "supernet_valid.png", searches, colors))
-        paths.append(alpha_plot(out_dir / "alpha_decided.png", searches, colors, len(ops)))
-        paths.append(op_share_plot(out_dir / "op_share.png", searches, methods, ops))
+    learned = [s for s in searches if s["curve"]["op_share"]]  # random search learns no alpha and logs none
+    if learned:
+        paths.append(alpha_plot(out_dir / "alpha_decided.png", learned, colors, len(ops)))
+        paths.append(op_share_plot(out_dir / "op_share.png", learned, methods, ops))
     if any(s["done"] for s in searches):
         paths.append(cost_plot(out_dir / "search_cost.png", [s for s in searches if s["done"]], methods, colors))
     return paths

@@ -118,6 +118,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule,
                          gradient=s.gdas_gradient, kl=s.drnas_kl)
     rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
+    learns_alpha = s.mixer != "random"
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                            macro=cfg.model.macro).to(device)
@@ -247,32 +248,36 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
             t_loss, t_correct, v_loss, v_correct = dist.sum(sums).tolist()
             n_w, n_a = n_w * dist.world, n_a * dist.world  # every process had an equal share
-            genotype = model.genotype(rule, s.max_skip)
-            stats = edge_stats(genotype, dict(model.alpha), space.ops)
-            truth = epoch_lookup(bench, genotype) if bench is not None and dist.main else {}  # rank 0 logs it
+            # random search never steps alpha: its argmax stands for nothing, so no genotype is logged per epoch
+            genotype = model.genotype(rule, s.max_skip) if learns_alpha else None
+            stats = edge_stats(genotype, dict(model.alpha), space.ops) if genotype is not None else {}
+            truth = epoch_lookup(bench, genotype) if genotype is not None and bench is not None and dist.main else {}
             record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
                       "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
                       "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
                       "peak_mib": peak_memory_mib(device), **stats, **truth}
             log.append("metrics.jsonl", record)
-            log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
-            log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
-                                                              for t, a in model.alpha.items()}})
+            if genotype is not None:
+                log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
+                log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
+                                                                  for t, a in model.alpha.items()}})
             checkpoint(epoch + 1, 0, None)
             tau = "" if mixer.tau is None else f"  tau {mixer.tau:.2f}"
             log.print(f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.3f} acc "
                       f"{record['train_acc']:.1f}%  valid loss {record['valid_loss']:.3f} acc "
                       f"{record['valid_acc']:.1f}%{tau}  lr {lr:.4f}  {elapsed:.1f}s  "
                       f"{record['images_per_s']:.0f} img/s{'  (warm-up: alpha frozen)' if warm else ''}")
-            log.print(f"  genotype {genotype}")
-            log.print(f"  {describe(stats)}")
-            if bench is not None:
+            if genotype is not None:
+                log.print(f"  genotype {genotype}")
+                log.print(f"  {describe(stats)}")
+            if genotype is not None and bench is not None:
                 log.print(f"  NAS-Bench-201: {describe_epoch(truth)}")
             if board is not None:
                 board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)},
                               epoch + 1, "search")
-                board.alpha(dict(model.alpha), space, epoch + 1)
-                board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
+                if genotype is not None:
+                    board.alpha(dict(model.alpha), space, epoch + 1)
+                    board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
             stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free

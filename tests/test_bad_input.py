@@ -101,7 +101,7 @@ CASES: list[Case] = [
     ("damaged checkpoint", search_main,
      lambda t, f: ["--resume", str(copy_run(f, t / "copy", b"\x00garbage"))], "is not a readable checkpoint"),
     ("checkpoint of the other kind", evaluate_main, lambda t, f: ["--resume", str(f)],
-     "is a search run; resume it with python search.py --resume"),
+     "is a search run; resume it with python -m nas search --resume"),
     # run directories
     ("run directory already used", search_main, lambda t, f: [*TINY, f"run.dir={f}"], "already holds a run"),
     ("run.dir is a file", search_main, lambda t, f: [*TINY, f"run.dir={write(t / 'file', 'x')}"],

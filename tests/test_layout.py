@@ -1,5 +1,5 @@
 """The module graph of nas/ (shared/DESIGN.md): imports point one way, with no cycle even through imports inside
-functions, and no library module imports the CLI (a `python -m nas.X` entry block may call into it)."""
+functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ NAS = Path(__file__).resolve().parents[1] / "nas"
 
 
 def imports(path: Path) -> set[str]:
-    """nas modules that ``path`` imports anywhere but in its ``if __name__ == "__main__":`` block."""
+    """nas modules that ``path`` imports anywhere, entry blocks and function bodies included."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
-            for n in ast.walk(node)}
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nas."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
@@ -48,3 +44,11 @@ def test_no_import_cycles() -> None:
 
 def test_only_entry_points_import_the_cli() -> None:
     assert {m for m, deps in graph().items() if "cli" in deps} == {"__main__"}
+
+
+def test_only_the_door_has_an_entry_block() -> None:
+    """python -m nas TOOL is the one way in: a `python -m nas.X` block would run the module's body twice."""
+    blocks = {p.stem for p in NAS.glob("*.py")
+              for node in ast.parse(p.read_text()).body
+              if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)}
+    assert blocks == {"__main__"}

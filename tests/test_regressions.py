@@ -1,0 +1,80 @@
+"""Bugs once found in the code, each held by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.cli import TOOLS, main
+from nas.compare import exit_reason
+from nas.config import SearchConfig, StudyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["search.epochs=2", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",
+        "model.layers=3", "run.tensorboard=false"]
+
+
+def test_mutable_defaults_are_not_shared_between_configs() -> None:
+    a, b = StudyConfig(), StudyConfig()
+    assert a.per_method is not b.per_method and a.random is not b.random and a.data is not b.data
+    a.per_method["mine"] = {"mixer": "gdas"}
+    assert StudyConfig().per_method == {}
+    assert SearchConfig().search is not SearchConfig().search
+
+
+def test_a_piece_that_exits_0_without_its_result_is_a_failure_not_a_crash() -> None:
+    assert exit_reason(0) == "exited 0 without writing its result file"
+    assert exit_reason(-9) == "killed by signal SIGKILL"
+    assert exit_reason(-200) == "killed by signal 200"  # no such signal: said, not raised
+
+
+def test_random_search_logs_no_genotype_of_its_untrained_alpha(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    rc = main(["search", "--config", "configs/quickstart.yaml", *TINY, "search.mixer=random", "search.derive=sample",
+               "search.samples=3", "search.tau_max=10", f"run.dir={run}", "--quiet"])
+    assert rc == 0
+    assert not (run / "genotypes.jsonl").exists() and not (run / "alpha.jsonl").exists()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and not any("param_free_mass" in m for m in metrics)
+    assert "  genotype " not in (run / "log.txt").read_text()
+    assert (run / "genotype.json").exists()  # the sampled cells' best is still the result
+
+
+def test_resume_tells_the_kind_from_the_checkpoint_not_the_config_text(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "s"
+    assert main(["search", "--config", "configs/quickstart.yaml", *TINY, "search.epochs=1", f"run.dir={run}",
+                 "--quiet"]) == 0
+    # a config.yaml that happens to hold the other loop's section name does not fool it
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "# train: not a section\n")
+    assert main(["evaluate", "--resume", str(run)]) == 2
+    assert f"{str(run)!r} is a search run; resume it with python -m nas search --resume {run}" \
+        in capsys.readouterr().err
+
+
+def test_the_door_lists_every_tool_and_exits_0_on_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "nas", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for tool in ("search", "evaluate", "compare", "genotype", "plot", "bench201", "config"):
+        assert f"  {tool} " in out.stdout and tool in TOOLS
+    out = subprocess.run([sys.executable, "-m", "nas", "serch"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown tool 'serch'; valid: search, evaluate" in out.stderr
+
+
+def test_every_tool_help_exits_0_and_its_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, (tool, _) in TOOLS.items():
+        with pytest.raises(SystemExit) as e:
+            tool(["--help"])
+        assert e.value.code == 0, name
+    text = capsys.readouterr().out
+    assert "example: python -m nas genotype runs/quickstart --to text" in text
+    run = tmp_path / "q"
+    assert main(["search", "--config", "configs/quickstart.yaml", *TINY, "search.epochs=1", f"run.dir={run}",
+                 "--quiet"]) == 0
+    assert main(["genotype", str(run), "--to", "text"]) == 0
+    assert capsys.readouterr().out.startswith("Genotype(normal=[")
+
