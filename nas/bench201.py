@@ -166,8 +166,8 @@ class NatsBenchmark:
         p = Path(path).expanduser()  # "~/..." in a key=value override reaches us unexpanded
         if not p.exists():
             raise BenchmarkError(f"benchmark file {str(path)!r} not found; get NATS-tss-v1_0-3ffb9-simple (a "
-                                 "directory) or NATS-tss-v1_0-3ffb9-full as the README says, or use the benchmark "
-                                 f"{TABLE!r}, which needs no file")
+                                 "directory) or NATS-tss-v1_0-3ffb9-full as docs/nas-bench-201.md says, or use the "
+                                 f"benchmark {TABLE!r}, which needs no file")
         self.name = str(path)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the API prints as it loads

@@ -25,8 +25,8 @@ DOMINANT_SHARE = 0.65
 REMEDIES = ("search.warmup_epochs (train the weights before alpha moves), search.param_free_dropout (dropout on "
             "parameter-free ops while searching), search.max_skip (cap the skip-connects of the derived cell), "
             "search.derive=perturb (select ops by how much the supernet needs them, not by alpha), or the "
-            "small-data recipes configs/search/gdas-nb201-small.yaml and gdas-darts-small.yaml; the README's "
-            "section 'When a search collapses' says what each did in a measured study")
+            "small-data recipes configs/search/gdas-nb201-small.yaml and gdas-darts-small.yaml; docs/collapse.md "
+            "says what each did in a measured study")
 
 
 def edge_stats(genotype: Genotype, alphas: dict[str, torch.Tensor], ops: tuple[str, ...]) -> dict[str, Any]:
@@ -74,7 +74,8 @@ WHY = ("The warning fires when more than 65% of a normal cell's edges are none, 
 
 
 def dominance_warning(genotype: Genotype) -> str | None:
-    """One paragraph when the normal cell is dominated by parameter-free edges, else None."""
+    """One short line when the normal cell is dominated by parameter-free edges, else None (the study report
+    and docs/collapse.md say more)."""
     if not dominated(genotype):
         return None
     free, edges = normal_free(genotype)
@@ -82,4 +83,4 @@ def dominance_warning(genotype: Genotype) -> str | None:
     learns = ("none of them learns anything" if live == 0 else
               f"only {live} {'learns' if live == 1 else 'learn'} anything")
     return (f"warning: the normal cell is dominated by parameter-free edges: {free} of its {edges} edges are none, "
-            f"skip_connect or pooling, so {learns}. {WHY}")
+            f"skip_connect or pooling, so {learns}; the search may have collapsed (remedies: docs/collapse.md)")

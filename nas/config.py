@@ -692,7 +692,7 @@ def all_keys(cls: type) -> list[str]:
 
 
 def describe(cls: type) -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every key: the source of the README's key table."""
+    """(dotted key, default, help) for every key: the source of the key tables in docs/."""
     rows: list[tuple[str, Any, str]] = []
     hints: dict[str, Any] = typing.get_type_hints(cls)
     default = cls()
@@ -720,7 +720,7 @@ def replace(cfg: C, **changes: Any) -> C:
 
 
 def key_table(cls: type) -> str:
-    """The markdown table of every key of ``cls`` with its default and help (the README's tables)."""
+    """The markdown table of every key of ``cls`` with its default and help (the key tables in docs/)."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for k, d, h in describe(cls):
         shown = yaml.safe_dump(d, default_flow_style=True).strip().removesuffix("...").strip()

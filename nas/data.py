@@ -65,6 +65,12 @@ def data_notes(cfg: DataConfig, data: ImageSet) -> list[str]:
     return notes
 
 
+def batch_notes(splits: dict[str, Batches]) -> list[str]:
+    """A note for each split smaller than one batch: its epoch is then one short batch of all its images."""
+    return [f"data.batch_size={b.batch_size} is more than the {b.num_images} images of the {name}: each epoch "
+            f"runs 1 step of {b.num_images} images on it" for name, b in splits.items() if b.num_images < b.batch_size]
+
+
 def dataset_info(cfg: DataConfig) -> tuple[int, int, int]:
     """(classes, channels, image side) of the configured data set, without reading its images."""
     native = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "fashion-mnist": (10, 1, 28),

@@ -30,7 +30,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    bytes_reduced: int = 0  # gradient bytes this process has all-reduced (for tests and the README's figure)
+    bytes_reduced: int = 0  # gradient bytes this process has all-reduced (tests; docs/distributed.md's figure)
 
     @property
     def main(self) -> bool:

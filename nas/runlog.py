@@ -113,14 +113,20 @@ class RunLog:
 
 
 class Progress:
-    """A bar over the epochs and one over the steps of the current epoch on a terminal; on other outputs a plain
-    line every ``every`` steps (the epoch lines are the caller's); nothing when quiet."""
+    """A bar over the epochs and one over the steps of the current epoch on a terminal; on other outputs (a pipe,
+    a scheduler's log) a plain line every ``every`` steps, or, when ``every`` is 0, one after the first
+    FIRST_NOTE steps with the epoch's time to go and then one every NOTE_S seconds, so that a piped run shows
+    it is alive long before its first epoch ends (the epoch lines are the caller's); nothing when quiet."""
+
+    FIRST_NOTE = 5
+    NOTE_S = 30.0
 
     def __init__(self, log: RunLog, epochs: int, steps: int, every: int, first_epoch: int = 0):
         self.log, self.steps, self.every = log, steps, every
         self.epoch_bar: Any = None
         self.step_bar: Any = None
         self.last = 0.0
+        self.epoch_start, self.first_step, self.noted = 0.0, 0, False
         if log.tty:
             from tqdm import tqdm
 
@@ -128,6 +134,8 @@ class Progress:
                                   dynamic_ncols=True)
 
     def start_epoch(self, epoch: int, first_step: int) -> None:
+        self.epoch_start, self.first_step, self.noted = time.monotonic(), first_step, False
+        self.last = self.epoch_start
         if self.epoch_bar is not None:
             from tqdm import tqdm
 
@@ -138,7 +146,15 @@ class Progress:
         """Whether step() will show numbers now (fetching them from the device costs a synchronization)."""
         if self.step_bar is not None:
             return time.monotonic() - self.last > 0.5 or step == self.steps
-        return bool(self.every) and not self.log.quiet and step % self.every == 0
+        if self.log.quiet:
+            return False
+        if self.every:
+            return step % self.every == 0
+        if step >= self.steps:
+            return False  # the epoch line follows at once
+        if not self.noted:
+            return step - self.first_step >= self.FIRST_NOTE
+        return time.monotonic() - self.last >= self.NOTE_S
 
     def step(self, epoch: int, step: int, postfix: dict[str, str] | None) -> None:
         if self.step_bar is not None:
@@ -147,8 +163,13 @@ class Progress:
                 self.step_bar.set_postfix(postfix, refresh=False)
                 self.last = time.monotonic()
         elif postfix:
+            now = time.monotonic()
+            done = step - self.first_step
+            left = "" if self.every or not done else \
+                f"  about {(now - self.epoch_start) / done * (self.steps - step):.0f}s to the epoch's end"
             self.log.print(f"  epoch {epoch + 1} step {step}/{self.steps}  " +
-                           "  ".join(f"{k} {v}" for k, v in postfix.items()))
+                           "  ".join(f"{k} {v}" for k, v in postfix.items()) + left)
+            self.last, self.noted = now, True
 
     def end_epoch(self) -> None:
         if self.step_bar is not None:

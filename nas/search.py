@@ -25,7 +25,7 @@ from nas.checkpoint import (
 )
 from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig, UserError, dump_yaml
-from nas.data import Batches, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
+from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, Run, peak_memory_mib
@@ -92,14 +92,15 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     if world > 1 and s.unrolled:
         raise UserError("search.unrolled=true runs in one process only: its virtual step is not distributed")
     bench = load_benchmark(s.benchmark) if s.benchmark else None  # read before anything is written
+    # ---- data: the training set only, split into a weight half and an alpha half; search never reads test.
+    # Read before the run directory exists, so that a refused data set leaves nothing behind
+    data = load_dataset(cfg.data, "train")
     run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     if state is not None and state["epoch"] >= s.epochs and (run.dir / "genotype.json").exists():
         log.print(f"{run.dir} has finished its {s.epochs} epochs; genotype.json is its result")
         return run.dir
 
-    # ---- data: the training set only, split into a weight half and an alpha half; search never reads test
-    data = load_dataset(cfg.data, "train")
     notes = data_notes(cfg.data, data)
     mean, std = channel_stats(data.images)
     w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
@@ -107,6 +108,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                                   augment=cfg.data.augment, cutout=cfg.data.cutout, shard=(dist.rank, dist.world))
     train = Batches(data, w_idx, seed=cfg.seed, **common)
     valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
+    notes += batch_notes({"weight half": train, "alpha half": valid})
     num_classes, in_channels = len(data.classes), data.images.shape[1]
     run.record_data({"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
                      "classes": num_classes, "image_shape": list(data.images.shape[1:])})
@@ -146,8 +148,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
               f"{num_classes} classes, {tuple(train.images.shape[1:])} per image; device {device}")
     macro = f" ({cfg.model.macro} network)" if cfg.model.macro != "darts" else ""
     log.print(f"{s.mixer} search in the {cfg.model.space} space{macro}: C={cfg.model.C}, layers={cfg.model.layers}, "
-              f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} steps of 2 x {cfg.data.batch_size} "
-              f"images per epoch, {s.epochs} epochs")
+              f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} step{'s' * (steps != 1)} of 2 x "
+              f"{cfg.data.batch_size} images per epoch, {s.epochs} epochs")
     if dist.active:
         log.print(dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
 

@@ -25,7 +25,7 @@ from nas.checkpoint import (
     truncate_jsonl,
 )
 from nas.config import TrainConfig, UserError, dump_yaml, to_dict
-from nas.data import Batches, channel_stats, data_notes, dataset_info, load_dataset
+from nas.data import Batches, batch_notes, channel_stats, data_notes, dataset_info, load_dataset
 from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
 from nas.genotype import Genotype
 from nas.network import build_network, count_flops, count_parameters
@@ -91,6 +91,10 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
     check_global_batch(cfg.data.batch_size)  # under torchrun: checked before anything is written
+    # ---- data: the whole training split (or data.subset of it) for training, the test split for testing; read
+    # before the run directory exists, so that a refused data set leaves nothing behind
+    train_set = load_dataset(cfg.data, "train")
+    test_set = load_dataset(cfg.data, "test")
     run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     t = cfg.train
@@ -100,9 +104,6 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     if resume is None:
         log.write_text("genotype.json", genotype.to_json())
 
-    # ---- data: the whole training split (or data.subset of it) for training, the test split for testing
-    train_set = load_dataset(cfg.data, "train")
-    test_set = load_dataset(cfg.data, "test")
     notes = data_notes(cfg.data, train_set)
     mean, std = channel_stats(train_set.images)
     subset = None
@@ -113,6 +114,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                     seed=cfg.seed, augment=cfg.data.augment, cutout=cfg.data.cutout, shard=shard)
     test = Batches(test_set, batch_size=max(cfg.data.batch_size, 256), mean=mean, std=std, device=device,
                    shuffle=False, drop_last=False, shard=shard)
+    notes += batch_notes({"training set": train})
     num_classes, in_channels, size = len(train_set.classes), train_set.images.shape[1], train_set.images.shape[-1]
     run.record_data({"name": cfg.data.name, "train_images": train.num_images, "test_images": test.num_images,
                      "classes": num_classes, "image_shape": list(train_set.images.shape[1:])})

@@ -145,7 +145,7 @@ def test_bad_input(case: Case, tmp_path: Path, finished: Path, capsys: pytest.Ca
     name, main, argv, message = case
     before = digest(finished)
     args = argv(tmp_path, finished)
-    if main is search_main and "--resume" not in args and not any(a.startswith("run.dir=") for a in args):
+    if "--resume" not in args and not any(a.startswith("run.dir=") for a in args):
         args.append(f"run.dir={tmp_path / 'new'}")
     capsys.readouterr()
     assert main(args) == 2
@@ -153,3 +153,4 @@ def test_bad_input(case: Case, tmp_path: Path, finished: Path, capsys: pytest.Ca
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert digest(finished) == before  # nothing already written changed
+    assert not (tmp_path / "new").exists()  # and nothing new is left behind

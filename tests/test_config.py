@@ -153,5 +153,5 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("cls", "doc"), [(SearchConfig, "configuration.md"), (TrainConfig, "evaluation.md")])
 def test_docs_hold_the_key_tables(cls: type, doc: str) -> None:
     """The key tables of docs/configuration.md and docs/evaluation.md are the output of
-    `python -m nas.config search|train`; kept from going stale."""
+    `python -m nas config search|train`; kept from going stale."""
     assert key_table(cls) in (ROOT / "docs" / doc).read_text()

@@ -4,6 +4,7 @@ run metadata."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,20 @@ def test_plain_progress_lines_without_a_terminal(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert "epoch 1 step 2/4  loss" in out and "epoch 1 step 4/4" in out and "tau 10.00" in out
     assert "epoch 1 step 1/4" not in out
+
+
+def test_a_piped_run_shows_progress_and_time_to_go_long_before_its_first_epoch_ends(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default (run.log_every=0) a run without a terminal prints a line after its first 5 steps, with the
+    epoch's time to go, then one every Progress.NOTE_S seconds."""
+    from nas.runlog import Progress
+
+    monkeypatch.setattr(Progress, "NOTE_S", 0.0)  # every step after the first line
+    assert search_main([*TINY, "search.epochs=1", "data.synthetic.train=256", "data.batch_size=16",
+                        "run.tensorboard=false", f"run.dir={tmp_path / 'run'}"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"epoch 1 step 5/8  loss .* about \d+s to the epoch's end", out)
+    assert "epoch 1 step 4/8" not in out and "epoch 1 step 7/8" in out and "epoch 1 step 8/8" not in out
 
 
 def test_evaluate_writes_tensorboard(tmp_path: Path) -> None:

@@ -78,3 +78,12 @@ def test_every_tool_help_exits_0_and_its_example_runs(tmp_path: Path, capsys: py
     assert main(["genotype", str(run), "--to", "text"]) == 0
     assert capsys.readouterr().out.startswith("Genotype(normal=[")
 
+
+
+def test_a_batch_larger_than_its_split_is_said(tmp_path: Path) -> None:
+    run = tmp_path / "b"
+    assert main(["search", "--config", "configs/quickstart.yaml", *TINY, "search.epochs=1", "data.synthetic.train=40",
+                 "data.batch_size=32", f"run.dir={run}", "--quiet"]) == 0
+    log = (run / "log.txt").read_text()
+    assert "data.batch_size=32 is more than the 20 images of the weight half: each epoch runs 1 step of 20" in log
+    assert " 1 step of 2 x 32 images per epoch" in log
