@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -468,6 +469,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tu
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+    given: dict[str, Any] = {}  # the command line's keys
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -477,8 +479,59 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tu
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text  # not YAML: take it as a plain string, type checking decides
+        given[key] = value
+    if cls in (SearchConfig, TrainConfig):
+        _drop_what_an_override_switched_off(cls, raw, given)
+    for key, value in given.items():
         _set_dotted(raw, key, value)
     return from_dict(cls, raw)
+
+
+# Keys that mean something only under a condition on another key: (keys, the key deciding, its values that
+# give them a meaning). A recipe's keys whose condition a command-line override switches off are dropped with a
+# note (the quickstart recipe points at an image folder with data.name=imagefolder data.root=DIR); the same keys
+# given on the command line are refused, whatever their value, since they would do nothing.
+CONDITIONAL: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
+    (("data.synthetic",), "data.name", ("synthetic",)),
+    (("search.tau_max", "search.tau_min", "search.tau_schedule"), "search.mixer", ("gdas", "snas")),
+)
+
+
+def _drop_what_an_override_switched_off(cls: type, raw: dict[str, Any], given: dict[str, Any]) -> None:
+    for keys, decider, valid in CONDITIONAL:
+        if decider.split(".")[0] not in {f.name for f in dataclasses.fields(cls)}:
+            continue
+        value = given.get(decider, _get_dotted(raw, decider))
+        if value is None:
+            value = _get_dotted(dataclasses.asdict(cls()), decider)
+        if value in valid:
+            continue
+        for key in keys:
+            for g in given:
+                if g == key or g.startswith(key + "."):
+                    raise ConfigError(f"{g} applies only to {decider}={' or '.join(valid)}; this run has "
+                                      f"{decider}={value}: drop {g}")
+            if decider in given and _get_dotted(raw, key) is not None:
+                _pop_dotted(raw, key)
+                print(f"note: the recipe's {key} applies only to {decider}={' or '.join(valid)}; dropped, since "
+                      f"{decider}={value}", file=sys.stderr)
+
+
+def _get_dotted(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _pop_dotted(raw: dict[str, Any], key: str) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node.pop(last, None)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

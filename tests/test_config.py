@@ -111,7 +111,9 @@ def test_describe_lists_every_key_with_help() -> None:
     (["model.ops=[none, none]"], "lists an op twice"),
     (["search.mixer=darts", "search.tau_max=5"], "search.tau_max applies only to search.mixer=gdas or snas"),
     (["model.space=nb201", "search.derive=gdas"], "search.derive=gdas applies only to model.space=darts"),
-    (["data.name=cifar10", "data.synthetic.classes=3"], "data.synthetic.* applies only to data.name=synthetic"),
+    (["data.name=cifar10", "data.synthetic.classes=3"],
+     "data.synthetic.classes applies only to data.name=synthetic; this run has data.name=cifar10: drop "
+     "data.synthetic.classes"),
     (["search.epochs=10", "search.warmup_epochs=10"], "search.warmup_epochs=10 leaves no epoch for alpha"),
     (["search.derive=perturb", "search.max_skip=2"], "search.max_skip caps the alpha rules"),
     (["search.param_free_dropout=1"], "search.param_free_dropout=1.0 is out of range; valid: 0.0 <= "

@@ -35,7 +35,7 @@ def test_a_piece_that_exits_0_without_its_result_is_a_failure_not_a_crash() -> N
 def test_random_search_logs_no_genotype_of_its_untrained_alpha(tmp_path: Path) -> None:
     run = tmp_path / "r"
     rc = main(["search", "--config", "configs/quickstart.yaml", *TINY, "search.mixer=random", "search.derive=sample",
-               "search.samples=3", "search.tau_max=10", f"run.dir={run}", "--quiet"])
+               "search.samples=3", f"run.dir={run}", "--quiet"])
     assert rc == 0
     assert not (run / "genotypes.jsonl").exists() and not (run / "alpha.jsonl").exists()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -87,3 +87,45 @@ def test_a_batch_larger_than_its_split_is_said(tmp_path: Path) -> None:
     log = (run / "log.txt").read_text()
     assert "data.batch_size=32 is more than the 20 images of the weight half: each epoch runs 1 step of 20" in log
     assert " 1 step of 2 x 32 images per epoch" in log
+
+
+def image_folder(root: Path, classes: int = 3) -> Path:
+    from PIL import Image
+
+    for split, n in (("train", 12), ("test", 3)):
+        for c in range(classes):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (10, 10), (40 * c + i, 90, 200 - 30 * c)).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_a_recipe_switches_data_set_and_mixer_from_the_command_line(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    folder = image_folder(tmp_path / "img")
+    small = ["search.epochs=1", "data.image_size=8", "data.batch_size=8", "model.C=4", "model.layers=3",
+             "run.tensorboard=false", "--quiet"]
+    assert main(["search", "--config", "configs/quickstart.yaml", "data.name=imagefolder", f"data.root={folder}",
+                 *small, f"run.dir={tmp_path / 'a'}"]) == 0
+    assert "note: the recipe's data.synthetic applies only to data.name=synthetic; dropped, since " \
+           "data.name=imagefolder" in capsys.readouterr().err
+    assert main(["search", "--config", "configs/quickstart.yaml", "search.mixer=darts", "data.synthetic.train=64",
+                 *small, f"run.dir={tmp_path / 'b'}"]) == 0
+    assert "note: the recipe's search.tau_max applies only to search.mixer=gdas or snas" in capsys.readouterr().err
+    # given on the command line, a key that would do nothing is refused, even at its default value
+    assert main(["search", "--config", "configs/quickstart.yaml", "search.mixer=darts", "search.tau_max=10",
+                 f"run.dir={tmp_path / 'c'}"]) == 2
+    assert "search.tau_max applies only to search.mixer=gdas or snas; this run has search.mixer=darts: drop " \
+           "search.tau_max" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_image_folder_evaluation_recipe_trains_either_space(tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "img")
+    for genotype, layers in (("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|"
+                              "avg_pool_3x3~2|", 1), ("DARTS_V2", 3)):
+        run = tmp_path / f"e{layers}"
+        assert main(["evaluate", "--config", "configs/eval/imagefolder.yaml", "--genotype", genotype,
+                     f"data.root={folder}", "data.image_size=8", "data.batch_size=8", "train.epochs=1", "model.C=4",
+                     f"model.layers={layers}", "run.tensorboard=false", f"run.dir={run}", "--quiet"]) == 0
+        assert json.loads((run / "results.json").read_text())["epochs"] == 1
