@@ -27,7 +27,7 @@ def _layout(g: Genotype, cell: str) -> tuple[list[str], list[tuple[int, int, str
         labels = ["in", "1", "2", "out"]
         edges = [(src, i + 1, op) for i, node in enumerate(nodes) for op, src in node if op != "none"]
         return labels, edges, 3
-    labels = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(len(nodes))] + ["c_{k}"]
+    labels = ["c_{k-2}", "c_{k-1}"] + [str(i + 2) for i in range(len(nodes))] + ["c_{k}"]  # 2..5, as in genotypes
     out = len(labels) - 1
     edges = [(src, i + 2, op) for i, node in enumerate(nodes) for op, src in node]
     edges += [(c, out, "") for c in concat]

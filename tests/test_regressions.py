@@ -129,3 +129,11 @@ def test_the_image_folder_evaluation_recipe_trains_either_space(tmp_path: Path) 
                      f"data.root={folder}", "data.image_size=8", "data.batch_size=8", "train.epochs=1", "model.C=4",
                      f"model.layers={layers}", "run.tensorboard=false", f"run.dir={run}", "--quiet"]) == 0
         assert json.loads((run / "results.json").read_text())["epochs"] == 1
+
+
+def test_drawings_number_intermediate_nodes_as_genotypes_do() -> None:
+    from nas.genotype import published_genotype
+    from nas.plot import cell_dot
+
+    dot = cell_dot(published_genotype("DARTS_V2"))
+    assert all(f'label="{k}"' in dot for k in "2345") and 'label="0"' not in dot and 'label="1"' not in dot
