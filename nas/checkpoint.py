@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.config import UserError
+from nas.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
 VERSION = 1

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nas.config import SearchConfig, StudyConfig, TrainConfig, UserError, load_config
+from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
+from nas.errors import UserError
 
 RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
 
@@ -306,7 +307,7 @@ def bench201_main(argv: list[str] | None = None) -> int:
 
 def config_main(argv: list[str] | None = None) -> int:
     """python -m nas config [search|train|study]: every key of a config with its default and meaning."""
-    from nas.config import key_table
+    from nas.loader import key_table
 
     tables = {"search": SearchConfig, "train": TrainConfig, "study": StudyConfig}
     parser = argparse.ArgumentParser(prog="python -m nas config", description="Print every key of a config file "

@@ -1,49 +1,27 @@
-"""Run configuration: frozen dataclasses read from YAML plus dotted ``key=value`` overrides.
-
-Strict by design: an unknown key (the nearest valid key is suggested), a value of the wrong type or
-an invalid value raises ConfigError with one line naming the key, the bad value and what is valid.
-"""
+"""The config schemas: what a search, a training and a study read, each key with its default, help and valid
+values, and the rules between keys. nas/loader.py reads them from YAML and command-line overrides."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
-import math
 import re
 import sys
-import types
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any, ClassVar
 
 from nas.errors import ConfigError as ConfigError  # re-exported: nas.config.ConfigError
 from nas.errors import UserError as UserError
-
-
-def _key(default: Any, help: str, *, choices: tuple[Any, ...] = (), low: float | None = None,
-         high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
-    """A config key: its default, one line of help, and the valid values (choices or a range)."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
-            "high_open": high_open}
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)  # each instance its own
-    return field(default=default, metadata=meta)
-
-
-def _check_sgd(section: str, lr: float, lr_min: float, momentum: float, nesterov: bool) -> None:
-    if lr_min > lr:
-        raise ConfigError(f"{section}.lr_min={lr_min} is above {section}.lr={lr}; valid: lr_min <= lr")
-    if nesterov and momentum == 0:
-        raise ConfigError(f"{section}.nesterov=true needs {section}.momentum > 0")
-
+from nas.loader import C, from_dict, get_dotted, parse_overrides, pop_dotted, read_yaml, set_dotted
+from nas.loader import dump_yaml as dump_yaml  # re-exported with the schemas: what callers write and print
+from nas.loader import key as _key
+from nas.loader import key_table as key_table
+from nas.loader import to_dict as to_dict
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagenet16-120", "imagefolder")
 SPACES = ("darts", "nb201")
-MIXERS = ("gdas", "darts", "snas", "drnas", "random")
 
 
 @dataclass(frozen=True)
@@ -125,12 +103,33 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class SearchOptions:
+class SGDOptions:
+    """The weights' optimizer, one section shape for search.* and train.*: SGD with a cosine learning rate."""
+
+    SECTION: ClassVar[str] = "sgd"
+    lr: float = _key(0.025, "SGD learning rate of the weights at the first epoch (cosine annealed)", low=0.0)
+    lr_min: float = _key(0.0, "learning rate at the end of the cosine schedule", low=0.0)
+    momentum: float = _key(0.9, "SGD momentum", low=0.0, high=1.0)
+    nesterov: bool = _key(False, "Nesterov momentum")
+    weight_decay: float = _key(3e-4, "SGD weight decay", low=0.0)
+    grad_clip: float = _key(5.0, "max global norm of the weights' gradients (0: no clipping)", low=0.0)
+
+    def check(self) -> None:
+        section = self.SECTION
+        if self.lr_min > self.lr:
+            raise ConfigError(f"{section}.lr_min={self.lr_min} is above {section}.lr={self.lr}; valid: lr_min <= lr")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError(f"{section}.nesterov=true needs {section}.momentum > 0")
+
+
+@dataclass(frozen=True)
+class SearchOptions(SGDOptions):
+    SECTION: ClassVar[str] = "search"
     mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops; "
                       "snas: every op, weighted by a soft Gumbel-softmax sample; drnas: every op, weighted by a "
                       "sample of Dirichlet(elu(alpha) + 1) (Chen et al. 2021); random: one op per edge drawn "
-                      "uniformly, no alpha steps (with search.derive=sample or naswot)",
-                      choices=MIXERS)
+                      "uniformly, no alpha steps (with search.derive=sample or naswot); or any name given to "
+                      "nas.mixing.register_mixer")
     epochs: int = _key(50, "search epochs (0: none, for search.derive=naswot, which scores cells at initialisation)",
                        low=0)
     weight_sampling: str = _key("mixer", "the ops a weight step trains. mixer: the mixer's (GDAS: its sample); "
@@ -186,17 +185,18 @@ class SearchOptions:
     tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
     tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
                              choices=("linear", "exponential"))
-    lr: float = _key(0.025, "weight SGD learning rate at the first epoch (cosine annealed)", low=0.0)
-    lr_min: float = _key(0.001, "weight learning rate at the end of the cosine schedule", low=0.0)
-    momentum: float = _key(0.9, "weight SGD momentum", low=0.0, high=1.0)
-    nesterov: bool = _key(False, "Nesterov momentum for the weight SGD")
-    weight_decay: float = _key(3e-4, "weight SGD weight decay", low=0.0)
-    grad_clip: float = _key(5.0, "max global norm of weight gradients (0: no clipping)", low=0.0)
+    lr_min: float = _key(0.001, "learning rate at the end of the cosine schedule", low=0.0)
     arch_lr: float = _key(3e-4, "alpha Adam learning rate", low=0.0)
     arch_betas: tuple[float, float] = _key((0.5, 0.999), "alpha Adam betas", low=0.0, high=1.0)
     arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
 
     def check(self) -> None:
+        from nas.mixing import check_mixer_name  # the registry is the authority on mixer names, as on op names
+
+        try:
+            check_mixer_name(self.mixer, "search.mixer")
+        except UserError as e:
+            raise ConfigError(str(e)) from None
         if self.unrolled and self.mixer != "darts":
             raise ConfigError(f"search.unrolled=true needs search.mixer=darts (got {self.mixer!r}): the finite "
                               "differences need the same network on both sides, and a sampling mixer draws a new "
@@ -229,7 +229,7 @@ class SearchOptions:
         if self.tau_min > self.tau_max:
             raise ConfigError(f"search.tau_min={self.tau_min} is above search.tau_max={self.tau_max}; "
                               "valid: 0 < tau_min <= tau_max")
-        _check_sgd("search", self.lr, self.lr_min, self.momentum, self.nesterov)
+        super().check()
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,9 @@ class SearchConfig:
 
     def check(self) -> None:
         s, default = self.search, SearchOptions()
-        if s.mixer in ("darts", "drnas", "random"):
+        from nas.mixing import has_tau
+
+        if not has_tau(s.mixer):
             for k in ("tau_max", "tau_min", "tau_schedule"):
                 if getattr(s, k) != getattr(default, k):
                     raise ConfigError(f"search.{k} applies only to search.mixer=gdas or snas; the {s.mixer} "
@@ -300,18 +302,11 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(SGDOptions):
+    SECTION: ClassVar[str] = "train"
     epochs: int = _key(600, "training epochs", low=1)
-    lr: float = _key(0.025, "SGD learning rate at the first epoch (cosine annealed)", low=0.0)
-    lr_min: float = _key(0.0, "learning rate at the end of the cosine schedule", low=0.0)
-    momentum: float = _key(0.9, "SGD momentum", low=0.0, high=1.0)
-    nesterov: bool = _key(False, "Nesterov momentum")
-    weight_decay: float = _key(3e-4, "SGD weight decay", low=0.0)
-    grad_clip: float = _key(5.0, "max global norm of the gradients (0: no clipping)", low=0.0)
     eval_every: int = _key(1, "test every N epochs (the last epoch always)", low=1)
 
-    def check(self) -> None:
-        _check_sgd("train", self.lr, self.lr_min, self.momentum, self.nesterov)
 
 
 @dataclass(frozen=True)
@@ -425,11 +420,13 @@ class StudyConfig:
                                   "study searches the same data with the same supernet")
         raw = dict(raw)
         if "mixer" not in raw:
-            if name not in MIXERS:
-                near = difflib.get_close_matches(name, MIXERS, n=1)
+            from nas.mixing import mixer_names
+
+            if name not in mixer_names():
+                near = difflib.get_close_matches(name, mixer_names(), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(f"method {name!r} is not a mixer{hint}; valid: {', '.join(MIXERS)}, or any name "
-                                  f"with per_method.{name}.mixer set")
+                raise ConfigError(f"method {name!r} is not a mixer{hint}; valid: {', '.join(mixer_names())}, or any "
+                                  f"name with per_method.{name}.mixer set")
             raw["mixer"] = name
         return from_dict(SearchOptions, raw, f"per_method.{name}.", base=self.search)
 
@@ -459,324 +456,50 @@ class StudyConfig:
             raise ConfigError(f"the eval recipe (eval.*): {err}") from None
 
 
-C = TypeVar("C")
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> C:
     """Read a YAML file (or start from defaults when path is None), apply ``a.b=value`` overrides, check."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = _read_yaml(Path(path))
-    given: dict[str, Any] = {}  # the command line's keys
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (for example search.epochs=2)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text  # not YAML: take it as a plain string, type checking decides
-        given[key] = value
+    raw: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
+    given = parse_overrides(overrides)
     if cls in (SearchConfig, TrainConfig):
         _drop_what_an_override_switched_off(cls, raw, given)
-    for key, value in given.items():
-        _set_dotted(raw, key, value)
+    for dotted, value in given.items():
+        set_dotted(raw, dotted, value)
     return from_dict(cls, raw)
 
 
-# Keys that mean something only under a condition on another key: (keys, the key deciding, its values that
-# give them a meaning). A recipe's keys whose condition a command-line override switches off are dropped with a
-# note (the quickstart recipe points at an image folder with data.name=imagefolder data.root=DIR); the same keys
-# given on the command line are refused, whatever their value, since they would do nothing.
-CONDITIONAL: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
-    (("data.synthetic",), "data.name", ("synthetic",)),
-    (("search.tau_max", "search.tau_min", "search.tau_schedule"), "search.mixer", ("gdas", "snas")),
+# Keys that mean something only under a condition on another key: (keys, the key deciding, the values that give
+# them a meaning). A recipe's keys whose condition a command-line override switches off are dropped with a note
+# (the quickstart recipe points at an image folder with data.name=imagefolder data.root=DIR); the same keys given
+# on the command line are refused, whatever their value, since they would do nothing.
+def _tau_mixers() -> tuple[str, ...]:
+    from nas.mixing import has_tau, mixer_names
+
+    return tuple(m for m in mixer_names() if has_tau(m))
+
+
+CONDITIONAL: tuple[tuple[tuple[str, ...], str, Callable[[], tuple[str, ...]]], ...] = (
+    (("data.synthetic",), "data.name", lambda: ("synthetic",)),
+    (("search.tau_max", "search.tau_min", "search.tau_schedule"), "search.mixer", _tau_mixers),
 )
 
 
 def _drop_what_an_override_switched_off(cls: type, raw: dict[str, Any], given: dict[str, Any]) -> None:
-    for keys, decider, valid in CONDITIONAL:
-        if decider.split(".")[0] not in {f.name for f in dataclasses.fields(cls)}:
+    sections = {f.name for f in dataclasses.fields(cls)}
+    for keys, decider, meaningful in CONDITIONAL:
+        if decider.split(".")[0] not in sections:
             continue
-        value = given.get(decider, _get_dotted(raw, decider))
+        value = given.get(decider, get_dotted(raw, decider))
         if value is None:
-            value = _get_dotted(dataclasses.asdict(cls()), decider)
+            value = get_dotted(dataclasses.asdict(cls()), decider)
+        valid = meaningful()
         if value in valid:
             continue
-        for key in keys:
+        need = f"{decider}={' or '.join(valid)}"
+        for name in keys:
             for g in given:
-                if g == key or g.startswith(key + "."):
-                    raise ConfigError(f"{g} applies only to {decider}={' or '.join(valid)}; this run has "
-                                      f"{decider}={value}: drop {g}")
-            if decider in given and _get_dotted(raw, key) is not None:
-                _pop_dotted(raw, key)
-                print(f"note: the recipe's {key} applies only to {decider}={' or '.join(valid)}; dropped, since "
-                      f"{decider}={value}", file=sys.stderr)
-
-
-def _get_dotted(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _pop_dotted(raw: dict[str, Any], key: str) -> None:
-    *parents, last = key.split(".")
-    node = raw
-    for part in parents:
-        node = node[part]
-    node.pop(last, None)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(path)!r} is not a text file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a {type(data).__name__}")
-    return data
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", root: type | None = None,
-              base: Any = None) -> C:
-    """Build a config dataclass from nested dicts, strictly: unknown keys and bad values raise.
-
-    Keys not in ``raw`` keep their value in ``base`` (default: cls()), so a section inherits the defaults its
-    parent declares for it (TrainConfig's data section has batch_size 96, not DataConfig's 64).
-    """
-    assert dataclasses.is_dataclass(cls)
-    root = root or cls
-    base = cls() if base is None else base
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints: dict[str, Any] = typing.get_type_hints(cls)
-    for name in raw:
-        if name not in fields:
-            raise ConfigError(_unknown_key_message(cls, root, prefix, str(name)))
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        f, dotted, tp = fields[name], prefix + name, hints[name]
-        if _is_section(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{dotted!r} is a section: set its keys (for example "
-                                  f"{dotted}.{dataclasses.fields(tp)[0].name}=...), not {value!r}")
-            kwargs[name] = from_dict(tp, value, dotted + ".", root, getattr(base, name))
-        else:
-            kwargs[name] = _check_value(dotted, _coerce(dotted, value, tp), f.metadata)
-    cfg = dataclasses.replace(base, **kwargs)
-    check = getattr(cfg, "check", None)
-    if check is not None:
-        check()
-    return cfg
-
-
-def _is_section(tp: Any) -> bool:
-    """A nested config class (a section such as ``data``), as opposed to a plain key."""
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _unknown_key_message(cls: type, root: type, prefix: str, name: str) -> str:
-    here = [f.name for f in dataclasses.fields(cls)]
-    near = difflib.get_close_matches(name, here, n=1, cutoff=0.6)
-    if not near:  # maybe the key belongs to another section: search every dotted key
-        everything = all_keys(root)
-        hit = difflib.get_close_matches(name, [k.split(".")[-1] for k in everything], n=1, cutoff=0.8)
-        near = [k for k in everything if hit and k.endswith("." + hit[0])][:1]
-        if near:
-            return f"unknown key {prefix + name!r} (did you mean {near[0]!r}?)"
-    hint = f"did you mean {prefix + near[0]!r}?" if near else "valid: " + ", ".join(prefix + k for k in here)
-    return f"unknown key {prefix + name!r} ({hint})"
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is dict:
-        return "a mapping of names to keys"
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a non-empty list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
-        return f"a list of {len(args)} numbers"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Return value as type tp, or raise ConfigError naming the key, the value and the expected type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    bad = ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if tp is float:
-        if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    if origin is dict:  # named sections whose keys the owner checks (per_method.<name>.<key>)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise bad
-        out = {}
-        for name, section in value.items():
-            if section is not None and not isinstance(section, dict):
-                raise ConfigError(f"{key}.{name}={section!r} has the wrong type; expected a mapping of keys")
-            out[str(name)] = dict(section or {})
-        return out
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
-            if not isinstance(value, (list, tuple)) or not value:
-                raise bad
-            return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise bad
-        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    raise AssertionError(f"unsupported config type {tp} for {key}")
-
-
-def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> Any:
-    choices = meta.get("choices", ())
-    if choices and value not in choices:
-        names = ["null" if c is None else str(c) for c in choices]
-        near = difflib.get_close_matches(str(value), names, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"{key}={value!r} is not valid{hint}; valid: {', '.join(names)}")
-    if not choices and value is None:
-        return value
-    low, high = meta.get("low"), meta.get("high")
-    low_open, high_open = meta.get("low_open", False), meta.get("high_open", False)
-    for v in value if isinstance(value, tuple) else (value,):
-        if v is None or isinstance(v, (str, bool, dict)):
-            continue
-        too_low = low is not None and (v <= low if low_open else v < low)
-        too_high = high is not None and (v >= high if high_open else v > high)
-        if too_low or too_high:
-            lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
-            hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
-            raise ConfigError(f"{key}={value!r} is out of range; valid: {lo}{key.split('.')[-1]}{hi}")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------- output
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dicts (tuples become lists), ready for yaml.safe_dump."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            out[f.name] = to_dict(v)
-        elif isinstance(v, tuple):
-            out[f.name] = list(v)
-        elif isinstance(v, dict):
-            out[f.name] = {k: dict(x) for k, x in v.items()}
-        else:
-            out[f.name] = v
-    return out
-
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
-
-
-def all_keys(cls: type) -> list[str]:
-    """Every dotted key of a config class, in declaration order."""
-    keys: list[str] = []
-    hints: dict[str, Any] = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_section(tp):
-            keys += [f"{f.name}.{k}" for k in all_keys(tp)]
-        else:
-            keys.append(f.name)
-    return keys
-
-
-def describe(cls: type) -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every key: the source of the key tables in docs/."""
-    rows: list[tuple[str, Any, str]] = []
-    hints: dict[str, Any] = typing.get_type_hints(cls)
-    default = cls()
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_section(tp):
-            rows += [(f"{f.name}.{k}", d, h) for k, d, h in describe(tp)]
-        else:
-            value = getattr(default, f.name)
-            choices = f.metadata.get("choices", ())
-            names = ["null" if c is None else str(c) for c in choices]
-            text = f.metadata.get("help", "") + (f" (one of: {', '.join(names)})" if choices else "")
-            rows.append((f.name, list(value) if isinstance(value, tuple) else value, text))
-    return rows
-
-
-def replace(cfg: C, **changes: Any) -> C:
-    """dataclasses.replace for nested keys: replace(cfg, **{"search.epochs": 2})."""
-    for dotted, value in changes.items():
-        head, _, rest = dotted.partition(".")
-        if rest:
-            value = replace(getattr(cfg, head), **{rest: value})
-        cfg = dataclasses.replace(cfg, **{head: value})  # type: ignore[type-var]
-    return cfg
-
-
-def key_table(cls: type) -> str:
-    """The markdown table of every key of ``cls`` with its default and help (the key tables in docs/)."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    for k, d, h in describe(cls):
-        shown = yaml.safe_dump(d, default_flow_style=True).strip().removesuffix("...").strip()
-        rows.append(f"| `{k}` | `{shown}` | {h} |")
-    return "\n".join(rows)
-
+                if g == name or g.startswith(name + "."):
+                    raise ConfigError(f"{g} applies only to {need}; this run has {decider}={value}: drop {g}")
+            if decider in given and get_dotted(raw, name) is not None:
+                pop_dotted(raw, name)
+                print(f"note: the recipe's {name} applies only to {need}; dropped, since {decider}={value}",
+                      file=sys.stderr)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.config import UserError
+from nas.errors import UserError
 
 
 class DataError(UserError):

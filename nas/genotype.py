@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from nas.config import UserError
+from nas.errors import UserError
 from nas.ops import check_op_name, is_parameter_free, list_ops
 from nas.spaces import SearchSpace
 

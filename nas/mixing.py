@@ -14,14 +14,16 @@ This is the only module that knows about Gumbel noise and tau.
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.config import UserError
+from nas.errors import UserError
 
 
 def gumbel_like(alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -382,16 +384,48 @@ def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: st
     raise UserError(f"unknown tau schedule {schedule!r}; valid: linear, exponential")
 
 
-def create_mixer(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear",
-                 gradient: str = "all_ops", kl: float = 0.0) -> Mixer:
-    if name == "gdas":
-        return GDAS(tau_max, tau_min, schedule, gradient)
-    if name == "darts":
-        return DARTS()
-    if name == "snas":
-        return SNAS(tau_max, tau_min, schedule)
-    if name == "random":
-        return RandomMixer()
-    if name == "drnas":
-        return DrNAS(kl)
-    raise UserError(f"unknown mixer {name!r}; valid: gdas, darts, snas, drnas, random")
+# ---------------------------------------------------------------------------------------------- registry
+
+MixerFactory = Callable[..., Mixer]
+_MIXERS: dict[str, tuple[MixerFactory, bool]] = {}  # name -> (factory, whether it has a temperature)
+
+
+def register_mixer(name: str, *, tau: bool = False) -> Callable[[MixerFactory], MixerFactory]:
+    """Make a mixer available as search.mixer=name. The factory takes the keyword arguments of create_mixer
+    (tau_max, tau_min, schedule, gradient, kl) and uses those it needs; ``tau`` says whether it reads the
+    temperature keys (search.tau_*), which the config refuses for the others."""
+    def add(factory: MixerFactory) -> MixerFactory:
+        _MIXERS[name] = (factory, tau)
+        return factory
+    return add
+
+
+def mixer_names() -> tuple[str, ...]:
+    return tuple(_MIXERS)
+
+
+def has_tau(name: str) -> bool:
+    return _MIXERS[name][1]
+
+
+def check_mixer_name(name: str, key: str = "mixer") -> None:
+    """Raise a one-line UserError, naming ``key``, for a name that is not a registered mixer."""
+    if name not in _MIXERS:
+        near = difflib.get_close_matches(name, list(_MIXERS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise UserError(f"{key}={name!r} is not valid{hint}; valid: {', '.join(_MIXERS)}")
+
+
+def create_mixer(name: str, **options: Any) -> Mixer:
+    """The mixer registered as ``name``, built with ``options`` (tau_max, tau_min, schedule, gradient, kl)."""
+    check_mixer_name(name)
+    return _MIXERS[name][0](**options)
+
+
+register_mixer("gdas", tau=True)(lambda tau_max=10.0, tau_min=0.1, schedule="linear", gradient="all_ops", **_:
+                                 GDAS(tau_max, tau_min, schedule, gradient))
+register_mixer("darts")(lambda **_: DARTS())
+register_mixer("snas", tau=True)(lambda tau_max=10.0, tau_min=0.1, schedule="linear", **_:
+                                 SNAS(tau_max, tau_min, schedule))
+register_mixer("drnas")(lambda kl=0.0, **_: DrNAS(kl))
+register_mixer("random")(lambda **_: RandomMixer())

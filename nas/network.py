@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.config import UserError
+from nas.errors import UserError
 from nas.genotype import Genotype, Node
 from nas.ops import FactorizedReduce, FixedReductionCell, ReLUConvBN, ResBlock, create_op, drop_path
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nas.config import UserError
+from nas.errors import UserError
 
 # Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "genotypes.jsonl", "alpha.jsonl", "genotype.json", "results.json",

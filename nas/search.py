@@ -24,9 +24,11 @@ from nas.checkpoint import (
     truncate_jsonl,
 )
 from nas.collapse import describe, dominance_warning, edge_stats
-from nas.config import SearchConfig, UserError, dump_yaml
+from nas.config import SearchConfig
 from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
+from nas.errors import UserError
+from nas.loader import dump_yaml
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, Run, peak_memory_mib
 from nas.spaces import search_space

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
-from nas.config import UserError
+from nas.errors import UserError
 
 DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
              "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")

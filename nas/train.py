@@ -24,10 +24,12 @@ from nas.checkpoint import (
     set_rng_state,
     truncate_jsonl,
 )
-from nas.config import TrainConfig, UserError, dump_yaml, to_dict
+from nas.config import TrainConfig
 from nas.data import Batches, batch_notes, channel_stats, data_notes, dataset_info, load_dataset
 from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
+from nas.errors import UserError
 from nas.genotype import Genotype
+from nas.loader import dump_yaml, to_dict
 from nas.network import build_network, count_flops, count_parameters
 from nas.runlog import (
     Board,

@@ -7,18 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nas.config import (
-    ConfigError,
-    SearchConfig,
-    StudyConfig,
-    TrainConfig,
-    all_keys,
-    describe,
-    dump_yaml,
-    key_table,
-    load_config,
-    replace,
-)
+from nas.config import ConfigError, SearchConfig, StudyConfig, TrainConfig, load_config
+from nas.loader import all_keys, describe, dump_yaml, key_table, replace
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "search").glob("*.yaml"))

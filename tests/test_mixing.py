@@ -136,7 +136,7 @@ def test_mixers() -> None:
     assert isinstance(snas, SNAS) and snas.tau == 4.0
     snas.set_epoch(3, 4)
     assert snas.tau == 1.0
-    with pytest.raises(ValueError, match="unknown mixer 'gdsa'; valid: gdas, darts"):
+    with pytest.raises(ValueError, match=r"mixer='gdsa' is not valid \(did you mean 'gdas'\?\); valid: gdas, darts"):
         create_mixer("gdsa")
 
 
