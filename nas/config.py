@@ -20,6 +20,16 @@ from nas.loader import key as _key
 from nas.loader import key_table as key_table
 from nas.loader import to_dict as to_dict
 
+
+def _check_network(space: str, **settings: Any) -> None:
+    from nas.network import check_network  # network.py owns what a network can be built from
+
+    try:
+        check_network(space, **settings)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
+
+
 DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagenet16-120", "imagefolder")
 SPACES = ("darts", "nb201")
 
@@ -76,9 +86,7 @@ class ModelConfig:
         if self.macro == "gdas_frc" and self.C % 4:
             raise ConfigError(f"model.C={self.C} does not suit model.macro=gdas_frc, whose fixed reduction cells split "
                               "2*C and 4*C channels into 8 conv groups; valid: a multiple of 4")
-        if self.space == "nb201" and self.stem_multiplier not in (None, 1):
-            raise ConfigError(f"model.stem_multiplier={self.stem_multiplier} is not valid for model.space=nb201, "
-                              "whose stem has C channels; valid: null or 1")
+        _check_network(self.space, layers=self.layers, stem_multiplier=self.stem_multiplier)
         if self.ops is not None:
             from nas.ops import check_op_name  # the registry is the authority on op names
 
@@ -91,9 +99,6 @@ class ModelConfig:
                 raise ConfigError(f"model.ops lists an op twice: {list(self.ops)}")
             if not [op for op in self.ops if op != "none"]:
                 raise ConfigError("model.ops needs at least one op other than none")
-        if self.space == "darts" and self.layers < 3:
-            raise ConfigError(f"model.layers={self.layers} is too few for model.space=darts, which needs a "
-                              "normal cell before each of its 2 reduction cells; valid: model.layers >= 3")
 
     @property
     def stem(self) -> int:
@@ -320,9 +325,10 @@ class TrainConfig:
     def check(self) -> None:
         if self.data.train_portion != DataConfig().train_portion:
             raise ConfigError("data.train_portion applies only to search; training uses the whole training split")
-        if self.model.space == "nb201" and (self.model.auxiliary_weight or self.model.drop_path):
-            raise ConfigError("model.auxiliary_weight and model.drop_path apply only to darts-space networks; set "
-                              "both to 0 for model.space=nb201")
+        m = self.model
+        if m.space is not None:
+            _check_network(m.space, layers=m.layers, auxiliary=m.auxiliary_weight > 0, drop_path=m.drop_path > 0,
+                           stem_multiplier=m.stem_multiplier)
 
 
 BENCHMARK_DATA = ("cifar10", "cifar100", "imagenet16-120")  # the data sets NAS-Bench-201 trained every cell on

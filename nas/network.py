@@ -173,17 +173,28 @@ class NB201Network(nn.Module):
         return self.classifier(self.pool(h).flatten(1)), None
 
 
+def check_network(space: str, *, layers: int, auxiliary: bool = False, drop_path: bool = False,
+                  stem_multiplier: int | None = None) -> None:
+    """What a network of ``space`` (a searched supernet or a trained one) can be built from: the one place these
+    rules live; the config checks recipes with it and build_network networks."""
+    if space == "nb201":
+        if auxiliary or drop_path:
+            raise UserError("model.auxiliary_weight and model.drop_path apply only to darts-space networks (an "
+                            "auxiliary head exists only there); set both to 0 for an nb201 network")
+        if stem_multiplier not in (None, 1):
+            raise UserError(f"model.stem_multiplier={stem_multiplier} is not valid for model.space=nb201, whose "
+                            "stem has C channels; valid: null or 1")
+    elif layers < 3:
+        raise UserError(f"model.layers={layers} is too few for model.space=darts, which needs a normal cell before "
+                        "each of its 2 reduction cells; valid: model.layers >= 3")
+
+
 def build_network(genotype: Genotype, *, C: int, layers: int, num_classes: int, auxiliary: bool = False,
                   in_channels: int = 3, stem_multiplier: int | None = None) -> nn.Module:
     """The network a genotype stands for. ``layers``: cells (darts) or cells per stage (nb201)."""
+    check_network(genotype.space, layers=layers, auxiliary=auxiliary, stem_multiplier=stem_multiplier)
     if genotype.space == "nb201":
-        if auxiliary:
-            raise UserError("an auxiliary head exists only for darts-space networks; set model.auxiliary_weight=0")
-        if stem_multiplier not in (None, 1):
-            raise UserError(f"model.stem_multiplier={stem_multiplier} is not valid for nb201 networks; valid: null, 1")
         return NB201Network(genotype, C=C, N=layers, num_classes=num_classes, in_channels=in_channels)
-    if layers < 3:
-        raise UserError(f"model.layers={layers} is too few for a darts-space network; valid: model.layers >= 3")
     return DartsNetwork(genotype, C=C, layers=layers, num_classes=num_classes, auxiliary=auxiliary,
                         in_channels=in_channels, stem_multiplier=3 if stem_multiplier is None else stem_multiplier)
 

@@ -30,7 +30,7 @@ from nas.distributed import Dist, check_global_batch, is_main_process, use_globa
 from nas.errors import UserError
 from nas.genotype import Genotype
 from nas.loader import dump_yaml, to_dict
-from nas.network import build_network, count_flops, count_parameters
+from nas.network import build_network, check_network, count_flops, count_parameters
 from nas.runlog import (
     Board,
     Progress,
@@ -48,9 +48,8 @@ def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:
     if space is not None and genotype.space != space:
         raise UserError(f"the genotype is of the {genotype.space} space but this recipe trains model.space={space} "
                         f"networks; use a recipe for {genotype.space} (or model.space=null)")
-    if genotype.space == "nb201" and (cfg.model.auxiliary_weight or cfg.model.drop_path):
-        raise UserError("model.auxiliary_weight and model.drop_path apply only to darts-space networks; set both to 0 "
-                        "for an nb201 genotype")
+    check_network(genotype.space, layers=cfg.model.layers, auxiliary=cfg.model.auxiliary_weight > 0,
+                  drop_path=cfg.model.drop_path > 0, stem_multiplier=cfg.model.stem_multiplier)
 
 
 def make_network(cfg: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int) -> nn.Module:

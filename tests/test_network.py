@@ -171,7 +171,7 @@ def test_flops_count_multiply_adds() -> None:
 
 def test_build_network_rejects_what_a_space_lacks() -> None:
     nb = parse_genotype("|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
-    with pytest.raises(UserError, match="auxiliary head exists only for darts-space networks"):
+    with pytest.raises(UserError, match="an auxiliary head exists only there"):
         build_network(nb, C=4, layers=1, num_classes=10, auxiliary=True)
     with pytest.raises(UserError, match="too few"):
         build_network(published_genotype("DARTS_V2"), C=4, layers=2, num_classes=10)
