@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> dict:
     from nas.datasets import make_synthetic
     from nas.distributed import Dist, setup
     from nas.mixing import GdasSample, create_mixer
-    from nas.search import alpha_step, weight_step
+    from nas.search import bilevel_step, weight_step
     from nas.supernet import build_supernet
 
     torch.set_num_threads(args.threads)
@@ -135,28 +135,15 @@ def worker(args: argparse.Namespace) -> dict:
         t1 = time.perf_counter()
         if model.generator is not None:
             model.generator.manual_seed(batch_seed(args.round, 0, i, 1))
-        if d.active:  # the loop's data-parallel step: what nas.search runs under torchrun
-            if args.variant == "darts":
-                alpha_step(model, xa, ya, a_opt, dist=d)
-                weight_step(model, xw, yw, w_opt, weights, 5.0, dist=d)
-            else:
-                weight_step(model, xw, yw, w_opt, weights, 5.0, dist=d)
-                alpha_step(model, xa, ya, a_opt, dist=d)
-        elif args.variant == "child":
+        if args.variant == "child":  # the sampled networks alone, one weight step each
             for (x, y), fixed in zip(((xw, yw), (xa, ya)), plan[i], strict=True):
                 model.mixings = lambda fixed=fixed: fixed  # type: ignore[method-assign]
                 weight_step(model, x, y, w_opt, weights, 5.0)
-        elif args.variant in ("darts", "darts2"):  # DARTS takes the alpha step first; darts2 is second order
-            second = args.variant == "darts2"
-            unrolled = dict(train=(xw, yw), w_opt=w_opt, weights=weights, xi=0.025) if second else None
-            alpha_step(model, xa, ya, a_opt, unrolled=unrolled)
-            weight_step(model, xw, yw, w_opt, weights, 5.0)
-        elif args.variant == "random":  # no alpha step: the alpha batch is only measured
-            weight_step(model, xw, yw, w_opt, weights, 5.0)
-            alpha_step(model, xa, ya, a_opt, frozen=True)
-        else:
-            weight_step(model, xw, yw, w_opt, weights, 5.0)
-            alpha_step(model, xa, ya, a_opt)
+        else:  # the loop's own step (nas.search.bilevel_step): DARTS takes the alpha step first, darts2 is second
+            # order, random only measures the alpha batch; under torchrun it is the data-parallel step
+            bilevel_step(model, (xw, yw), (xa, ya), w_opt, a_opt, weights,
+                         order="alpha_first" if args.variant in ("darts", "darts2") else "weights_first",
+                         frozen=args.variant == "random", xi=0.025 if args.variant == "darts2" else None, dist=d)
         if cuda:
             torch.cuda.synchronize(device)
         t2 = time.perf_counter()

@@ -85,6 +85,33 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
+def bilevel_step(model: Supernet, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
+                 w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer, weights: list[nn.Parameter], *,
+                 order: str = "weights_first", grad_clip: float = 5.0, amp: Any = NO_AMP,
+                 scaler: torch.amp.GradScaler | None = None, frozen: bool = False, xi: float | None = None,
+                 unsampled: str = "none", dist: Dist = ONE) -> tuple[torch.Tensor, ...]:
+    """One step of the bilevel loop: a weight step on ``train`` and an alpha step on ``valid``, in ``order``
+    (weights_first: GDAS; alpha_first: DARTS). ``xi`` (the weights' learning rate) makes the alpha step second
+    order. Returns (weight loss, weight correct, alpha loss, alpha correct), on the device."""
+    unrolled = dict(train=train, w_opt=w_opt, weights=weights, xi=xi) if xi is not None else None
+
+    def weights_() -> tuple[torch.Tensor, torch.Tensor]:
+        return weight_step(model, *train, w_opt, weights, grad_clip, amp, scaler, unsampled, dist)
+
+    def alpha_() -> tuple[torch.Tensor, torch.Tensor]:
+        return alpha_step(model, *valid, a_opt, amp, scaler, frozen, unrolled, dist)
+
+    if order == "alpha_first":
+        a_loss, a_correct = alpha_()
+        w_loss, w_correct = weights_()
+    else:
+        w_loss, w_correct = weights_()
+        a_loss, a_correct = alpha_()
+    if scaler is not None:
+        scaler.update()
+    return w_loss, w_correct, a_loss, a_correct
+
+
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result)."""
@@ -214,17 +241,10 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
                 model.generator.manual_seed(batch_seed(cfg.seed, epoch, step, 1))  # this step's samples
                 xw, xa = xw.contiguous(memory_format=memory_format), xa.contiguous(memory_format=memory_format)
-                unrolled = dict(train=(xw, yw), w_opt=w_opt, weights=weights, xi=lr) if s.unrolled else None
-                if s.order == "alpha_first":
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled, dist)
-                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler,
-                                                     s.unsampled_grads, dist)
-                else:
-                    w_loss, w_correct = weight_step(model, xw, yw, w_opt, weights, s.grad_clip, amp, scaler,
-                                                     s.unsampled_grads, dist)
-                    a_loss, a_correct = alpha_step(model, xa, ya, a_opt, amp, scaler, frozen, unrolled, dist)
-                if scaler is not None:
-                    scaler.update()
+                w_loss, w_correct, a_loss, a_correct = bilevel_step(
+                    model, (xw, yw), (xa, ya), w_opt, a_opt, weights, order=s.order, grad_clip=s.grad_clip, amp=amp,
+                    scaler=scaler, frozen=frozen, xi=float(lr) if s.unrolled else None, unsampled=s.unsampled_grads,
+                    dist=dist)
                 if dist.agree(stop, w_loss + a_loss):  # every process stops, or fails, at the same step
                     last = "none yet" if not run.checkpoint_path.exists() else str(run.checkpoint_path)
                     raise NumericalFault(
