@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from nas.errors import UserError
+from nas.study import CHECKPOINT as CHECKPOINT  # re-exported: a run's checkpoint file, named with the others
 
-CHECKPOINT = "checkpoint.pt"
 VERSION = 1
 
 

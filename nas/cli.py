@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,16 +11,16 @@ from typing import Any
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.errors import UserError
-
-RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
+from nas.study import CHECKPOINT, CONFIG, check_resumable
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
     """Run fn and turn the ways a run ends into exit statuses, with one line on stderr and no traceback:
     bad input 2, a non-finite loss 3, a graceful stop on SIGINT / SIGTERM 130 / 143."""
     from nas.checkpoint import NumericalFault, Stopped
-    from nas.compare import RunsFailed
     from nas.distributed import is_main_process, teardown
+    from nas.errors import RunsFailed
+    from nas.jobs import follow_parent
 
     def one_line(e: BaseException) -> str:
         return " ".join(str(e).split())
@@ -57,46 +56,24 @@ def run_guarded(fn: Callable[[], object]) -> int:
     return 0
 
 
-def follow_parent() -> None:
-    """A run that a study started (NAS_PARENT_PID set) dies with the study: should the study be killed (even by
-    SIGKILL), the kernel kills the run too (Linux), so no orphan keeps writing into the study directory. Its
-    checkpoints are atomic, so --resume continues from the last one."""
-    parent = os.environ.get("NAS_PARENT_PID")
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    # Under torchrun (compare.py --nproc) the parent is torchrun, which the study started with the same setting:
-    # the study's death kills torchrun, whose death kills this process.
-    launched = "TORCHELASTIC_RUN_ID" in os.environ
-    from nas.compare import die_with_parent
-
-    if not die_with_parent():
-        return
-    if not launched and os.getppid() != int(parent):  # the study died before the line above
-        os._exit(137)
-
-
 def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> Any:
     """The config of the run in ``run_dir``, with only the run.* keys that may change on resume overridden."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"--resume {run_dir!r} is not a directory")
-    if not (path / "config.yaml").is_file() or not (path / "checkpoint.pt").is_file():
-        missing = "config.yaml" if not (path / "config.yaml").is_file() else "checkpoint.pt"
+    if not (path / CONFIG).is_file() or not (path / CHECKPOINT).is_file():
+        missing = CONFIG if not (path / CONFIG).is_file() else CHECKPOINT
         raise UserError(f"--resume {run_dir!r} is not a run directory with a checkpoint (no {missing})")
     from nas.checkpoint import read_kind
 
-    written = read_kind(path / "checkpoint.pt")  # the checkpoint says which loop wrote it
+    written = read_kind(path / CHECKPOINT)  # the checkpoint says which loop wrote it
     if written != kind:
         tool = {"search": "search", "train": "evaluate"}.get(written)
         if tool is None:
             raise UserError(f"{run_dir!r}: its checkpoint is of kind {written!r}; valid: search or train")
         raise UserError(f"{run_dir!r} is a {written} run; resume it with python -m nas {tool} --resume {run_dir}")
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if key not in RESUMABLE:
-            raise UserError(f"{key!r} cannot change when resuming (the run must continue as it started); "
-                            f"valid on resume: {', '.join(RESUMABLE)}")
-    return load_config(cls, path / "config.yaml", overrides)
+    check_resumable(overrides)
+    return load_config(cls, path / CONFIG, overrides)
 
 
 def plot_main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The errors a user can cause: every module raises these, so they sit below every module (no imports)."""
+"""The errors a user can cause, and the way a study ends with failed runs: every module raises these, so they sit
+below every module (no imports)."""
 
 from __future__ import annotations
 
@@ -9,3 +10,7 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A config file or override that is not valid."""
+
+
+class RunsFailed(Exception):
+    """Some runs of a study failed; the others finished and the report lists what is missing (exit 1)."""

@@ -12,48 +12,29 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nas.bench201 import BENCH_DATA, DATASETS, LABELS, ordinal, recipe, score, split_of
+from nas.bench201 import BENCH_DATA, DATASETS, LABELS, ordinal, recipe, score, split_of  # reading records only
 from nas.collapse import WHY, dominated, normal_free
-from nas.config import StudyConfig, to_dict
-from nas.genotype import Genotype, op_counts, read_genotype, to_nb201_string
+from nas.config import to_dict
+from nas.genotype import Genotype, op_counts, read_genotype
 from nas.runlog import atomic_write_text, read_jsonl
-
-
-@dataclass(frozen=True)
-class SearchRun:
-    method: str
-    seed: int
-    dir: Path
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A genotype of the study: found by a search (``source`` is its run directory) or drawn at random."""
-
-    id: str
-    method: str          # a method's name, or "random"
-    seed: int | None     # the search seed (None for a random cell)
-    source: Path         # the folder whose genotype.json it is
-
-
-@dataclass(frozen=True)
-class StudyLayout:
-    dir: Path
-    cfg: StudyConfig
-    searches: list[SearchRun]
-    cells: list[Cell]
-    trainings: dict[str, list[tuple[int, Path]]]   # cell id -> (training seed, run directory); none with a benchmark
-
-    def lookup_file(self, cell: Cell) -> Path:
-        """With eval.benchmark: where the cell's NAS-Bench-201 record is written."""
-        return self.dir / "bench" / f"{cell.id}.json"
-
+from nas.study import (
+    ALPHA,
+    GENOTYPE,
+    GENOTYPES,
+    META,
+    METRICS,
+    RESULTS,
+    Cell,
+    SearchRun,
+    StudyLayout,
+    lookup_record,
+    run_state,
+)
 
 # ---------------------------------------------------------------------------------------------- reading
 
@@ -95,10 +76,10 @@ def op_shares(genotype: dict[str, Any], ops: tuple[str, ...]) -> dict[str, dict[
 
 
 def read_search(run: SearchRun, ops: tuple[str, ...]) -> dict[str, Any]:
-    metrics = read_jsonl(run.dir / "metrics.jsonl")
-    done = (run.dir / "genotype.json").exists()
+    metrics = read_jsonl(run.dir / METRICS)
+    done = run_state(run.dir, "search") == "done"
     times = np.cumsum([m["time_s"] for m in metrics]).tolist()
-    sessions = (_json(run.dir / "meta.json") or {}).get("sessions", [])
+    sessions = (_json(run.dir / META) or {}).get("sessions", [])
     costs = [x for x in sessions if "cpu_s" in x]  # the sessions that finished (an interrupted one records none)
     return {
         "method": run.method, "seed": run.seed, "dir": str(run.dir), "done": done, "epochs": len(metrics),
@@ -109,8 +90,8 @@ def read_search(run: SearchRun, ops: tuple[str, ...]) -> dict[str, Any]:
         "peak_mib": max((m.get("peak_mib", float("nan")) for m in metrics), default=None),
         "curve": {"epoch": [m["epoch"] for m in metrics], "valid_acc": [m["valid_acc"] for m in metrics],
                   "seconds": times,
-                  "alpha_decided": [alpha_decided(r) for r in read_jsonl(run.dir / "alpha.jsonl")],
-                  "op_share": [op_shares(r["genotype"], ops) for r in read_jsonl(run.dir / "genotypes.jsonl")]},
+                  "alpha_decided": [alpha_decided(r) for r in read_jsonl(run.dir / ALPHA)],
+                  "op_share": [op_shares(r["genotype"], ops) for r in read_jsonl(run.dir / GENOTYPES)]},
     }
 
 
@@ -118,9 +99,8 @@ def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
     """A cell's genotype and its scores ("acc"): the final test accuracy of each training (keyed by training seed), or
     with eval.benchmark its NAS-Bench-201 accuracy (keyed "benchmark": the test accuracy of a NATS-Bench file, the
     validation accuracy of the table), its percentile in the space (the table) and the benchmark's whole record."""
-    g: Genotype | None = read_genotype(cell.source / "genotype.json") if (cell.source / "genotype.json").exists() \
-        else None
-    results = {seed: _json(d / "results.json") for seed, d in lay.trainings[cell.id]}
+    g: Genotype | None = read_genotype(cell.source / GENOTYPE) if (cell.source / GENOTYPE).exists() else None
+    results = {seed: _json(d / RESULTS) for seed, d in lay.trainings[cell.id]}
     done = {seed: r for seed, r in results.items() if r is not None}
     drawings = sorted(str(p.relative_to(lay.dir)) for p in (cell.source / "cells").glob("*.png")) if g else []
     first = next(iter(done.values()), None)
@@ -132,8 +112,8 @@ def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
            "train_time_s": [r["wall_time_s"] for r in done.values()],
            "train_peak_mib": [r.get("peak_mib") for r in done.values()], "drawings": drawings}
     if lay.cfg.eval.benchmark:
-        record = _json(lay.lookup_file(cell)) if g else None  # below: not a stale record of another cell
-        if g is not None and record is not None and record["arch"] == to_nb201_string(g):
+        record = lookup_record(lay, cell)  # None when missing, or a stale record of another cell
+        if record is not None:
             found = score(record, lay.cfg.benchmark_data())
             out.update(acc={} if found["acc"] is None else {"benchmark": found["acc"]}, percentile=found["percentile"],
                        params=found["params"], flops=found["flops"], benchmark=record)
@@ -226,34 +206,36 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
 
 
 def _unfinished(lay: StudyLayout, failures: dict[str, str], cells: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every run and lookup of the study that is not done, and why: failed, interrupted, waiting or not started."""
     out = []
-    runs: list[tuple[str, Path, str, Path | None]] = [("search", r.dir, "genotype.json", None) for r in lay.searches]
-    runs += [("train", d, "results.json", c.source) for c in lay.cells for _, d in lay.trainings[c.id]]
-    for kind, d, result, source in runs:
-        if (d / result).exists():
+    runs: list[tuple[str, Path, Path | None]] = [("search", r.dir, None) for r in lay.searches]
+    runs += [("train", d, c.source) for c in lay.cells for _, d in lay.trainings[c.id]]
+    for kind, d, source in runs:
+        state = run_state(d, kind)
+        if state == "done":
             continue
         name = f"{kind}/{d.name}"
         if name in failures:
-            state = f"failed: {failures[name]}"
-        elif (d / "checkpoint.pt").exists():
-            state = "interrupted (resumes from its checkpoint)"
-        elif source is not None and not (source / "genotype.json").exists():
-            state = f"waits for its cell ({source.relative_to(lay.dir)} has no genotype.json)"
+            why = f"failed: {failures[name]}"
+        elif state == "interrupted":
+            why = "interrupted (resumes from its checkpoint)"
+        elif source is not None and not (source / GENOTYPE).exists():
+            why = f"waits for its cell ({source.relative_to(lay.dir)} has no {GENOTYPE})"
         else:
-            state = "not started"
-        out.append({"run": name, "state": state})
+            why = "not started"
+        out.append({"run": name, "state": why})
     if lay.cfg.eval.benchmark:
         for cell, c in zip(lay.cells, cells, strict=True):
             name = f"bench/{cell.id}"
             if c["genotype"] is None:
-                state = f"waits for its cell ({cell.source.relative_to(lay.dir)} has no genotype.json)"
+                why = f"waits for its cell ({cell.source.relative_to(lay.dir)} has no {GENOTYPE})"
             elif name in failures:
-                state = f"not looked up: {failures[name]}"
+                why = f"not looked up: {failures[name]}"
             elif c["benchmark"] is None:
-                state = "not looked up yet (compare.py --resume or --report looks it up)"
+                why = "not looked up yet (compare.py --resume or --report looks it up)"
             else:
                 continue
-            out.append({"run": name, "state": state})
+            out.append({"run": name, "state": why})
     return out
 
 
@@ -287,10 +269,10 @@ def quality(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> list[dic
 
 def _budget(lay: StudyLayout, searches: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[str, Any]:
     cfg = lay.cfg
-    search_data = next((_json(r.dir / "meta.json").get("data") for r in lay.searches
-                        if (r.dir / "meta.json").exists()), None) or {}
-    train_data = next((_json(d / "meta.json").get("data") for ts in lay.trainings.values() for _, d in ts
-                       if (d / "meta.json").exists()), None) or {}
+    search_data = next((_json(r.dir / META).get("data") for r in lay.searches
+                        if (r.dir / META).exists()), None) or {}
+    train_data = next((_json(d / META).get("data") for ts in lay.trainings.values() for _, d in ts
+                       if (d / META).exists()), None) or {}
     return {
         "data": cfg.data.name, "classes": search_data.get("classes") or train_data.get("classes"),
         "image_shape": search_data.get("image_shape") or train_data.get("image_shape"),
@@ -312,7 +294,7 @@ def _machine(lay: StudyLayout) -> dict[str, Any]:
     """Where the runs ran, from their meta.json: hosts, processors, devices, threads, versions."""
     sessions: list[dict[str, Any]] = []
     for d in [r.dir for r in lay.searches] + [d for ts in lay.trainings.values() for _, d in ts]:
-        meta = _json(d / "meta.json")
+        meta = _json(d / META)
         sessions += meta["sessions"] if meta else []
     if not sessions:
         return {}

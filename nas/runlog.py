@@ -17,11 +17,7 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-
-# Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "genotypes.jsonl", "alpha.jsonl", "genotype.json", "results.json",
-             "summary.json", "checkpoint.pt", "meta.json", "log.txt")
-RUN_DIRS = ("tb", "cells")
+from nas.study import RUN_DIRS, RUN_FILES  # the files and folders that mark a directory as holding a run
 
 
 def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:

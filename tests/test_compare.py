@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from nas.cli import compare_main, genotype_main, search_main
-from nas.compare import job_settings, study_lock
 from nas.config import StudyConfig, load_config
 from nas.genotype import check_genotype, load_genotype, random_genotype
+from nas.jobs import job_settings, study_lock
 from nas.report import compare, markdown
 from nas.spaces import get_space
 

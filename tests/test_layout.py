@@ -1,10 +1,14 @@
 """The module graph of nas/ (shared/DESIGN.md): imports point one way, with no cycle even through imports inside
-functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block."""
+functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block; the
+report and the study plan only read (no process, no benchmark lookup), and a run reaches its parent-death signal
+without importing the study."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 NAS = Path(__file__).resolve().parents[1] / "nas"
 
@@ -52,3 +56,56 @@ def test_only_the_door_has_an_entry_block() -> None:
               for node in ast.parse(p.read_text()).body
               if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)}
     assert blocks == {"__main__"}
+
+
+def reach(module: str) -> set[str]:
+    """Every nas module that ``module`` imports, directly or through others, function bodies included."""
+    g, seen, todo = graph(), set(), [module]
+    while todo:
+        for n in g.get(todo.pop(), set()) - seen:
+            seen.add(n)
+            todo.append(n)
+    return seen
+
+
+def imported_names(path: Path) -> tuple[set[str], set[str]]:
+    """The top-level packages ``path`` imports anywhere, and the names it takes from nas.bench201."""
+    packages, bench = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            packages |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            packages.add(node.module.split(".")[0])
+            if node.module == "nas.bench201":
+                bench |= {a.name for a in node.names}
+    return packages, bench
+
+
+# what opens or queries a benchmark (the rest of nas/bench201.py reads records already looked up)
+LOOKUPS = {"load_benchmark", "lookup", "epoch_lookup", "Nb201Table", "NatsBenchmark"}
+
+
+@pytest.mark.parametrize("module", ["report", "study"])
+def test_the_report_and_the_plan_only_read(module: str) -> None:
+    """nas/report.py builds the report from what the runs recorded, and nas/study.py is the study as data: neither
+    starts a process, looks a cell up in a benchmark or writes failures.json, nor reaches the modules that do
+    (nas/jobs.py, nas/compare.py), even through the modules it imports."""
+    defined = {n.name for n in ast.parse((NAS / "bench201.py").read_text()).body
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert LOOKUPS <= defined  # the list above still names nas/bench201.py's lookups
+    packages, bench = imported_names(NAS / f"{module}.py")
+    assert not packages & {"subprocess", "multiprocessing", "selectors", "signal"}
+    assert not bench & LOOKUPS, f"nas/{module}.py imports benchmark lookups: {sorted(bench & LOOKUPS)}"
+    assert not reach(module) & {"jobs", "compare", "cli"}, sorted(reach(module))
+    if module == "report":
+        source = (NAS / "report.py").read_text()
+        assert "failures.json" not in source and "FAILURES" not in source and "open_benchmark" not in source
+
+
+def test_a_run_follows_its_study_without_importing_the_study() -> None:
+    """Every run a study starts calls nas.jobs.follow_parent (prctl): nas/jobs.py must not pull in the study."""
+    assert not reach("jobs") & {"compare", "report", "cli"}, sorted(reach("jobs"))
+    cli = ast.parse((NAS / "cli.py").read_text())
+    guarded = next(n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == "run_guarded")
+    assert "compare" not in {i.module.split(".")[1] for i in ast.walk(guarded)
+                             if isinstance(i, ast.ImportFrom) and i.module and i.module.startswith("nas.")}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from nas.cli import TOOLS, main
-from nas.compare import exit_reason
 from nas.config import SearchConfig, StudyConfig
+from nas.jobs import exit_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["search.epochs=2", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",

@@ -1,0 +1,204 @@
+"""A comparison study as data: where each of its runs lives, the pieces that run them, and what state a run is in.
+
+Each piece of a study is an ordinary search or training run directory under the study directory:
+
+    STUDY/study.yaml                 the resolved study config
+    STUDY/configs/search-<m>.yaml    the search recipe of method m;  STUDY/configs/train.yaml  the training recipe
+    STUDY/search/<m>-s<seed>/        search runs
+    STUDY/random/random-<i>/         random cells (genotype.json, cells/ drawings)
+    STUDY/train/<cell>-e<seed>/      training runs, <cell> = <m>-s<seed> or random-<i>
+    STUDY/bench/<cell>.json          with eval.benchmark (NB201): the cell's NAS-Bench-201 record, instead of trainings
+    STUDY/report.md, report.json, plots/, log.txt, failures.json
+
+Nothing here runs or writes: nas.compare prepares and executes a study, nas.jobs runs its pieces, nas.report reads
+what they recorded. The file names of a run directory are defined here once, for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.config import StudyConfig, load_config
+from nas.errors import UserError
+
+# ---------------------------------------------------------------------------------------------- run files
+
+CONFIG = "config.yaml"          # the resolved config: written first, so its presence means the run has started
+METRICS = "metrics.jsonl"       # one record per finished epoch
+GENOTYPES = "genotypes.jsonl"   # a search's genotype per epoch
+ALPHA = "alpha.jsonl"           # a search's alpha per epoch
+GENOTYPE = "genotype.json"      # a search's result (a training's copy of the cell it trains)
+RESULTS = "results.json"        # a training's result
+SUMMARY = "summary.json"        # the mean ± std of repeated trainings
+CHECKPOINT = "checkpoint.pt"    # the last checkpoint, written atomically
+META = "meta.json"              # the sessions of a run: command, versions, device, times
+LOG = "log.txt"                 # every line the run printed
+# Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
+RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG)
+RUN_DIRS = ("tb", "cells")
+RESULT = {"search": GENOTYPE, "train": RESULTS}  # the file whose presence means a run of that kind is done
+
+STUDY_FILE = "study.yaml"
+FAILURES = "failures.json"      # run or lookup name -> why it failed
+LOCK = ".lock"
+STUDY_FILES = (STUDY_FILE, "report.md", "report.json", LOG, META, FAILURES, LOCK)
+STUDY_DIRS = ("configs", "search", "random", "train", "bench", "plots")
+
+# The keys that may change when a run or a study continues: how it runs, never what it computes.
+RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
+
+
+def check_resumable(overrides: Sequence[str], study: bool = False) -> None:
+    """Refuse an override of a key outside RESUMABLE when a run (or, with ``study``, a study) continues."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in RESUMABLE:
+            continue
+        if study:
+            raise UserError(f"{key!r} cannot change in a study that has started (every run must see the same "
+                            f"settings); valid when continuing: {', '.join(RESUMABLE)}")
+        raise UserError(f"{key!r} cannot change when resuming (the run must continue as it started); "
+                        f"valid on resume: {', '.join(RESUMABLE)}")
+
+
+def run_state(run_dir: Path, kind: str) -> str:
+    """Where the ``kind`` run ("search" or "train") in ``run_dir`` stands: "done" (its result file is written),
+    "interrupted" (a config and a checkpoint: --resume continues it), "started" (a config but no checkpoint yet:
+    it starts again) or "not started"."""
+    if (run_dir / RESULT[kind]).exists():
+        return "done"
+    if not (run_dir / CONFIG).exists():
+        return "not started"
+    return "interrupted" if (run_dir / CHECKPOINT).exists() else "started"
+
+
+# ---------------------------------------------------------------------------------------------- the layout
+
+@dataclass(frozen=True)
+class SearchRun:
+    method: str
+    seed: int
+    dir: Path
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A genotype of the study: found by a search (``source`` is its run directory) or drawn at random."""
+
+    id: str
+    method: str          # a method's name, or "random"
+    seed: int | None     # the search seed (None for a random cell)
+    source: Path         # the folder whose genotype.json it is
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    dir: Path
+    cfg: StudyConfig
+    searches: list[SearchRun]
+    cells: list[Cell]
+    trainings: dict[str, list[tuple[int, Path]]]   # cell id -> (training seed, run directory); none with a benchmark
+
+    def lookup_file(self, cell: Cell) -> Path:
+        """With eval.benchmark: where the cell's NAS-Bench-201 record is written."""
+        return self.dir / "bench" / f"{cell.id}.json"
+
+
+def layout(study_dir: Path, cfg: StudyConfig) -> StudyLayout:
+    """Every search, cell and training of the study, and where each lives."""
+    searches = [SearchRun(m, s, study_dir / "search" / f"{m}-s{s}") for s in cfg.seeds for m in cfg.methods]
+    cells = [Cell(f"{r.method}-s{r.seed}", r.method, r.seed, r.dir) for r in searches]
+    cells += [Cell(f"random-{i}", "random", None, study_dir / "random" / f"random-{i}")
+              for i in range(cfg.random.samples)]
+    seeds = () if cfg.eval.benchmark else cfg.eval.seeds  # a benchmark study looks its cells up instead
+    trainings = {c.id: [(e, study_dir / "train" / f"{c.id}-e{e}") for e in seeds] for c in cells}
+    return StudyLayout(study_dir, cfg, searches, cells, trainings)
+
+
+def load_study(study_dir: str | Path, overrides: Sequence[str] = ()) -> StudyLayout:
+    """The layout of an existing study, from its study.yaml; ``overrides`` may change only RESUMABLE keys."""
+    path = Path(study_dir)
+    if not path.is_dir():
+        raise UserError(f"study directory {str(study_dir)!r} is not a directory")
+    if not (path / STUDY_FILE).is_file():
+        hint = " (it is a run directory: use search.py or evaluate.py --resume)" if (path / CONFIG).exists() else ""
+        raise UserError(f"{str(study_dir)!r} is not a study directory: it has no {STUDY_FILE}{hint}")
+    check_resumable(overrides, study=True)
+    cfg = load_config(StudyConfig, path / STUDY_FILE, list(overrides))
+    return layout(path, cfg)
+
+
+def read_failures(study_dir: Path) -> dict[str, str]:
+    """failures.json: each run or lookup that failed, and why ({} when nothing has failed)."""
+    path = study_dir / FAILURES
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+# ---------------------------------------------------------------------------------------------- lookups
+
+def lookup_record(lay: StudyLayout, cell: Cell) -> dict[str, Any] | None:
+    """With eval.benchmark: the cell's NAS-Bench-201 record, or None when its genotype or its record is missing, or
+    the record is stale (of another genotype than the one now in the cell's folder)."""
+    from nas.genotype import read_genotype, to_nb201_string
+
+    path = lay.lookup_file(cell)
+    if not (cell.source / GENOTYPE).exists() or not path.exists():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text())
+    return record if record["arch"] == to_nb201_string(read_genotype(cell.source / GENOTYPE)) else None
+
+
+def unscored(lay: StudyLayout) -> list[Cell]:
+    """With eval.benchmark: the cells whose genotype exists but whose benchmark record is missing or stale."""
+    return [c for c in lay.cells if (c.source / GENOTYPE).exists() and lookup_record(lay, c) is None]
+
+
+# ---------------------------------------------------------------------------------------------- the pieces
+
+@dataclass(frozen=True)
+class Piece:
+    """One run of a study and the command line that starts it (after ``python -m nas``)."""
+
+    name: str                 # its path under the study directory: search/gdas-s0, train/random-2-e0
+    kind: str                 # search or train
+    dir: Path
+    args: tuple[str, ...]     # a new run: the recipe and its overrides
+    needs: Path | None = None  # a training of a searched cell: the search run whose genotype.json it reads
+
+    def status(self) -> str:
+        """The run's state (run_state): done, interrupted, started or not started."""
+        return run_state(self.dir, self.kind)
+
+    def ready(self) -> bool:
+        """Whether it can start: the cell it trains has been found."""
+        return self.needs is None or (self.needs / GENOTYPE).exists()
+
+    def command(self, extra: Sequence[str] = ()) -> list[str]:
+        """An interrupted run resumes from its checkpoint; a started one starts again over what it left."""
+        tool = "search" if self.kind == "search" else "evaluate"
+        status = self.status()
+        if status == "interrupted":
+            return [tool, "--resume", str(self.dir), *extra]
+        return [tool, *self.args, *(["run.overwrite=true"] if status == "started" else []), *extra]
+
+
+def pieces(lay: StudyLayout) -> list[Piece]:
+    """Every run in the order they start: searches (seed by seed, so that methods keep level), trainings of random
+    cells, then trainings of searched cells."""
+    d = lay.dir
+    out = [Piece(f"search/{r.dir.name}", "search", r.dir,
+                 ("--config", str(d / "configs" / f"search-{r.method}.yaml"), f"seed={r.seed}", f"run.dir={r.dir}"))
+           for r in lay.searches]
+    drawn = [c for c in lay.cells if c.method == "random"]
+    found = [c for c in lay.cells if c.method != "random"]
+    for cells, searched in ((drawn, False), (found, True)):
+        for cell in cells:
+            for seed, run_dir in lay.trainings[cell.id]:
+                out.append(Piece(f"train/{run_dir.name}", "train", run_dir,
+                                 ("--config", str(d / "configs" / "train.yaml"), "--genotype", str(cell.source),
+                                  f"seed={seed}", f"run.dir={run_dir}"), needs=cell.source if searched else None))
+    return out
