@@ -175,7 +175,8 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
     from nas.checkpoint import Stopped
     from nas.jobs import job_settings, run_pieces
     from nas.report import write_report
-    from nas.runlog import RunLog, record_session, resolve_device
+    from nas.runlog import RunLog, record_session
+    from nas.runtime import resolve_device
 
     study_dir, cfg = lay.dir, lay.cfg
     log = RunLog(study_dir, quiet)

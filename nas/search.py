@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,7 @@ import torch
 from torch import nn
 
 from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
-from nas.checkpoint import (
-    GracefulStop,
-    NumericalFault,
-    rng_state,
-    set_rng_state,
-    truncate_jsonl,
-)
+from nas.checkpoint import GracefulStop, NumericalFault, rng_state
 from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig
 from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
@@ -30,7 +23,8 @@ from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.errors import UserError
 from nas.loader import dump_yaml
 from nas.mixing import create_mixer
-from nas.runlog import Board, Progress, Run, peak_memory_mib
+from nas.runlog import Board, Progress, peak_memory_mib
+from nas.runtime import EpochMeter, Run
 from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
 from nas.supernet import Supernet, build_supernet
@@ -188,7 +182,6 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
         return x.contiguous(memory_format=memory_format)
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
-    start_epoch, start_step, partial = 0, 0, None
     if state is None and s.naswot_prior:  # a new run: alpha starts from NASWOT's prior, scored on this fresh supernet
         from nas.naswot import op_prior
 
@@ -196,18 +189,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
         with torch.no_grad():
             for t, p in prior.items():
                 model.alpha[t].copy_(s.naswot_prior * p.to(device))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        w_opt.load_state_dict(state["w_opt"])
-        a_opt.load_state_dict(state["a_opt"])
-        w_sched.load_state_dict(state["w_sched"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
-        set_rng_state(state["rng"])
-        for f in RECORDS if dist.main else ():
-            truncate_jsonl(run.dir / f, start_epoch)
-        log.print(f"resuming at epoch {start_epoch + 1}, step {start_step}")
+    start_epoch, start_step, partial = run.restore(
+        {"model": model, "w_opt": w_opt, "a_opt": a_opt, "w_sched": w_sched, "scaler": scaler}, RECORDS)
 
     def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
         """State after ``step`` steps of ``epoch`` (0-based): resuming runs step + 1 next."""
@@ -228,15 +211,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
             lr = w_sched.get_last_lr()[0]
             first = start_step if epoch == start_epoch else 0
-            resumed = bool(first and partial)
-            # train loss sum, train correct, valid loss sum, valid correct (on the device: no sync per step); this
-            # process's share: a checkpoint holds the global sums, which rank 0 alone carries on from
-            sums = (partial["sums"].to(device) if resumed and dist.main  # type: ignore[index]
-                    else torch.zeros(4, device=device))
-            n_w, n_a = (partial["images"] if resumed else (0, 0))  # type: ignore[index]
-            spent = partial["time_s"] if resumed else 0.0  # type: ignore[index]
+            # train loss sum, train correct, valid loss sum, valid correct; weight images, alpha images
+            meter = EpochMeter(4, 2, device, dist, partial if first else None)
             progress.start_epoch(epoch, first)
-            t0 = time.perf_counter()
             batches = zip(train.epoch(epoch, first), valid.epoch(epoch, first), strict=False)
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
                 model.generator.manual_seed(batch_seed(cfg.seed, epoch, step, 1))  # this step's samples
@@ -250,28 +227,25 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                     raise NumericalFault(
                         f"the loss is not finite (weight step {w_loss.item()}, alpha step {a_loss.item()}) at "
                         f"epoch {epoch + 1} step {step}; the last good checkpoint is kept: {last}")
-                sums += torch.stack([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct])
-                n_w, n_a = n_w + len(yw), n_a + len(ya)
+                meter.add([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct], len(yw), len(ya))
                 postfix = None
                 if progress.wants_postfix(step):
-                    t_l, t_c, v_l, v_c = sums.tolist()
-                    rate = (n_w + n_a) / max(spent + time.perf_counter() - t0, 1e-9)
+                    (t_l, t_c, _, v_c), (n_w, n_a) = meter.local(), meter.images
+                    rate = (n_w + n_a) / max(meter.elapsed(), 1e-9)
                     postfix = {"loss": f"{t_l / n_w:.3f}", "acc": f"{100 * t_c / n_w:.1f}%",
                                "valid": f"{100 * v_c / n_a:.1f}%", "img/s": f"{rate:.0f}"}
                     if mixer.tau is not None:
                         postfix["tau"] = f"{mixer.tau:.2f}"
                 progress.step(epoch, step, postfix)
                 if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
-                    checkpoint(epoch, step, {"sums": dist.sum(sums).cpu(), "images": (n_w, n_a),
-                                             "time_s": spent + time.perf_counter() - t0})
+                    checkpoint(epoch, step, meter.partial())
                 stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search.py"))
             w_sched.step()
-            elapsed = spent + time.perf_counter() - t0
+            elapsed = meter.elapsed()
             progress.end_epoch()
 
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
-            t_loss, t_correct, v_loss, v_correct = dist.sum(sums).tolist()
-            n_w, n_a = n_w * dist.world, n_a * dist.world  # every process had an equal share
+            (t_loss, t_correct, v_loss, v_correct), (n_w, n_a) = meter.totals()
             # random search never steps alpha: its argmax stands for nothing, so no genotype is logged per epoch
             genotype = model.genotype(rule, s.max_skip) if learns_alpha else None
             stats = edge_stats(genotype, dict(model.alpha), space.ops) if genotype is not None else {}

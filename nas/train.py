@@ -21,8 +21,6 @@ from nas.checkpoint import (
     GracefulStop,
     NumericalFault,
     rng_state,
-    set_rng_state,
-    truncate_jsonl,
 )
 from nas.config import TrainConfig
 from nas.data import Batches, batch_notes, channel_stats, data_notes, dataset_info, load_dataset
@@ -31,15 +29,8 @@ from nas.errors import UserError
 from nas.genotype import Genotype
 from nas.loader import dump_yaml, to_dict
 from nas.network import build_network, check_network, count_flops, count_parameters
-from nas.runlog import (
-    Board,
-    Progress,
-    Run,
-    RunLog,
-    peak_memory_mib,
-    prepare_run_dir,
-    read_jsonl,
-)
+from nas.runlog import Board, Progress, RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
+from nas.runtime import EpochMeter, Run
 from nas.steps import autocast, backward_step, grad_scaler
 
 
@@ -149,19 +140,10 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
     progress_state: dict[str, Any] = {"test": [float("nan"), float("nan")], "train_time": 0.0, "seen": 0,
                                       "wall": 0.0}
-    start_epoch, start_step, partial = 0, 0, None
+    start_epoch, start_step, partial = run.restore(
+        {"model": model, "opt": opt, "sched": sched, "scaler": scaler}, ("metrics.jsonl",))
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
         progress_state = state["progress"]
-        set_rng_state(state["rng"])
-        if dist.main:
-            truncate_jsonl(run.dir / "metrics.jsonl", start_epoch)
-        log.print(f"resuming at epoch {start_epoch + 1}, step {start_step}")
 
     def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
         run.save({
@@ -184,14 +166,8 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
             model.drop_path_prob = drop_prob  # type: ignore[assignment]
             lr = sched.get_last_lr()[0]
             first = start_step if epoch == start_epoch else 0
-            resumed = bool(first and partial)
-            # this process's share; a checkpoint holds the global sums, which rank 0 alone carries on from
-            sums = (partial["sums"].to(device) if resumed and dist.main  # type: ignore[index]
-                    else torch.zeros(2, device=device))
-            n = partial["images"] if resumed else 0  # type: ignore[index]
-            spent = partial["time_s"] if resumed else 0.0  # type: ignore[index]
+            meter = EpochMeter(2, 1, device, dist, partial if first else None)  # loss sum, correct; images
             progress.start_epoch(epoch, first)
-            t0 = time.perf_counter()
             for step, (x, y) in enumerate(train.epoch(epoch, first), start=first + 1):
                 with amp:
                     logits, aux = net(x.contiguous(memory_format=memory_format))
@@ -204,27 +180,24 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                 backward_step(total, opt, scaler, model.parameters(), t.grad_clip, reduce=dist.average_gradients)
                 if scaler is not None:
                     scaler.update()
-                sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()])
-                n += len(y)
+                meter.add([loss.detach() * len(y), (logits.argmax(1) == y).sum()], len(y))
                 postfix = None
                 if progress.wants_postfix(step):
-                    loss_sum, correct = sums.tolist()
+                    (loss_sum, correct), (n,) = meter.local(), meter.images
                     postfix = {"loss": f"{loss_sum / n:.3f}", "acc": f"{100 * correct / n:.1f}%",
-                               "img/s": f"{n / max(spent + time.perf_counter() - t0, 1e-9):.0f}"}
+                               "img/s": f"{n / max(meter.elapsed(), 1e-9):.0f}"}
                 progress.step(epoch, step, postfix)
                 if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
-                    checkpoint(epoch, step, {"sums": dist.sum(sums).cpu(), "images": n,
-                                             "time_s": spent + time.perf_counter() - t0})
+                    checkpoint(epoch, step, meter.partial())
                 stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("evaluate.py"))
             sched.step()
-            elapsed = spent + time.perf_counter() - t0
+            elapsed = meter.elapsed()
             progress.end_epoch()
-            n *= dist.world  # every process had an equal share
+            (loss_sum, correct), (n,) = meter.totals()
             progress_state["train_time"] += elapsed
             progress_state["seen"] += n
 
             # ---- end of epoch: test (every eval_every epochs and at the last), metrics, checkpoint
-            loss_sum, correct = dist.sum(sums).tolist()
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": 100 * correct / n,
                                       "lr": lr, "drop_path": drop_prob, "time_s": elapsed,
                                       "images_per_s": n / elapsed, "peak_mib": peak_memory_mib(device)}

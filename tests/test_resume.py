@@ -199,8 +199,11 @@ def test_every_method_resumes_identically(tmp_path: Path, method: list[str]) -> 
     assert proc.wait() == -signal.SIGKILL
     resumed = run("search.py", "--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr
-    for name in ("alpha.jsonl", "genotypes.jsonl", "genotype.json"):
-        assert (killed / name).read_text() == (full / name).read_text(), name
+    for name in ("alpha.jsonl", "genotypes.jsonl", "genotype.json"):  # random search writes no alpha records
+        assert (killed / name).exists() == (full / name).exists(), name
+        if (full / name).exists():
+            assert (killed / name).read_text() == (full / name).read_text(), name
+    assert (full / "genotype.json").exists()
     a = load_checkpoint(killed / "checkpoint.pt", "search")["model"]
     b = load_checkpoint(full / "checkpoint.pt", "search")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

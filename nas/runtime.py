@@ -1,0 +1,163 @@
+"""What every run starts with and goes through: its device, process group, threads, determinism and seeds, its
+directory and checkpoint (Run), the per-epoch sums of its loop (EpochMeter) and resuming from a checkpoint
+(Run.restore). Both loops, search and training, run in this frame; nas/runlog.py is what a run writes and shows."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas.errors import UserError
+from nas.runlog import RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device={name!r} but no CUDA device is available; valid here: auto, cpu")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"run.device={name!r} but there are only {torch.cuda.device_count()} CUDA devices")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Run:
+    """What every run starts with: its device, directory, log and, when resuming, the checkpoint's state.
+
+    Under torchrun (nas/distributed.py) every process joins the process group here. Rank 0 alone creates the
+    directory, reads the checkpoint and writes; the others receive the directory and the state from it, and a
+    problem rank 0 finds (an existing run, a damaged checkpoint) is raised on every process alike."""
+
+    def __init__(self, run_cfg: Any, seed: int, name: str, kind: str, config_yaml: str, resume: Path | None,
+                 quiet: bool):
+        from nas.checkpoint import CHECKPOINT, load_checkpoint
+        from nas.distributed import setup
+
+        self.started = time.perf_counter()
+        self.dist, self.device = setup(resolve_device(run_cfg.device))
+        if run_cfg.amp == "fp16" and self.device.type != "cuda":
+            raise UserError(f"run.amp=fp16 needs a CUDA device, and this run is on {self.device.type}; "
+                            "valid here: off, bf16")
+        if run_cfg.threads:
+            torch.set_num_threads(run_cfg.threads)
+        if run_cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.state: dict[str, Any] | None = None
+        main = self.dist.main
+        found: tuple[Any, ...] = ("", None, None)  # (directory, checkpoint state, error), as rank 0 found them
+        if main:
+            try:
+                if resume is None:
+                    found = (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)), None, None)
+                else:
+                    found = (str(resume), load_checkpoint(resume / CHECKPOINT, kind), None)
+            except UserError as e:
+                found = ("", None, e)
+        found = self.dist.broadcast(found)
+        if found[2] is not None:
+            raise found[2]
+        if resume is None:
+            seed_everything(seed)
+        self.dir, self.state = Path(found[0]), found[1]
+        self.log = RunLog(self.dir, quiet, writes=main)
+        if resume is None:
+            self.log.write_text("config.yaml", config_yaml)
+        if main:
+            record_session(self.dir, self.device, resumed=resume is not None)
+        self.checkpoint_path = self.dir / CHECKPOINT
+
+    def finish(self) -> None:
+        """Note in meta.json's record of this session its wall time and the CPU time of this process (every thread;
+        the process's start, imports and data loading included): what the run cost. Rank 0 notes its own."""
+        if not self.dist.main:
+            return
+        path = self.dir / "meta.json"
+        meta = json.loads(path.read_text())
+        meta["sessions"][-1].update(wall_s=time.perf_counter() - self.started, cpu_s=time.process_time())
+        atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+    def record_data(self, info: dict[str, Any]) -> None:
+        """Note in meta.json what data the run reads (rank 0 only: two writers would race on the file)."""
+        if self.dist.main:
+            record_data(self.dir, info)
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the checkpoint (rank 0 only: every process holds the same state)."""
+        from nas.checkpoint import save_checkpoint
+
+        if self.dist.main:
+            save_checkpoint(self.checkpoint_path, state)
+
+    def resume_hint(self, script: str) -> str:
+        return f"python {script} --resume {self.dir}"
+
+    def restore(self, objects: dict[str, Any], records: tuple[str, ...]) -> tuple[int, int, dict[str, Any] | None]:
+        """Load the checkpoint's state into ``objects`` (name in the checkpoint -> anything with load_state_dict;
+        a missing or empty state is skipped, as a GradScaler's on a CPU), the random generators, and drop the
+        lines of ``records`` written after it, which the run writes again. Returns (epoch, step, partial sums)
+        to continue from: (0, 0, None) for a new run."""
+        from nas.checkpoint import set_rng_state, truncate_jsonl
+
+        if self.state is None:
+            return 0, 0, None
+        state = self.state
+        for name, obj in objects.items():
+            if obj is not None and state.get(name):
+                obj.load_state_dict(state[name])
+        set_rng_state(state["rng"])
+        for f in records if self.dist.main else ():
+            truncate_jsonl(self.dir / f, state["epoch"])
+        self.log.print(f"resuming at epoch {state['epoch'] + 1}, step {state['step']}")
+        return state["epoch"], state["step"], state["partial"]
+
+
+class EpochMeter:
+    """The sums of one epoch of a loop (losses and correct counts, kept on the device: no sync per step), the
+    images of each of its streams, and its time; what a mid-epoch checkpoint holds of them (``partial``) and how
+    a resumed epoch carries on from it. A checkpoint holds the global sums, which rank 0 alone carries on from."""
+
+    def __init__(self, sums: int, streams: int, device: torch.device, dist: Any,
+                 partial: dict[str, Any] | None = None):
+        self.dist = dist
+        self.sums = partial["sums"].to(device) if partial and dist.main else torch.zeros(sums, device=device)
+        images = partial["images"] if partial else [0] * streams
+        self.images = [images] if isinstance(images, int) else list(images)
+        self.spent = partial["time_s"] if partial else 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, values: list[torch.Tensor], *images: int) -> None:
+        self.sums += torch.stack(values)
+        self.images = [a + b for a, b in zip(self.images, images, strict=True)]
+
+    def elapsed(self) -> float:
+        return self.spent + time.perf_counter() - self.t0
+
+    def local(self) -> list[float]:
+        """This process's sums so far (a sync with the device: for progress lines only)."""
+        return [float(v) for v in self.sums.tolist()]
+
+    def partial(self) -> dict[str, Any]:
+        """What a checkpoint in the middle of the epoch holds (the sums summed over processes)."""
+        images: int | list[int] = self.images[0] if len(self.images) == 1 else self.images
+        return {"sums": self.dist.sum(self.sums).cpu(), "images": images, "time_s": self.elapsed()}
+
+    def totals(self) -> tuple[list[float], list[int]]:
+        """The epoch's sums and images over every process (each had an equal share)."""
+        return [float(v) for v in self.dist.sum(self.sums).tolist()], [n * self.dist.world for n in self.images]
