@@ -21,6 +21,7 @@ from nas.config import SearchConfig
 from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.errors import UserError
+from nas.genotype import Genotype
 from nas.loader import dump_yaml
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, peak_memory_mib
@@ -106,6 +107,76 @@ def bilevel_step(model: Supernet, train: tuple[torch.Tensor, torch.Tensor], vali
     return w_loss, w_correct, a_loss, a_correct
 
 
+def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: int, lr: float, steps: int,
+                 warm: bool, bench: Any, board: Board | None, run: Run) -> None:
+    """The end of a search epoch: its metrics, the genotype alpha stands for and alpha itself, written to the run's
+    records, printed, and shown in TensorBoard. Random search never steps alpha: its argmax stands for nothing, so
+    it logs no genotype per epoch."""
+    s, log, mixer = cfg.search, run.log, model.mixer
+    elapsed = meter.elapsed()
+    (t_loss, t_correct, v_loss, v_correct), (n_w, n_a) = meter.totals()
+    rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
+    genotype = model.genotype(rule, s.max_skip) if s.mixer != "random" else None
+    stats = edge_stats(genotype, dict(model.alpha), model.space.ops) if genotype is not None else {}
+    truth = epoch_lookup(bench, genotype) if genotype is not None and bench is not None and run.dist.main else {}
+    record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
+              "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
+              "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
+              "peak_mib": peak_memory_mib(run.device), **stats, **truth}
+    log.append("metrics.jsonl", record)
+    if genotype is not None:
+        log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
+        log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
+                                                          for t, a in model.alpha.items()}})
+    tau = "" if mixer.tau is None else f"  tau {mixer.tau:.2f}"
+    log.print(f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.3f} acc "
+              f"{record['train_acc']:.1f}%  valid loss {record['valid_loss']:.3f} acc "
+              f"{record['valid_acc']:.1f}%{tau}  lr {lr:.4f}  {elapsed:.1f}s  "
+              f"{record['images_per_s']:.0f} img/s{'  (warm-up: alpha frozen)' if warm else ''}")
+    if genotype is not None:
+        log.print(f"  genotype {genotype}")
+        log.print(f"  {describe(stats)}")
+        if bench is not None:
+            log.print(f"  NAS-Bench-201: {describe_epoch(truth)}")
+    if board is not None:
+        board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)}, epoch + 1, "search")
+        if genotype is not None:
+            board.alpha(dict(model.alpha), model.space, epoch + 1)
+            board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
+
+
+def derive_genotype(cfg: SearchConfig, model: Supernet, valid: Batches, stats: tuple[list[float], list[float]],
+                    classes: tuple[int, int], naswot_batch: Any, amp: Any, memory_format: torch.memory_format,
+                    log: Any) -> Genotype:
+    """The search's result by its search.derive rule: alpha's argmax (darts, gdas), NASWOT's pick among cells
+    scored on a freshly initialised supernet (naswot), or the trained supernet's judgement of each op (perturb)
+    or of random cells (sample). ``classes``: (classes, input channels) of the data."""
+    s, device = cfg.search, valid.device
+    rule = s.derive if s.derive in ("darts", "gdas") else "darts"
+    if s.derive == "naswot":
+        from nas.naswot import cells_from_alpha, select_by_naswot
+
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
+            fresh = build_supernet(model.space, C=cfg.model.C, layers=cfg.model.layers, num_classes=classes[0],
+                                   mixer=model.mixer, in_channels=classes[1], stem_multiplier=cfg.model.stem,
+                                   macro=cfg.model.macro).to(device)
+            fresh.to(memory_format=memory_format)
+        pool = cells_from_alpha(model, s.samples, cfg.seed, rule) if s.naswot_pool == "alpha" else None
+        return select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print, pool)
+    if s.derive in ("perturb", "sample"):
+        from nas.datasets import ImageSet
+        from nas.perturb import select_by_perturbation, select_by_sampling
+
+        mean, std = stats
+        plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
+                        device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
+        if s.derive == "perturb":
+            return select_by_perturbation(model, plain, cfg.seed, amp, memory_format, log.print)
+        return select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print)
+    return model.genotype(rule, s.max_skip)
+
+
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result)."""
@@ -142,8 +213,6 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule,
                          gradient=s.gdas_gradient, kl=s.drnas_kl)
-    rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
-    learns_alpha = s.mixer != "random"
     model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
                            mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
                            macro=cfg.model.macro).to(device)
@@ -241,65 +310,16 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                     checkpoint(epoch, step, meter.partial())
                 stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search.py"))
             w_sched.step()
-            elapsed = meter.elapsed()
             progress.end_epoch()
 
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
-            (t_loss, t_correct, v_loss, v_correct), (n_w, n_a) = meter.totals()
-            # random search never steps alpha: its argmax stands for nothing, so no genotype is logged per epoch
-            genotype = model.genotype(rule, s.max_skip) if learns_alpha else None
-            stats = edge_stats(genotype, dict(model.alpha), space.ops) if genotype is not None else {}
-            truth = epoch_lookup(bench, genotype) if genotype is not None and bench is not None and dist.main else {}
-            record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
-                      "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
-                      "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
-                      "peak_mib": peak_memory_mib(device), **stats, **truth}
-            log.append("metrics.jsonl", record)
-            if genotype is not None:
-                log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
-                log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
-                                                                  for t, a in model.alpha.items()}})
+            record_epoch(cfg, model, meter, epoch, float(lr), steps, warm, bench, board, run)
             checkpoint(epoch + 1, 0, None)
-            tau = "" if mixer.tau is None else f"  tau {mixer.tau:.2f}"
-            log.print(f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.3f} acc "
-                      f"{record['train_acc']:.1f}%  valid loss {record['valid_loss']:.3f} acc "
-                      f"{record['valid_acc']:.1f}%{tau}  lr {lr:.4f}  {elapsed:.1f}s  "
-                      f"{record['images_per_s']:.0f} img/s{'  (warm-up: alpha frozen)' if warm else ''}")
-            if genotype is not None:
-                log.print(f"  genotype {genotype}")
-                log.print(f"  {describe(stats)}")
-            if genotype is not None and bench is not None:
-                log.print(f"  NAS-Bench-201: {describe_epoch(truth)}")
-            if board is not None:
-                board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)},
-                              epoch + 1, "search")
-                if genotype is not None:
-                    board.alpha(dict(model.alpha), space, epoch + 1)
-                    board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
             stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
-    genotype = model.genotype(rule, s.max_skip)
-    if s.derive == "naswot":
-        from nas.naswot import cells_from_alpha, select_by_naswot
-
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
-            fresh = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
-                                   mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
-                                   macro=cfg.model.macro).to(device)
-            fresh.to(memory_format=memory_format)
-        pool = cells_from_alpha(model, s.samples, cfg.seed, rule) if s.naswot_pool == "alpha" else None
-        genotype = select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print, pool)
-    elif s.derive in ("perturb", "sample"):
-        from nas.datasets import ImageSet
-        from nas.perturb import select_by_perturbation, select_by_sampling
-
-        plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
-                        device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
-        genotype = (select_by_perturbation(model, plain, cfg.seed, amp, memory_format, log.print)
-                    if s.derive == "perturb" else
-                    select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print))
+    genotype = derive_genotype(cfg, model, valid, (mean, std), (num_classes, in_channels), naswot_batch, amp,
+                               memory_format, log)
     log.write_text("genotype.json", genotype.to_json())
     warning = dominance_warning(genotype)
     if warning:
