@@ -1,6 +1,7 @@
-"""Every command in the README's code blocks runs, in order, shrunk to seconds: run directories go to a temporary
-folder, an image folder written by the test stands in for the user's, and each command gets overrides that make
-its run tiny. A command this file does not know fails the test, so a new README example comes with its check."""
+"""Every command in the README's code blocks runs, in order, and so does every tool's --help example, shrunk to
+seconds: run directories go to a temporary folder, an image folder written by the test stands in for the user's,
+and each command gets overrides that make its run tiny. A command this file does not know fails the test, so a new
+example comes with its check."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ SHRINK: dict[tuple[str, str], list[str]] = {
                                                         "per_method.naswot-prior.prior_samples=4",
                                                         "per_method.naswot-prior.naswot_batch=8", "--quiet"],
 }
+SHRINK[("evaluate", "configs/eval/darts-cifar10.yaml")] = []  # --summary: the network is built, nothing trained
+SHRINK[("compare", "configs/compare/quick.yaml")] = [
+    "methods=[gdas]", "seeds=[0]", "random.samples=1", "data.synthetic.train=64", "data.synthetic.test=16",
+    "data.image_size=8", "data.batch_size=16", "model.C=4", "search.epochs=1", "eval.data.batch_size=16",
+    "eval.model.C=4", "eval.train.epochs=1", "run.tensorboard=false", "--quiet"]
 NOT_RUN = ("pip install", "python -m pytest", "ruff check", "mypy", "git clone")  # the suite and CI run these
 TOOLS = {"search.py": "search", "evaluate.py": "evaluate", "compare.py": "compare"}
 
@@ -54,29 +60,44 @@ def image_folder(root: Path) -> Path:
     return root
 
 
-def test_every_readme_command_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def help_examples() -> list[str]:
+    import contextlib
+    import io
+
+    from nas.cli import TOOLS as CLI_TOOLS
+
+    examples = []
+    for tool, _ in CLI_TOOLS.values():
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            tool(["--help"])
+        text = " ".join(out.getvalue().split())
+        examples += re.findall(r"example: (python .*?)(?:$| {2})", text)
+    return examples
+
+
+def run_command(command: str, images: Path) -> None:
+    words = shlex.split(command.replace("~/cifar10-images", str(images)).replace("DIR", str(images)))
+    assert words[0] == "python", command
+    if words[1] == "-m":
+        assert words[2] == "nas", command
+        argv = words[3:]
+    else:
+        assert words[1] in TOOLS, f"command with no check in tests/test_docs.py: {command}"
+        argv = [TOOLS[words[1]], *words[2:]]
+    recipe = argv[argv.index("--config") + 1] if "--config" in argv else ""
+    if argv[0] in ("search", "evaluate", "compare"):
+        assert (argv[0], recipe) in SHRINK, f"command with no check in tests/test_docs.py: {command}"
+        argv += SHRINK[argv[0], recipe]
+    assert main(argv) == 0, command
+
+
+def test_every_readme_command_and_help_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # runs/... land here
-    for folder in ("configs",):
-        (tmp_path / folder).symlink_to(ROOT / folder)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
     images = image_folder(tmp_path / "images")
-    commands = readme_commands()
-    assert len(commands) >= 4
-    ran = 0
-    for command in commands:
-        if command.startswith(NOT_RUN):
-            continue
-        words = shlex.split(command.replace("~/cifar10-images", str(images)).replace("DIR", str(images)))
-        assert words[0] == "python", command
-        if words[1] == "-m":
-            assert words[2] == "nas", command
-            argv = words[3:]
-        else:
-            assert words[1] in TOOLS, f"README command with no check in tests/test_docs.py: {command}"
-            argv = [TOOLS[words[1]], *words[2:]]
-        recipe = argv[argv.index("--config") + 1] if "--config" in argv else ""
-        if argv[0] in ("search", "evaluate", "compare"):
-            assert (argv[0], recipe) in SHRINK, f"README command with no check in tests/test_docs.py: {command}"
-            argv += SHRINK[argv[0], recipe]
-        assert main(argv) == 0, command
-        ran += 1
-    assert ran == len([c for c in commands if not c.startswith(NOT_RUN)])
+    commands = [c for c in readme_commands() if not c.startswith(NOT_RUN)]
+    examples = help_examples()
+    assert len(commands) >= 3 and len(examples) >= 4
+    for command in commands + examples:  # the README's first: the examples read its runs (runs/quickstart)
+        run_command(command, images)
