@@ -138,8 +138,8 @@ def test_missing_cifar_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
     (["search.py", "data.name=fashion-mnist", "data.root=/nonexistent"],
      "Fashion-MNIST file train-images-idx3-ubyte.gz not found in /nonexistent/"),
     (["search.py", "data.name=imagefolder", "data.root=/nonexistent"], "data.root='/nonexistent' is not a folder"),
-    (["-m", "nas.genotype", "|nor_conv_3x3~0|+|bad|"], "NB201 edge 'bad' is not of the form op~input"),
-    (["-m", "nas.genotype", "Genotype(normal=[('sep_conv_3x3', 0)])"], "lacks normal_concat"),
+    (["-m", "nas", "genotype", "|nor_conv_3x3~0|+|bad|"], "NB201 edge 'bad' is not of the form op~input"),
+    (["-m", "nas", "genotype", "Genotype(normal=[('sep_conv_3x3', 0)])"], "lacks normal_concat"),
 ])
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     extra = [f"run.dir={tmp_path / 'run'}"] if args[0] == "search.py" else []
