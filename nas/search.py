@@ -107,6 +107,12 @@ def bilevel_step(model: Supernet, train: tuple[torch.Tensor, torch.Tensor], vali
     return w_loss, w_correct, a_loss, a_correct
 
 
+def alpha_rule(derive: str) -> str:
+    """The alpha rule of each epoch's genotype and of pools drawn from alpha: search.derive's own when it reads
+    alpha (darts, gdas), else darts (the other rules cost too much to run every epoch)."""
+    return derive if derive in ("darts", "gdas") else "darts"
+
+
 def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: int, lr: float, steps: int,
                  warm: bool, bench: Any, board: Board | None, run: Run) -> None:
     """The end of a search epoch: its metrics, the genotype alpha stands for and alpha itself, written to the run's
@@ -115,7 +121,7 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
     s, log, mixer = cfg.search, run.log, model.mixer
     elapsed = meter.elapsed()
     (t_loss, t_correct, v_loss, v_correct), (n_w, n_a) = meter.totals()
-    rule = s.derive if s.derive in ("darts", "gdas") else "darts"  # each epoch's genotype (the others cost too much)
+    rule = alpha_rule(s.derive)
     genotype = model.genotype(rule, s.max_skip) if s.mixer != "random" else None
     stats = edge_stats(genotype, dict(model.alpha), model.space.ops) if genotype is not None else {}
     truth = epoch_lookup(bench, genotype) if genotype is not None and bench is not None and run.dist.main else {}
@@ -152,7 +158,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, valid: Batches, stats: t
     scored on a freshly initialised supernet (naswot), or the trained supernet's judgement of each op (perturb)
     or of random cells (sample). ``classes``: (classes, input channels) of the data."""
     s, device = cfg.search, valid.device
-    rule = s.derive if s.derive in ("darts", "gdas") else "darts"
+    rule = alpha_rule(s.derive)
     if s.derive == "naswot":
         from nas.naswot import cells_from_alpha, select_by_naswot
 
