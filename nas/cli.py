@@ -11,7 +11,7 @@ from typing import Any
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.errors import UserError
-from nas.study import CHECKPOINT, CONFIG, check_resumable
+from nas.study import CHECKPOINT, CONFIG, check_resumable, load_plan
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
@@ -249,7 +249,7 @@ def compare_main(argv: list[str] | None = None) -> int:
             run_study(resume=Path(args.resume), overrides=args.overrides, jobs=args.jobs, plan=args.plan,
                       quiet=args.quiet, nproc=args.nproc)
             return
-        cfg = load_config(StudyConfig, args.config, args.overrides)
+        cfg = load_plan(args.config, args.overrides)
         run_study(cfg, Path(args.config).stem if args.config else "compare", jobs=args.jobs, plan=args.plan,
                   quiet=args.quiet, nproc=args.nproc)
 

@@ -32,10 +32,13 @@ from nas.study import (
     STUDY_FILES,
     Piece,
     StudyLayout,
+    check_plan,
     layout,
     load_study,
     pieces,
     read_failures,
+    search_config,
+    train_config,
     unscored,
 )
 
@@ -77,9 +80,9 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
         raise UserError(f"cannot write run.dir={str(study_dir)!r}: {e.strerror or e}") from None
 
     for method in dict.fromkeys([*cfg.methods, *cfg.per_method]):
-        atomic_write_text(study_dir / "configs" / f"search-{method}.yaml", dump_yaml(cfg.search_config(method, 0)))
+        atomic_write_text(study_dir / "configs" / f"search-{method}.yaml", dump_yaml(search_config(cfg, method, 0)))
     if not cfg.eval.benchmark:
-        atomic_write_text(study_dir / "configs" / "train.yaml", dump_yaml(cfg.train_config(cfg.eval.seeds[0])))
+        atomic_write_text(study_dir / "configs" / "train.yaml", dump_yaml(train_config(cfg, cfg.eval.seeds[0])))
     space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
     rng = random.Random(cfg.random.seed)
     for cell in layout(study_dir, cfg).cells:
@@ -156,7 +159,7 @@ def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: 
         raise UserError(f"--nproc {nproc} is not valid; valid: 1 or more")
     if resume is None:
         assert cfg is not None
-        lay, extra = layout(prepare_study(cfg, name), cfg), []
+        lay, extra = layout(prepare_study(check_plan(cfg), name), cfg), []
     else:
         lay, extra = load_study(resume, overrides), list(overrides)
     todo = [p for p in pieces(lay) if p.status() != "done"]

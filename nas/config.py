@@ -3,18 +3,14 @@ values, and the rules between keys. nas/loader.py reads them from YAML and comma
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import re
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from nas.errors import ConfigError as ConfigError  # re-exported: nas.config.ConfigError
 from nas.errors import UserError as UserError
-from nas.loader import C, from_dict, get_dotted, parse_overrides, pop_dotted, read_yaml, set_dotted
+from nas.loader import C, Conditional, load
 from nas.loader import dump_yaml as dump_yaml  # re-exported with the schemas: what callers write and print
 from nas.loader import key as _key
 from nas.loader import key_table as key_table
@@ -394,83 +390,16 @@ class StudyConfig:
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) or name == "random":
                 raise ConfigError(f"method name {name!r} is not valid; valid: letters, digits, '_', '.', '-', starting "
                                   "with a letter, and not 'random' (the random baseline's name)")
-        for name in (*self.methods, *(m for m in self.per_method if m not in self.methods)):
-            self.search_config(name, self.seeds[0])
-        if self.eval.benchmark:
-            self.benchmark_data()
-            return  # nothing is retrained: the recipe is unused
         space = self.eval.model.space
-        if space is not None and space != self.model.space:
+        if not self.eval.benchmark and space is not None and space != self.model.space:
             raise ConfigError(f"eval.model.space={space} differs from model.space={self.model.space}: a study "
                               "trains the genotypes its supernet searched; set eval.model.space=null")
-        self.train_config(self.eval.seeds[0])
-
-    def benchmark_data(self) -> str:
-        """With eval.benchmark: the data set (data.name spelling) whose benchmark test accuracy scores a cell."""
-        if self.model.space != "nb201":
-            raise ConfigError(f"eval.benchmark applies only to model.space=nb201 (NAS-Bench-201's cells), not "
-                              f"{self.model.space}; retrain the cells instead (leave eval.benchmark empty)")
-        name = self.eval.benchmark_data or self.data.name
-        if name not in BENCHMARK_DATA:
-            raise ConfigError(f"eval.benchmark scores a cell on one of NAS-Bench-201's data sets and data.name={name} "
-                              f"is not one; set eval.benchmark_data to one of {', '.join(BENCHMARK_DATA)}")
-        return name
-
-    def method_options(self, name: str) -> SearchOptions:
-        """The search section as method ``name`` runs it: the shared keys, its own per_method keys on top, and its
-        mixer (the name itself unless per_method.<name>.mixer says otherwise)."""
-        raw = self.per_method.get(name) or {}
-        for key in raw:
-            if key in STUDY_SECTIONS:
-                raise ConfigError(f"per_method.{name}.{key}: a method may set search.* keys only; every method of a "
-                                  "study searches the same data with the same supernet")
-        raw = dict(raw)
-        if "mixer" not in raw:
-            from nas.mixing import mixer_names
-
-            if name not in mixer_names():
-                near = difflib.get_close_matches(name, mixer_names(), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(f"method {name!r} is not a mixer{hint}; valid: {', '.join(mixer_names())}, or any "
-                                  f"name with per_method.{name}.mixer set")
-            raw["mixer"] = name
-        return from_dict(SearchOptions, raw, f"per_method.{name}.", base=self.search)
-
-    def search_config(self, method: str, seed: int) -> SearchConfig:
-        """The complete, checked search config of one search of the study (run.dir left to the study)."""
-        cfg = SearchConfig(seed=seed, data=self.data, model=self.model, search=self.method_options(method),
-                           run=dataclasses.replace(self.run, dir="", overwrite=False, compile=False))
-        try:
-            cfg.check()
-        except ConfigError as e:
-            raise ConfigError(f"method {method!r}: {e}; keys that only some methods take belong under "
-                              "per_method.<name>") from None
-        return cfg
-
-    def train_config(self, seed: int) -> TrainConfig:
-        """The complete, checked training config of one retraining of the study (run.dir left to the study)."""
-        e = self.eval
-        data = dataclasses.replace(self.data, train_portion=DataConfig().train_portion,
-                                   subset=self.data.subset if e.data.subset is None else e.data.subset,
-                                   batch_size=e.data.batch_size, augment=e.data.augment, cutout=e.data.cutout)
-        model = dataclasses.replace(e.model, space=self.model.space)
-        cfg = TrainConfig(seed=seed, data=data, model=model, train=e.train,
-                          run=dataclasses.replace(self.run, dir="", overwrite=False))
-        try:
-            return from_dict(TrainConfig, to_dict(cfg))  # every check a training config gets
-        except ConfigError as err:
-            raise ConfigError(f"the eval recipe (eval.*): {err}") from None
+        # What each method's search and the eval recipe become is checked by nas.study.check_plan.
 
 
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> C:
     """Read a YAML file (or start from defaults when path is None), apply ``a.b=value`` overrides, check."""
-    raw: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
-    given = parse_overrides(overrides)
-    if cls in (SearchConfig, TrainConfig):
-        _drop_what_an_override_switched_off(cls, raw, given)
-    for dotted, value in given.items():
-        set_dotted(raw, dotted, value)
-    return from_dict(cls, raw)
+    return load(cls, path, overrides, CONDITIONAL if cls in (SearchConfig, TrainConfig) else ())
 
 
 # Keys that mean something only under a condition on another key: (keys, the key deciding, the values that give
@@ -483,29 +412,7 @@ def _tau_mixers() -> tuple[str, ...]:
     return tuple(m for m in mixer_names() if has_tau(m))
 
 
-CONDITIONAL: tuple[tuple[tuple[str, ...], str, Callable[[], tuple[str, ...]]], ...] = (
+CONDITIONAL: tuple[Conditional, ...] = (
     (("data.synthetic",), "data.name", lambda: ("synthetic",)),
     (("search.tau_max", "search.tau_min", "search.tau_schedule"), "search.mixer", _tau_mixers),
 )
-
-
-def _drop_what_an_override_switched_off(cls: type, raw: dict[str, Any], given: dict[str, Any]) -> None:
-    sections = {f.name for f in dataclasses.fields(cls)}
-    for keys, decider, meaningful in CONDITIONAL:
-        if decider.split(".")[0] not in sections:
-            continue
-        value = given.get(decider, get_dotted(raw, decider))
-        if value is None:
-            value = get_dotted(dataclasses.asdict(cls()), decider)
-        valid = meaningful()
-        if value in valid:
-            continue
-        need = f"{decider}={' or '.join(valid)}"
-        for name in keys:
-            for g in given:
-                if g == name or g.startswith(name + "."):
-                    raise ConfigError(f"{g} applies only to {need}; this run has {decider}={value}: drop {g}")
-            if decider in given and get_dotted(raw, name) is not None:
-                pop_dotted(raw, name)
-                print(f"note: the recipe's {name} applies only to {need}; dropped, since {decider}={value}",
-                      file=sys.stderr)

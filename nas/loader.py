@@ -11,8 +11,10 @@ import copy
 import dataclasses
 import difflib
 import math
+import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -311,3 +313,43 @@ def key_table(cls: type) -> str:
         rows.append(f"| `{k}` | `{shown}` | {h} |")
     return "\n".join(rows)
 
+
+# A rule on keys that mean something only under a condition on another key: (the keys, the key deciding, a function
+# giving the values of the deciding key that give them a meaning).
+Conditional = tuple[tuple[str, ...], str, Callable[[], tuple[str, ...]]]
+
+
+def load(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+         conditional: tuple[Conditional, ...] = ()) -> C:
+    """Read a YAML file (or start from defaults when path is None), apply ``a.b=value`` overrides, check. The
+    recipe's keys whose condition an override switches off are dropped with a note; the same keys given as overrides
+    are refused, whatever their value, since they would do nothing."""
+    raw: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
+    given = parse_overrides(overrides)
+    _drop_what_an_override_switched_off(cls, raw, given, conditional)
+    for dotted, value in given.items():
+        set_dotted(raw, dotted, value)
+    return from_dict(cls, raw)
+
+
+def _drop_what_an_override_switched_off(cls: type, raw: dict[str, Any], given: dict[str, Any],
+                                        conditional: tuple[Conditional, ...]) -> None:
+    sections = {f.name for f in dataclasses.fields(cls)}
+    for keys, decider, meaningful in conditional:
+        if decider.split(".")[0] not in sections:
+            continue
+        value = given.get(decider, get_dotted(raw, decider))
+        if value is None:
+            value = get_dotted(dataclasses.asdict(cls()), decider)
+        valid = meaningful()
+        if value in valid:
+            continue
+        need = f"{decider}={' or '.join(valid)}"
+        for name in keys:
+            for g in given:
+                if g == name or g.startswith(name + "."):
+                    raise ConfigError(f"{g} applies only to {need}; this run has {decider}={value}: drop {g}")
+            if decider in given and get_dotted(raw, name) is not None:
+                pop_dotted(raw, name)
+                print(f"note: the recipe's {name} applies only to {need}; dropped, since {decider}={value}",
+                      file=sys.stderr)

@@ -32,6 +32,7 @@ from nas.study import (
     Cell,
     SearchRun,
     StudyLayout,
+    benchmark_data,
     lookup_record,
     run_state,
 )
@@ -114,7 +115,7 @@ def read_cell(cell: Cell, lay: StudyLayout) -> dict[str, Any]:
     if lay.cfg.eval.benchmark:
         record = lookup_record(lay, cell)  # None when missing, or a stale record of another cell
         if record is not None:
-            found = score(record, lay.cfg.benchmark_data())
+            found = score(record, benchmark_data(lay.cfg))
             out.update(acc={} if found["acc"] is None else {"benchmark": found["acc"]}, percentile=found["percentile"],
                        params=found["params"], flops=found["flops"], benchmark=record)
         else:
@@ -246,7 +247,7 @@ def _scoring(lay: StudyLayout, cells: list[dict[str, Any]]) -> dict[str, Any]:
     if not cfg.eval.benchmark:
         return {"by": "training"}
     records = [c["benchmark"] for c in cells if c.get("benchmark")]
-    return {"by": "benchmark", "benchmark": cfg.eval.benchmark, "data": cfg.benchmark_data(),
+    return {"by": "benchmark", "benchmark": cfg.eval.benchmark, "data": benchmark_data(cfg),
             "recipes": sorted({recipe(r) for r in records}), "split": sorted({split_of(r) for r in records}),
             "space": _json(lay.dir / "bench" / "space.json")}
 

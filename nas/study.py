@@ -16,14 +16,26 @@ what they recorded. The file names of a run directory are defined here once, for
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.config import StudyConfig, load_config
-from nas.errors import UserError
+from nas.config import (
+    BENCHMARK_DATA,
+    STUDY_SECTIONS,
+    DataConfig,
+    SearchConfig,
+    SearchOptions,
+    StudyConfig,
+    TrainConfig,
+    load_config,
+)
+from nas.errors import ConfigError, UserError
+from nas.loader import from_dict, to_dict
 
 # ---------------------------------------------------------------------------------------------- run files
 
@@ -74,6 +86,84 @@ def run_state(run_dir: Path, kind: str) -> str:
     if not (run_dir / CONFIG).exists():
         return "not started"
     return "interrupted" if (run_dir / CHECKPOINT).exists() else "started"
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+def method_options(cfg: StudyConfig, name: str) -> SearchOptions:
+    """The search section as method ``name`` runs it: the shared keys, its own per_method keys on top, and its
+    mixer (the name itself unless per_method.<name>.mixer says otherwise)."""
+    raw = dict(cfg.per_method.get(name) or {})
+    for key in raw:
+        if key in STUDY_SECTIONS:
+            raise ConfigError(f"per_method.{name}.{key}: a method may set search.* keys only; every method of a "
+                              "study searches the same data with the same supernet")
+    if "mixer" not in raw:
+        from nas.mixing import mixer_names
+
+        if name not in mixer_names():
+            near = difflib.get_close_matches(name, mixer_names(), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"method {name!r} is not a mixer{hint}; valid: {', '.join(mixer_names())}, or any "
+                              f"name with per_method.{name}.mixer set")
+        raw["mixer"] = name
+    return from_dict(SearchOptions, raw, f"per_method.{name}.", base=cfg.search)
+
+
+def search_config(cfg: StudyConfig, method: str, seed: int) -> SearchConfig:
+    """The complete, checked search config of one search of the study (run.dir left to the study)."""
+    out = SearchConfig(seed=seed, data=cfg.data, model=cfg.model, search=method_options(cfg, method),
+                       run=dataclasses.replace(cfg.run, dir="", overwrite=False, compile=False))
+    try:
+        out.check()
+    except ConfigError as e:
+        raise ConfigError(f"method {method!r}: {e}; keys that only some methods take belong under "
+                          "per_method.<name>") from None
+    return out
+
+
+def train_config(cfg: StudyConfig, seed: int) -> TrainConfig:
+    """The complete, checked training config of one retraining of the study (run.dir left to the study)."""
+    e = cfg.eval
+    data = dataclasses.replace(cfg.data, train_portion=DataConfig().train_portion,
+                               subset=cfg.data.subset if e.data.subset is None else e.data.subset,
+                               batch_size=e.data.batch_size, augment=e.data.augment, cutout=e.data.cutout)
+    model = dataclasses.replace(e.model, space=cfg.model.space)
+    out = TrainConfig(seed=seed, data=data, model=model, train=e.train,
+                      run=dataclasses.replace(cfg.run, dir="", overwrite=False))
+    try:
+        return from_dict(TrainConfig, to_dict(out))  # every check a training config gets
+    except ConfigError as err:
+        raise ConfigError(f"the eval recipe (eval.*): {err}") from None
+
+
+def benchmark_data(cfg: StudyConfig) -> str:
+    """With eval.benchmark: the data set (data.name spelling) whose benchmark accuracy scores a cell."""
+    if cfg.model.space != "nb201":
+        raise ConfigError(f"eval.benchmark applies only to model.space=nb201 (NAS-Bench-201's cells), not "
+                          f"{cfg.model.space}; retrain the cells instead (leave eval.benchmark empty)")
+    name = cfg.eval.benchmark_data or cfg.data.name
+    if name not in BENCHMARK_DATA:
+        raise ConfigError(f"eval.benchmark scores a cell on one of NAS-Bench-201's data sets and data.name={name} "
+                          f"is not one; set eval.benchmark_data to one of {', '.join(BENCHMARK_DATA)}")
+    return name
+
+
+def check_plan(cfg: StudyConfig) -> StudyConfig:
+    """Refuse a study whose searches or retrainings could not run: every method's search config, and the eval
+    recipe (or, with eval.benchmark, the data set that scores the cells), checked before anything starts."""
+    for name in (*cfg.methods, *(m for m in cfg.per_method if m not in cfg.methods)):
+        search_config(cfg, name, cfg.seeds[0])
+    if cfg.eval.benchmark:
+        benchmark_data(cfg)
+    else:
+        train_config(cfg, cfg.eval.seeds[0])
+    return cfg
+
+
+def load_plan(path: str | Path | None, overrides: Sequence[str] = ()) -> StudyConfig:
+    """A study config from YAML (or the defaults) and overrides, with every check including the plan's."""
+    return check_plan(load_config(StudyConfig, path, list(overrides)))
 
 
 # ---------------------------------------------------------------------------------------------- the layout
@@ -128,8 +218,7 @@ def load_study(study_dir: str | Path, overrides: Sequence[str] = ()) -> StudyLay
         hint = " (it is a run directory: use search.py or evaluate.py --resume)" if (path / CONFIG).exists() else ""
         raise UserError(f"{str(study_dir)!r} is not a study directory: it has no {STUDY_FILE}{hint}")
     check_resumable(overrides, study=True)
-    cfg = load_config(StudyConfig, path / STUDY_FILE, list(overrides))
-    return layout(path, cfg)
+    return layout(path, load_plan(path / STUDY_FILE, overrides))
 
 
 def read_failures(study_dir: Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ import yaml
 
 from nas.config import ConfigError, SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.loader import all_keys, describe, dump_yaml, key_table, replace
+from nas.study import search_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "search").glob("*.yaml"))
@@ -38,7 +39,7 @@ def test_every_study_loads_and_each_method_makes_a_valid_search(path: Path) -> N
     cfg = load_config(StudyConfig, path)
     for method in cfg.methods:
         epochs = cfg.per_method.get(method, {}).get("epochs", cfg.search.epochs)  # a method may have its own
-        assert cfg.search_config(method, seed=0).search.epochs == epochs, method
+        assert search_config(cfg, method, seed=0).search.epochs == epochs, method
 
 
 def test_overrides_apply_over_the_file(tmp_path: Path) -> None:
