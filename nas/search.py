@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from nas.checkpoint import GracefulStop, NumericalFault, rng_state
 from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig
 from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
+from nas.datasets import ImageSet
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.errors import UserError
 from nas.genotype import Genotype
@@ -151,36 +153,94 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
             board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
 
 
-def derive_genotype(cfg: SearchConfig, model: Supernet, valid: Batches, stats: tuple[list[float], list[float]],
-                    classes: tuple[int, int], naswot_batch: Any, amp: Any, memory_format: torch.memory_format,
-                    log: Any) -> Genotype:
+def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, naswot_batch: Any, amp: Any,
+                    memory_format: torch.memory_format, log: Any) -> Genotype:
     """The search's result by its search.derive rule: alpha's argmax (darts, gdas), NASWOT's pick among cells
     scored on a freshly initialised supernet (naswot), or the trained supernet's judgement of each op (perturb)
-    or of random cells (sample). ``classes``: (classes, input channels) of the data."""
-    s, device = cfg.search, valid.device
+    or of random cells (sample)."""
+    s, valid = cfg.search, d.valid
+    device = valid.device
     rule = alpha_rule(s.derive)
     if s.derive == "naswot":
         from nas.naswot import cells_from_alpha, select_by_naswot
 
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
-            fresh = build_supernet(model.space, C=cfg.model.C, layers=cfg.model.layers, num_classes=classes[0],
-                                   mixer=model.mixer, in_channels=classes[1], stem_multiplier=cfg.model.stem,
-                                   macro=cfg.model.macro).to(device)
+            fresh = make_supernet(cfg, d, model.mixer, device)
             fresh.to(memory_format=memory_format)
         pool = cells_from_alpha(model, s.samples, cfg.seed, rule) if s.naswot_pool == "alpha" else None
         return select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print, pool)
     if s.derive in ("perturb", "sample"):
-        from nas.datasets import ImageSet
         from nas.perturb import select_by_perturbation, select_by_sampling
 
-        mean, std = stats
+        mean, std = d.stats
         plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
                         device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
         if s.derive == "perturb":
             return select_by_perturbation(model, plain, cfg.seed, amp, memory_format, log.print)
         return select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print)
     return model.genotype(rule, s.max_skip)
+
+
+@dataclass
+class SearchData:
+    """The training split as search reads it: a weight half and an alpha half on the run's device."""
+
+    train: Batches
+    valid: Batches
+    stats: tuple[list[float], list[float]]   # channel mean and std of the training images
+    classes: int
+    channels: int
+    notes: list[str]                          # what the reader and the batching want the user to know
+
+
+def split_data(cfg: SearchConfig, data: ImageSet, run: Run) -> SearchData:
+    """Split the training set into the weight half and the alpha half, batched on the run's device and recorded in
+    meta.json; search never reads the test split."""
+    dist = run.dist
+    mean, std = channel_stats(data.images)
+    w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
+    common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=run.device,
+                                  augment=cfg.data.augment, cutout=cfg.data.cutout, shard=(dist.rank, dist.world))
+    train = Batches(data, w_idx, seed=cfg.seed, **common)
+    valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
+    notes = data_notes(cfg.data, data) + batch_notes({"weight half": train, "alpha half": valid})
+    out = SearchData(train, valid, (mean, std), len(data.classes), data.images.shape[1], notes)
+    run.record_data({"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
+                     "classes": out.classes, "image_shape": list(data.images.shape[1:])})
+    return out
+
+
+def make_supernet(cfg: SearchConfig, d: SearchData, mixer: Any, device: torch.device) -> Supernet:
+    """The supernet of cfg.model for data ``d``, on ``device``."""
+    space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
+    return build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=d.classes, mixer=mixer,
+                          in_channels=d.channels, stem_multiplier=cfg.model.stem, macro=cfg.model.macro).to(device)
+
+
+def setup_lines(cfg: SearchConfig, run: Run, d: SearchData, weights: list[nn.Parameter], steps: int) -> list[str]:
+    """What a search prints before its first step: where it writes, the data, the supernet and the budget."""
+    s, m = cfg.search, cfg.model
+    macro = f" ({m.macro} network)" if m.macro != "darts" else ""
+    lines = [f"run directory {run.dir}", *d.notes,
+             f"{cfg.data.name}: {d.train.num_images} images for weight steps, {d.valid.num_images} for alpha steps, "
+             f"{d.classes} classes, {tuple(d.train.images.shape[1:])} per image; device {run.device}",
+             f"{s.mixer} search in the {m.space} space{macro}: C={m.C}, layers={m.layers}, "
+             f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} step{'s' * (steps != 1)} of 2 x "
+             f"{cfg.data.batch_size} images per epoch, {s.epochs} epochs"]
+    if run.dist.active:
+        lines.append(run.dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
+    return lines
+
+
+def step_postfix(meter: EpochMeter, tau: float | None) -> dict[str, str]:
+    """The progress line's figures so far in this epoch (this process's share)."""
+    (t_l, t_c, _, v_c), (n_w, n_a) = meter.local(), meter.images
+    out = {"loss": f"{t_l / n_w:.3f}", "acc": f"{100 * t_c / n_w:.1f}%", "valid": f"{100 * v_c / n_a:.1f}%",
+           "img/s": f"{(n_w + n_a) / max(meter.elapsed(), 1e-9):.0f}"}
+    if tau is not None:
+        out["tau"] = f"{tau:.2f}"
+    return out
 
 
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
@@ -201,27 +261,15 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
         log.print(f"{run.dir} has finished its {s.epochs} epochs; genotype.json is its result")
         return run.dir
 
-    notes = data_notes(cfg.data, data)
-    mean, std = channel_stats(data.images)
-    w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
-    common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=device,
-                                  augment=cfg.data.augment, cutout=cfg.data.cutout, shard=(dist.rank, dist.world))
-    train = Batches(data, w_idx, seed=cfg.seed, **common)
-    valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
-    notes += batch_notes({"weight half": train, "alpha half": valid})
-    num_classes, in_channels = len(data.classes), data.images.shape[1]
-    run.record_data({"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
-                     "classes": num_classes, "image_shape": list(data.images.shape[1:])})
+    d = split_data(cfg, data, run)
     del data
+    train, valid = d.train, d.valid
     steps = min(len(train), len(valid))
 
     # ---- supernet and the two optimizers
-    space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
     mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule,
                          gradient=s.gdas_gradient, kl=s.drnas_kl)
-    model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=num_classes,
-                           mixer=mixer, in_channels=in_channels, stem_multiplier=cfg.model.stem,
-                           macro=cfg.model.macro).to(device)
+    model = make_supernet(cfg, d, mixer, device)
     model.beta_decay = s.beta_decay
     if s.weight_sampling == "uniform":
         model.weight_mixer = create_mixer("random")  # fair training: every op of an edge sampled as often
@@ -239,17 +287,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=s.epochs, eta_min=s.lr_min)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas,
                              weight_decay=s.arch_weight_decay)
-    log.print(f"run directory {run.dir}")
-    for note in notes:
-        log.print(note)
-    log.print(f"{cfg.data.name}: {train.num_images} images for weight steps, {valid.num_images} for alpha steps, "
-              f"{num_classes} classes, {tuple(train.images.shape[1:])} per image; device {device}")
-    macro = f" ({cfg.model.macro} network)" if cfg.model.macro != "darts" else ""
-    log.print(f"{s.mixer} search in the {cfg.model.space} space{macro}: C={cfg.model.C}, layers={cfg.model.layers}, "
-              f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} step{'s' * (steps != 1)} of 2 x "
-              f"{cfg.data.batch_size} images per epoch, {s.epochs} epochs")
-    if dist.active:
-        log.print(dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
+    for line in setup_lines(cfg, run, d, weights, steps):
+        log.print(line)
 
     def naswot_batch() -> torch.Tensor:
         """The batch NASWOT scores cells on: the first images of the alpha half (a seeded shuffle), normalised."""
@@ -303,15 +342,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                         f"the loss is not finite (weight step {w_loss.item()}, alpha step {a_loss.item()}) at "
                         f"epoch {epoch + 1} step {step}; the last good checkpoint is kept: {last}")
                 meter.add([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct], len(yw), len(ya))
-                postfix = None
-                if progress.wants_postfix(step):
-                    (t_l, t_c, _, v_c), (n_w, n_a) = meter.local(), meter.images
-                    rate = (n_w + n_a) / max(meter.elapsed(), 1e-9)
-                    postfix = {"loss": f"{t_l / n_w:.3f}", "acc": f"{100 * t_c / n_w:.1f}%",
-                               "valid": f"{100 * v_c / n_a:.1f}%", "img/s": f"{rate:.0f}"}
-                    if mixer.tau is not None:
-                        postfix["tau"] = f"{mixer.tau:.2f}"
-                progress.step(epoch, step, postfix)
+                progress.step(epoch, step, step_postfix(meter, mixer.tau) if progress.wants_postfix(step) else None)
                 if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
                     checkpoint(epoch, step, meter.partial())
                 stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search.py"))
@@ -324,8 +355,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
-    genotype = derive_genotype(cfg, model, valid, (mean, std), (num_classes, in_channels), naswot_batch, amp,
-                               memory_format, log)
+    genotype = derive_genotype(cfg, model, d, naswot_batch, amp, memory_format, log)
     log.write_text("genotype.json", genotype.to_json())
     warning = dominance_warning(genotype)
     if warning:
