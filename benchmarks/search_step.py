@@ -1,4 +1,4 @@
-"""Time a full search step (weight step + alpha step, as nas.search's loop does it) for GDAS and DARTS mixing,
+"""Time a full search step (weight step + alpha step, as nas.bilevel's loop does it) for GDAS and DARTS mixing,
 and the same work for the child, and print one JSON object of medians and ratios.
 
 The child is the same topology with every edge fixed to the op GDAS sampled for it at that step (the GDAS process
@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> dict:
     from nas.datasets import make_synthetic
     from nas.distributed import Dist, setup
     from nas.mixing import GdasSample, create_mixer
-    from nas.search import bilevel_step, weight_step
+    from nas.bilevel import bilevel_step, weight_step
     from nas.supernet import build_supernet
 
     torch.set_num_threads(args.threads)
@@ -89,7 +89,7 @@ def worker(args: argparse.Namespace) -> dict:
     model.to(memory_format=fmt)
     model.train()
     d.broadcast_parameters(model)
-    if d.active:  # every process draws the same samples, as nas.search does
+    if d.active:  # every process draws the same samples, as nas.bilevel does
         model.generator = torch.Generator(device=device)
     weights = model.weight_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -139,7 +139,7 @@ def worker(args: argparse.Namespace) -> dict:
             for (x, y), fixed in zip(((xw, yw), (xa, ya)), plan[i], strict=True):
                 model.mixings = lambda fixed=fixed: fixed  # type: ignore[method-assign]
                 weight_step(model, x, y, w_opt, weights, 5.0)
-        else:  # the loop's own step (nas.search.bilevel_step): DARTS takes the alpha step first, darts2 is second
+        else:  # the loop's own step (nas.bilevel.bilevel_step): DARTS takes the alpha step first, darts2 is second
             # order, random only measures the alpha batch; under torchrun it is the data-parallel step
             bilevel_step(model, (xw, yw), (xa, ya), w_opt, a_opt, weights,
                          order="alpha_first" if args.variant in ("darts", "darts2") else "weights_first",

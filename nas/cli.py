@@ -134,7 +134,7 @@ def search_main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     def go() -> None:
-        from nas.search import run_search  # imported here so that --help and config errors are quick
+        from nas.bilevel import run_search  # imported here so that --help and config errors are quick
 
         if args.resume:
             if args.config:
@@ -235,7 +235,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         return 2
 
     def go() -> None:
-        from nas.compare import report_study, run_study
+        from nas.studies import report_study, run_study
 
         if args.report:
             if args.config or args.resume or args.plan or args.overrides:
@@ -296,6 +296,94 @@ def config_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def latency_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nas latency", description="Time every candidate op at every position of the network a "
+        "search's budget is counted on (search.budget.C, layers, image_size, latency_batch) on the run's device "
+        "(run.device, run.threads), and write the latency table that searches with search.budget.metric=latency "
+        "read: by default into the cache they look in.",
+        epilog="example: python -m nas latency --config configs/search/gdas-nb201-small.yaml data.name=synthetic "
+               "search.budget.metric=latency search.budget.target=5 run.device=cpu")
+    parser.add_argument("--config", metavar="YAML", help="the search recipe (defaults apply to keys it leaves out)")
+    parser.add_argument("--out", metavar="FILE", help="write the table here instead of the cache (then give it to "
+                                                      "searches as search.budget.latency_table=FILE)")
+    parser.add_argument("--force", action="store_true", help="time again even if the cache holds a table")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    args = parser.parse_intermixed_args(argv)
+
+    def go() -> None:
+        import torch
+
+        from nas.budget import budget_network, fmt, latency_table, save_costs
+        from nas.data import load_dataset
+        from nas.runtime import resolve_device
+        from nas.spaces import search_space
+
+        cfg = load_config(SearchConfig, args.config, args.overrides)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        data = load_dataset(cfg.data, "train")
+        net = budget_network(cfg, len(data.classes), data.images.shape[1], data.images.shape[-1])
+        space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
+        batch = cfg.search.budget.latency_batch
+        cost = latency_table(space, net, resolve_device(cfg.run.device), batch, None, print,
+                             force=args.force or bool(args.out))
+        if args.out:
+            save_costs(cost, Path(args.out))
+            print(f"latency table written to {args.out}")
+        print(f"network outside the cells: {fmt(cost.base, 'latency')}; cells: {fmt(cost.extreme(min), 'latency')} "
+              f"to {fmt(cost.extreme(max), 'latency')} per batch of {batch}")
+
+    return run_guarded(go)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    from nas.model import EXPORTS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m nas export", description="Write a trained network (an evaluate.py run directory) as a file "
+        "that runs without this package: TorchScript (torch.jit.load), torch.export's program (torch.export.load) "
+        "or ONNX (onnxruntime; needs pip install -e '.[onnx]'). The file takes float images in [0, 1], (N, C, H, "
+        "W), normalisation included, and returns logits; FILE.json beside it names the classes. Before reporting "
+        "success the written file is loaded and run on a batch, and its outputs are compared with the network's.",
+        epilog="example: python -m nas export runs/quick-eval --format torchscript")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="an evaluate.py run directory (or its model.pt)")
+    parser.add_argument("--format", required=True, choices=list(EXPORTS), help="the file format")
+    parser.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/model.ts, .pt2, .onnx)")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from nas.model import export
+
+        path, diff = export(args.run_dir, args.format, args.out)
+        print(f"{args.format}: {path} (outputs equal the network's on a batch of 2: max abs difference {diff:.1e}); "
+              f"classes and input in {path}.json")
+
+    return run_guarded(go)
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nas predict", description="Classify images with a trained network (an evaluate.py run "
+        "directory): one line per image with its class name and probability. Images are converted and resized as "
+        "the training's image-folder reader does, and normalised with the training set's statistics.",
+        epilog="example: python -m nas predict runs/quick-eval photos/ cat.png")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="an evaluate.py run directory (or its model.pt)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    parser.add_argument("--device", default="cpu", help="cpu (the default), cuda or cuda:N")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from nas.model import load_model
+        from nas.runtime import resolve_device
+
+        model = load_model(args.run_dir, resolve_device(args.device))
+        for path, name, prob in model.predict(args.images):
+            print(f"{path}\t{name}\t{100 * prob:.1f}%")
+
+    return run_guarded(go)
+
+
 # python -m nas TOOL: every tool, with the line `python -m nas --help` shows for it
 TOOLS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
     "search": (search_main, "search a cell (search.py)"),
@@ -305,6 +393,9 @@ TOOLS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
     "plot": (plot_main, "draw a genotype's cells"),
     "bench201": (bench201_main, "look a NAS-Bench-201 cell up in the benchmark"),
     "config": (config_main, "print every key of a search, train or study config"),
+    "latency": (latency_main, "time every op at every position on a device: the table latency budgets read"),
+    "export": (export_main, "write a trained network as TorchScript, torch.export or ONNX, checked"),
+    "predict": (predict_main, "classify image files with a trained network"),
 }
 
 

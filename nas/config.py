@@ -124,6 +124,38 @@ class SGDOptions:
 
 
 @dataclass(frozen=True)
+class BudgetOptions:
+    metric: str = _key("off", "search under a budget on the trained network's params (M), FLOPs (M multiply-adds) or "
+                              "latency (ms on the run's device); off: no budget", choices=("off", "params", "flops",
+                                                                                            "latency"))
+    target: float = _key(0.0, "the budget, in the metric's unit (0.6: 0.6M parameters)", low=0.0)
+    rule: str = _key("band", "the alpha loss's cost term. band: pushes only while the expected cost is above the "
+                             "target or below target x (1 - tolerance) (TAS); log: weight x log(cost / target) always "
+                             "(MnasNet's soft objective); a derived cell over the target is repaired either way",
+                     choices=("band", "log"))
+    tolerance: float = _key(0.1, "band rule: the band's width below the target, as a share of it", low=0.0, high=1.0,
+                            high_open=True)
+    weight: float = _key(1.0, "weight of the cost term in the alpha loss", low=0.0)
+    C: int | None = _key(None, "channels of the network whose cost is budgeted (null: 16 in nb201, as NAS-Bench-201 "
+                               "trains; 36 in darts)", low=1)
+    layers: int | None = _key(None, "its cells per stage (nb201; null: 5) or cells (darts; null: 20)", low=1)
+    image_size: int | None = _key(None, "its input side in pixels (null: the data's)", low=8)
+    latency_batch: int = _key(1, "metric=latency: images per timed forward pass", low=1)
+    latency_table: str = _key("", "metric=latency: a table written by python -m nas latency (empty: the cache in "
+                                  "$NAS_CACHE_DIR/latency for this network and device, timed on first use)")
+
+    def check(self) -> None:
+        if self.metric != "off" and self.target <= 0:
+            raise ConfigError(f"search.budget.metric={self.metric} needs search.budget.target > 0 (in "
+                              f"{'ms' if self.metric == 'latency' else 'millions'})")
+        if self.metric == "off" and self != BudgetOptions():
+            raise ConfigError("search.budget.* applies only with search.budget.metric=params, flops or latency")
+        if self.metric != "latency" and (self.latency_table or self.latency_batch != 1):
+            raise ConfigError("search.budget.latency_table and latency_batch apply only to "
+                              "search.budget.metric=latency")
+
+
+@dataclass(frozen=True)
 class SearchOptions(SGDOptions):
     SECTION: ClassVar[str] = "search"
     mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops; "
@@ -190,6 +222,7 @@ class SearchOptions(SGDOptions):
     arch_lr: float = _key(3e-4, "alpha Adam learning rate", low=0.0)
     arch_betas: tuple[float, float] = _key((0.5, 0.999), "alpha Adam betas", low=0.0, high=1.0)
     arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
+    budget: BudgetOptions = _key(BudgetOptions(), "a budget on the cost of the network the cell will be trained in")
 
     def check(self) -> None:
         from nas.mixing import check_mixer_name  # the registry is the authority on mixer names, as on op names

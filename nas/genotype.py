@@ -150,6 +150,12 @@ def derive(space: SearchSpace, alphas: dict[str, torch.Tensor], rule: str = "dar
     return genotype_from_cells(space, cells)
 
 
+def alpha_rule(derive: str) -> str:
+    """The alpha rule of each epoch's genotype and of pools drawn from alpha: search.derive's own when it reads
+    alpha (darts, gdas), else darts (the other rules cost too much to run every epoch)."""
+    return derive if derive in ("darts", "gdas") else "darts"
+
+
 def genotype_from_cells(space: SearchSpace, cells: dict[str, tuple[Node, ...]]) -> Genotype:
     """The genotype of a space's searched cells (one per cell type); a DARTS space that searches no reduction cell
     (GDAS-FRC) gets the fixed one."""

@@ -78,29 +78,47 @@ def score_cells(model: Supernet, cells: list[Genotype], x: torch.Tensor,
     return scores
 
 
-def cells_from_alpha(model: Supernet, samples: int, seed: int, rule: str = "darts") -> list[Genotype]:
+def cells_from_alpha(model: Supernet, samples: int, seed: int, rule: str = "darts",
+                     keep: Callable[[Genotype], bool] | None = None) -> list[Genotype]:
     """Up to ``samples`` distinct cells drawn from alpha: first the one alpha derives, then the cells derived from
     alpha + Gumbel noise (the Gumbel-max trick: in NAS-Bench-201, each edge's op an exact sample of softmax(alpha);
     in the DARTS space, samples that keep the derivation rule's constraints). The draws are bounded: a peaked
-    alpha may give fewer distinct cells."""
+    alpha may give fewer distinct cells. With ``keep`` (a budget's test), only the cells it keeps count."""
     alphas = {t: a.detach().cpu() for t, a in model.alpha.items()}
     g = torch.Generator().manual_seed(seed)
     first = derive(model.space, alphas, rule)
-    found = {str(first): first}
+    found = {str(first): first} if keep is None or keep(first) else {}
     for _ in range(20 * samples):
         if len(found) >= samples:
             break
         cell = derive(model.space, {t: a + gumbel_like(a, g) for t, a in alphas.items()}, rule)
-        found.setdefault(str(cell), cell)
+        if keep is None or keep(cell):
+            found.setdefault(str(cell), cell)
     return list(found.values())
+
+
+def random_cells(space: Any, seed: int, samples: int, keep: Callable[[Genotype], bool] | None = None
+                 ) -> list[Genotype]:
+    """``samples`` random cells (under the darts rule's constraints, seeded by ``seed``); with ``keep``, only those it
+    keeps, drawing at most 50 times as many."""
+    rng = random.Random(seed)
+    if keep is None:
+        return [random_genotype(space, rng, "darts") for _ in range(samples)]
+    out: list[Genotype] = []
+    for _ in range(50 * samples):
+        if len(out) == samples:
+            break
+        g = random_genotype(space, rng, "darts")
+        if keep(g):
+            out.append(g)
+    return out
 
 
 def select_by_naswot(model: Supernet, x: torch.Tensor, seed: int, samples: int,
                      say: Callable[[str], None] = print, pool: list[Genotype] | None = None) -> Genotype:
     """The best by NASWOT of ``pool``, or of ``samples`` random cells (drawn under the darts rule's constraints,
     seeded by ``seed``), scored in ``model`` on the batch x."""
-    rng = random.Random(seed)
-    cells = pool if pool is not None else [random_genotype(model.space, rng, "darts") for _ in range(samples)]
+    cells = pool if pool is not None else random_cells(model.space, seed, samples)
     say(f"scoring {len(cells)} {'cells' if pool is not None else 'random cells'} by NASWOT (log|det K| of the ReLU "
         f"codes) at initialisation, on one batch of {len(x)} images")
     scores = score_cells(model, cells, x, say)

@@ -10,7 +10,7 @@ Each piece of a study is an ordinary search or training run directory under the 
     STUDY/bench/<cell>.json          with eval.benchmark (NB201): the cell's NAS-Bench-201 record, instead of trainings
     STUDY/report.md, report.json, plots/, log.txt, failures.json
 
-Nothing here runs or writes: nas.compare prepares and executes a study, nas.jobs runs its pieces, nas.report reads
+Nothing here runs or writes: nas.studies prepares and executes a study, nas.jobs runs its pieces, nas.report reads
 what they recorded. The file names of a run directory are defined here once, for all of them.
 """
 
@@ -49,8 +49,10 @@ SUMMARY = "summary.json"        # the mean ± std of repeated trainings
 CHECKPOINT = "checkpoint.pt"    # the last checkpoint, written atomically
 META = "meta.json"              # the sessions of a run: command, versions, device, times
 LOG = "log.txt"                 # every line the run printed
+MODEL = "model.pt"              # a training's trained network: weights, genotype, settings (nas.load_model)
+BUDGET = "budget.json"          # a budgeted search's cell cost against its target, and any repair
 # Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
-RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG)
+RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG, BUDGET, MODEL)
 RUN_DIRS = ("tb", "cells")
 RESULT = {"search": GENOTYPE, "train": RESULTS}  # the file whose presence means a run of that kind is done
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nas.genotype import Genotype, derive
-from nas.mixing import Mixer, Mixing, beta_decay
+from nas.mixing import Mixer, Mixing, beta_decay, masked
 from nas.ops import (
     FactorizedReduce,
     FixedReductionCell,
@@ -129,6 +129,8 @@ class Supernet(nn.Module):
         self.generator: torch.Generator | None = None  # the samples' source (None: torch's global generator)
         self.weight_mixer: Mixer | None = None  # the weight steps' own mixer (search.weight_sampling=uniform)
         self.beta_decay = 0.0  # search.beta_decay: the weight of beta-DARTS's regulariser in the alpha loss
+        self.budget: Any = None  # search.budget: a nas.budget.Budget whose cost term joins the alpha loss
+        self._mixings: dict[str, Mixing] = {}  # the last forward pass's, which the cost term reads
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.values())
@@ -162,7 +164,19 @@ class Supernet(nn.Module):
         when there is one (fair training: every op sampled as often)."""
         masks = self.op_mask or {}
         mixer = self.weight_mixer if self.weight_mixer is not None and self._step == "weights" else self.mixer
-        return {t: mixer(a, masks.get(t), self.generator) for t, a in self.alpha.items()}
+        self._mixings = {t: mixer(a, masks.get(t), self.generator) for t, a in self.alpha.items()}
+        return self._mixings
+
+    def cost_weights(self, sampled: bool = True) -> dict[str, torch.Tensor]:
+        """(E, K) per cell type that a cell's expected cost is taken under: with ``sampled``, the last GDAS sample's
+        straight-through one-hot (so the cost is the sampled cell's, with a gradient to alpha through the soft
+        weights); otherwise, and for every other mixer, softmax(alpha) over the allowed ops."""
+        masks = self.op_mask or {}
+        out = {}
+        for t, a in self.alpha.items():
+            hard = getattr(self._mixings.get(t), "hard", None) if sampled else None
+            out[t] = hard if hard is not None else masked(a, masks.get(t)).softmax(-1)
+        return out
 
     def regularizer(self) -> torch.Tensor | None:
         """The alpha loss's terms beyond the validation loss, summed over the cell types: the mixer's own (DrNAS's
@@ -170,6 +184,8 @@ class Supernet(nn.Module):
         terms = [r for a in self.alpha.values() if (r := self.mixer.regularizer(a)) is not None]
         if self.beta_decay:
             terms += [self.beta_decay * beta_decay(a) for a in self.alpha.values()]
+        if self.budget is not None:
+            terms.append(self.budget.loss(self.budget.cost.expected(self.cost_weights())))
         return sum(terms[1:], terms[0]) if terms else None
 
     def set_param_free_dropout(self, p: float) -> None:

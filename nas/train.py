@@ -79,7 +79,7 @@ def evaluate(model: nn.Module, batches: Batches, amp: Any = None,
 def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resume: Path | None = None,
               quiet: bool = False) -> dict[str, Any]:
     """Train ``genotype``'s network as ``cfg`` says (or continue the run in ``resume``); writes results.json in
-    the run directory and returns it."""
+    the run directory and returns it, with the run directory added (run_dir)."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
     check_global_batch(cfg.data.batch_size)  # under torchrun: checked before anything is written
@@ -92,7 +92,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     t = cfg.train
     if state is not None and state["epoch"] >= t.epochs and (run.dir / "results.json").exists():
         log.print(f"{run.dir} has finished its {t.epochs} epochs; results.json is its result")
-        return dict(json.loads((run.dir / "results.json").read_text()))
+        return {**json.loads((run.dir / "results.json").read_text()), "run_dir": str(run.dir)}
     if resume is None:
         log.write_text("genotype.json", genotype.to_json())
 
@@ -108,6 +108,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                    shuffle=False, drop_last=False, shard=shard)
     notes += batch_notes({"training set": train})
     num_classes, in_channels, size = len(train_set.classes), train_set.images.shape[1], train_set.images.shape[-1]
+    classes = list(train_set.classes)
     run.record_data({"name": cfg.data.name, "train_images": train.num_images, "test_images": test.num_images,
                      "classes": num_classes, "image_shape": list(train_set.images.shape[1:])})
     del train_set, test_set
@@ -230,9 +231,17 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
                "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
     log.write_json("results.json", results)
+    if dist.main:
+        from nas.model import save_model
+        from nas.study import MODEL
+
+        settings = {"C": cfg.model.C, "layers": cfg.model.layers, "num_classes": num_classes,
+                    "in_channels": in_channels, "auxiliary": aux_weight > 0,
+                    "stem_multiplier": cfg.model.stem_multiplier}
+        save_model(run.dir / MODEL, model, genotype, settings, classes, mean, std, size)
     run.finish()
     log.print(f"done: test accuracy {test_acc:.2f}% after the last epoch; results in {run.dir / 'results.json'}")
-    return results
+    return {**results, "run_dir": str(run.dir)}
 
 
 def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str = "train",

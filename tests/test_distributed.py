@@ -24,7 +24,7 @@ from nas.data import Batches, batch_seed, channel_stats
 from nas.datasets import make_synthetic
 from nas.distributed import Dist, GlobalBatchNorm2d, setup, teardown
 from nas.mixing import create_mixer
-from nas.search import alpha_step, weight_step
+from nas.bilevel import alpha_step, weight_step
 from nas.supernet import DartsSupernet, MixedEdge, build_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def run_steps(d: Dist, steps: int, sync_bn: bool) -> dict[str, Any]:
-    """A few bilevel steps of a small DARTS-space GDAS search, as nas/search.py runs them, in this process's share
+    """A few bilevel steps of a small DARTS-space GDAS search, as nas/bilevel.py runs them, in this process's share
     of the data; returns what each step sampled and communicated, and the final parameters."""
     torch.manual_seed(0)
     model = build_supernet("darts", C=4, layers=3, num_classes=4, mixer=create_mixer("gdas"))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.mixing import GdasSample, create_mixer, gumbel_like
-from nas.search import weight_step
+from nas.bilevel import weight_step
 from nas.spaces import get_space
 from nas.supernet import MixedEdge, build_supernet
 

@@ -89,14 +89,14 @@ LOOKUPS = {"load_benchmark", "lookup", "epoch_lookup", "Nb201Table", "NatsBenchm
 def test_the_report_and_the_plan_only_read(module: str) -> None:
     """nas/report.py builds the report from what the runs recorded, and nas/study.py is the study as data: neither
     starts a process, looks a cell up in a benchmark or writes failures.json, nor reaches the modules that do
-    (nas/jobs.py, nas/compare.py), even through the modules it imports."""
+    (nas/jobs.py, nas/studies.py), even through the modules it imports."""
     defined = {n.name for n in ast.parse((NAS / "bench201.py").read_text()).body
                if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     assert LOOKUPS <= defined  # the list above still names nas/bench201.py's lookups
     packages, bench = imported_names(NAS / f"{module}.py")
     assert not packages & {"subprocess", "multiprocessing", "selectors", "signal"}
     assert not bench & LOOKUPS, f"nas/{module}.py imports benchmark lookups: {sorted(bench & LOOKUPS)}"
-    assert not reach(module) & {"jobs", "compare", "cli"}, sorted(reach(module))
+    assert not reach(module) & {"jobs", "studies", "cli"}, sorted(reach(module))
     if module == "report":
         source = (NAS / "report.py").read_text()
         assert "failures.json" not in source and "FAILURES" not in source and "open_benchmark" not in source
@@ -104,8 +104,8 @@ def test_the_report_and_the_plan_only_read(module: str) -> None:
 
 def test_a_run_follows_its_study_without_importing_the_study() -> None:
     """Every run a study starts calls nas.jobs.follow_parent (prctl): nas/jobs.py must not pull in the study."""
-    assert not reach("jobs") & {"compare", "report", "cli"}, sorted(reach("jobs"))
+    assert not reach("jobs") & {"studies", "report", "cli"}, sorted(reach("jobs"))
     cli = ast.parse((NAS / "cli.py").read_text())
     guarded = next(n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == "run_guarded")
-    assert "compare" not in {i.module.split(".")[1] for i in ast.walk(guarded)
+    assert "studies" not in {i.module.split(".")[1] for i in ast.walk(guarded)
                              if isinstance(i, ast.ImportFrom) and i.module and i.module.startswith("nas.")}

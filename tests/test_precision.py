@@ -11,7 +11,7 @@ import torch
 
 from nas.cli import evaluate_main, search_main
 from nas.mixing import create_mixer
-from nas.search import alpha_step, weight_step
+from nas.bilevel import alpha_step, weight_step
 from nas.supernet import build_supernet
 
 TINY = ["search.epochs=1", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",

@@ -11,7 +11,7 @@ from torch import nn
 
 from nas.mixing import GdasSample, create_mixer
 from nas.ops import FactorizedReduce, FixedReductionCell, ResBlock, Zero
-from nas.search import alpha_step, weight_step
+from nas.bilevel import alpha_step, weight_step
 from nas.spaces import get_space, search_space
 from nas.supernet import DartsSupernet, MixedEdge, NB201Supernet, SearchCell, Supernet, build_supernet
 

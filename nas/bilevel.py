@@ -7,6 +7,7 @@ goes.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
+from nas.budget import fmt, make_budget
 from nas.checkpoint import GracefulStop, NumericalFault, rng_state
 from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig
@@ -23,13 +25,14 @@ from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_st
 from nas.datasets import ImageSet
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.errors import UserError
-from nas.genotype import Genotype
+from nas.genotype import Genotype, alpha_rule
 from nas.loader import dump_yaml
 from nas.mixing import create_mixer
 from nas.runlog import Board, Progress, peak_memory_mib
-from nas.runtime import EpochMeter, Run
+from nas.runtime import EpochMeter, Run, resolve_device
 from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
+from nas.study import BUDGET
 from nas.supernet import Supernet, build_supernet
 from nas.unrolled import unrolled_alpha_backward
 
@@ -70,6 +73,10 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
     batch, the weight optimizer, the weights and xi), the gradient is DARTS's second-order one (nas/unrolled.py)."""
     if unrolled is not None and not frozen:
         loss, correct = unrolled_alpha_backward(model, valid=(x, y), **unrolled)
+        reg = model.regularizer()  # the terms beyond the validation loss: their gradient adds to the unrolled one
+        if reg is not None:
+            model.set_step("alpha")
+            reg.backward()
         opt.step()
         return loss, correct
     model.set_step("none" if frozen else "alpha")
@@ -109,12 +116,6 @@ def bilevel_step(model: Supernet, train: tuple[torch.Tensor, torch.Tensor], vali
     return w_loss, w_correct, a_loss, a_correct
 
 
-def alpha_rule(derive: str) -> str:
-    """The alpha rule of each epoch's genotype and of pools drawn from alpha: search.derive's own when it reads
-    alpha (darts, gdas), else darts (the other rules cost too much to run every epoch)."""
-    return derive if derive in ("darts", "gdas") else "darts"
-
-
 def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: int, lr: float, steps: int,
                  warm: bool, bench: Any, board: Board | None, run: Run) -> None:
     """The end of a search epoch: its metrics, the genotype alpha stands for and alpha itself, written to the run's
@@ -127,10 +128,16 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
     genotype = model.genotype(rule, s.max_skip) if s.mixer != "random" else None
     stats = edge_stats(genotype, dict(model.alpha), model.space.ops) if genotype is not None else {}
     truth = epoch_lookup(bench, genotype) if genotype is not None and bench is not None and run.dist.main else {}
+    budget = model.budget
+    cost: dict[str, Any] = {}
+    if budget is not None:
+        cost = {"expected_cost": float(budget.cost.expected(model.cost_weights(sampled=False)))}
+        if genotype is not None:
+            cost["derived_cost"] = budget.cost.of(genotype)
     record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
               "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
               "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
-              "peak_mib": peak_memory_mib(run.device), **stats, **truth}
+              "peak_mib": peak_memory_mib(run.device), **stats, **truth, **cost}
     log.append("metrics.jsonl", record)
     if genotype is not None:
         log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
@@ -146,6 +153,10 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
         log.print(f"  {describe(stats)}")
         if bench is not None:
             log.print(f"  NAS-Bench-201: {describe_epoch(truth)}")
+    if cost:
+        derived = f", this epoch's cell {fmt(cost['derived_cost'], budget.metric)}" if "derived_cost" in cost else ""
+        log.print(f"  cost: expected {fmt(cost['expected_cost'], budget.metric)}{derived} (target "
+                  f"{fmt(budget.target, budget.metric)})")
     if board is not None:
         board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)}, epoch + 1, "search")
         if genotype is not None:
@@ -162,13 +173,18 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, naswot_ba
     device = valid.device
     rule = alpha_rule(s.derive)
     if s.derive == "naswot":
-        from nas.naswot import cells_from_alpha, select_by_naswot
+        from nas.naswot import cells_from_alpha, random_cells, select_by_naswot
 
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
             fresh = make_supernet(cfg, d, model.mixer, device)
             fresh.to(memory_format=memory_format)
-        pool = cells_from_alpha(model, s.samples, cfg.seed, rule) if s.naswot_pool == "alpha" else None
+        keep = model.budget.fits if model.budget is not None else None  # a budget: only the cells that fit compete
+        pool = (cells_from_alpha(model, s.samples, cfg.seed, rule, keep) if s.naswot_pool == "alpha"
+                else random_cells(model.space, cfg.seed, s.samples, keep) if keep is not None else None)
+        if pool is not None and not pool:  # none fits: the best of the unfiltered pool is repaired afterwards
+            log.print("  no cell drawn fits the budget; NASWOT chooses among all, and the choice is repaired")
+            pool = cells_from_alpha(model, s.samples, cfg.seed, rule) if s.naswot_pool == "alpha" else None
         return select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print, pool)
     if s.derive in ("perturb", "sample"):
         from nas.perturb import select_by_perturbation, select_by_sampling
@@ -243,6 +259,28 @@ def step_postfix(meter: EpochMeter, tau: float | None) -> dict[str, str]:
     return out
 
 
+def fit_budget(model: Supernet, genotype: Genotype, log: Any) -> tuple[Genotype, dict[str, Any]]:
+    """The derived cell under the budget (model.budget): as it is when it fits, else repaired (Budget.repair), each
+    replacement said; returns it and the record of budget.json."""
+    budget = model.budget
+    before = budget.cost.of(genotype)
+    fixed, changes = budget.repair(genotype, {t: a.detach() for t, a in model.alpha.items()})
+    after = budget.cost.of(fixed)
+    target = fmt(budget.target, budget.metric)
+    if changes:
+        log.print(f"the derived cell costs {fmt(before, budget.metric)}, over the budget of {target}; repaired:")
+        for line in changes:
+            log.print(f"  {line}")
+    fits = budget.fits(fixed)
+    log.print(f"cost of the cell: {fmt(after, budget.metric)} ({'within' if fits else 'OVER'} the budget of {target})"
+              + ("" if fits else ": no cheaper op is left on its kept edges"))
+    record = {"metric": budget.metric, "target": budget.target, "rule": budget.rule, "cost": after,
+              "derived_cost": before, "within": fits, "repaired": changes,
+              "expected_cost": float(budget.cost.expected(model.cost_weights(sampled=False))),
+              "network": budget.cost.network, "base": budget.cost.base}
+    return fixed, record
+
+
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result)."""
@@ -255,6 +293,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     # ---- data: the training set only, split into a weight half and an alpha half; search never reads test.
     # Read before the run directory exists, so that a refused data set leaves nothing behind
     data = load_dataset(cfg.data, "train")
+    budget_notes: list[str] = []
+    budget = make_budget(cfg, len(data.classes), data.images.shape[1], data.images.shape[-1],
+                         resolve_device(cfg.run.device), budget_notes.append)  # refused before anything is written
     run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     if state is not None and state["epoch"] >= s.epochs and (run.dir / "genotype.json").exists():
@@ -271,6 +312,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                          gradient=s.gdas_gradient, kl=s.drnas_kl)
     model = make_supernet(cfg, d, mixer, device)
     model.beta_decay = s.beta_decay
+    model.budget = budget
     if s.weight_sampling == "uniform":
         model.weight_mixer = create_mixer("random")  # fair training: every op of an edge sampled as often
     if cfg.run.sync_bn and dist.active:
@@ -287,7 +329,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=s.epochs, eta_min=s.lr_min)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas,
                              weight_decay=s.arch_weight_decay)
-    for line in setup_lines(cfg, run, d, weights, steps):
+    for line in [*setup_lines(cfg, run, d, weights, steps), *budget_notes, *([budget.describe()] if budget else [])]:
         log.print(line)
 
     def naswot_batch() -> torch.Tensor:
@@ -356,6 +398,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
     genotype = derive_genotype(cfg, model, d, naswot_batch, amp, memory_format, log)
+    if model.budget is not None:
+        genotype, record = fit_budget(model, genotype, log)
+        log.write_text(BUDGET, json.dumps(record, indent=2) + "\n")
     log.write_text("genotype.json", genotype.to_json())
     warning = dominance_warning(genotype)
     if warning:

@@ -48,7 +48,7 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
     """Check the data, then create the study directory: the resolved config, one recipe file per method and one
     for training, and the random cells. Nothing is written before every check has passed."""
     from nas.data import load_dataset
-    from nas.genotype import random_genotype
+    from nas.genotype import alpha_rule, random_genotype
     from nas.plot import draw_cells
     from nas.runlog import atomic_write_text
     from nas.spaces import search_space
@@ -87,7 +87,7 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
     rng = random.Random(cfg.random.seed)
     for cell in layout(study_dir, cfg).cells:
         if cell.method == "random":
-            g = random_genotype(space, rng, cfg.search.derive)
+            g = random_genotype(space, rng, alpha_rule(cfg.search.derive))
             cell.source.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cell.source / GENOTYPE, g.to_json())
             draw_cells(g, cell.source / "cells")
