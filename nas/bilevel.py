@@ -131,7 +131,7 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
     budget = model.budget
     cost: dict[str, Any] = {}
     if budget is not None:
-        cost = {"expected_cost": float(budget.cost.expected(model.cost_weights(sampled=False)))}
+        cost = {"expected_cost": float(budget.cost.expected(model.cost_weights(sampled=False)).detach())}
         if genotype is not None:
             cost["derived_cost"] = budget.cost.of(genotype)
     record = {"epoch": epoch + 1, "train_loss": t_loss / n_w, "train_acc": 100 * t_correct / n_w,
@@ -276,7 +276,7 @@ def fit_budget(model: Supernet, genotype: Genotype, log: Any) -> tuple[Genotype,
               + ("" if fits else ": no cheaper op is left on its kept edges"))
     record = {"metric": budget.metric, "target": budget.target, "rule": budget.rule, "cost": after,
               "derived_cost": before, "within": fits, "repaired": changes,
-              "expected_cost": float(budget.cost.expected(model.cost_weights(sampled=False))),
+              "expected_cost": float(budget.cost.expected(model.cost_weights(sampled=False)).detach()),
               "network": budget.cost.network, "base": budget.cost.base}
     return fixed, record
 
