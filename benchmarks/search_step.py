@@ -63,11 +63,11 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from nas.bilevel import bilevel_step, weight_step
     from nas.data import Batches, batch_seed, channel_stats
     from nas.datasets import make_synthetic
     from nas.distributed import Dist, setup
     from nas.mixing import GdasSample, create_mixer
-    from nas.bilevel import bilevel_step, weight_step
     from nas.supernet import build_supernet
 
     torch.set_num_threads(args.threads)

@@ -302,7 +302,7 @@ def latency_main(argv: list[str] | None = None) -> int:
         "search's budget is counted on (search.budget.C, layers, image_size, latency_batch) on the run's device "
         "(run.device, run.threads), and write the latency table that searches with search.budget.metric=latency "
         "read: by default into the cache they look in.",
-        epilog="example: python -m nas latency --config configs/search/gdas-nb201-small.yaml data.name=synthetic "
+        epilog="example: python -m nas latency --config configs/search/gdas-nb201-small.yaml data.root=DIR "
                "search.budget.metric=latency search.budget.target=5 run.device=cpu")
     parser.add_argument("--config", metavar="YAML", help="the search recipe (defaults apply to keys it leaves out)")
     parser.add_argument("--out", metavar="FILE", help="write the table here instead of the cache (then give it to "
@@ -367,7 +367,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         prog="python -m nas predict", description="Classify images with a trained network (an evaluate.py run "
         "directory): one line per image with its class name and probability. Images are converted and resized as "
         "the training's image-folder reader does, and normalised with the training set's statistics.",
-        epilog="example: python -m nas predict runs/quick-eval photos/ cat.png")
+        epilog="example: python -m nas predict runs/quick-eval photos/")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="an evaluate.py run directory (or its model.pt)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--device", default="cpu", help="cpu (the default), cuda or cuda:N")

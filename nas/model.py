@@ -194,6 +194,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, atol: fl
         with warnings.catch_warnings():  # torch.jit's deprecation notices: the format works, and is checked below
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks are fixed at the trained size
             got = _EXPORTERS[fmt](net, x, path)
     except UserError:
         path.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from nas.study import (
     StudyLayout,
     benchmark_data,
     lookup_record,
+    method_options,
     run_state,
 )
 
@@ -196,6 +197,8 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
               "budget": _budget(lay, searches, cells), "machine": _machine(lay),
               "methods": rows, "random": random_row if cfg.random.samples else None, "comparisons": comparisons,
               "cells": cells, "searches": searches, "unfinished": unfinished, "config": to_dict(cfg)}
+    budgets = {m: method_options(cfg, m).budget for m in cfg.methods}
+    report["budgets"] = {m: b.target for m, b in budgets.items() if b.metric == "params"}  # parameter budgets
     if scoring["by"] == "benchmark":
         report["quality"] = quality([*rows, *([random_row] if cfg.random.samples else [])], cells)
     from nas.report_plots import draw_plots

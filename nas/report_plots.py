@@ -43,6 +43,8 @@ def draw_plots(out_dir: Path, report: dict[str, Any], ops: tuple[str, ...]) -> l
     paths = []
     if any(c["acc"] for c in report["cells"]):
         paths.append(accuracy_plot(out_dir / "accuracy.png", report, methods, colors))
+    if any(c["acc"] and c.get("params") for c in report["cells"]):
+        paths.append(accuracy_cost_plot(out_dir / "accuracy_cost.png", report, methods, colors))
     if searches:
         paths.append(supernet_plot(out_dir / "supernet_valid.png", searches, colors))
     learned = [s for s in searches if s["curve"]["op_share"]]  # random search learns no alpha and logs none
@@ -77,6 +79,28 @@ def accuracy_plot(path: Path, report: dict[str, Any], methods: list[str], colors
     ax.set_title("looked up in NAS-Bench-201: one point per cell" if bench
                  else "retrained from scratch: one point per training", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def accuracy_cost_plot(path: Path, report: dict[str, Any], methods: list[str], colors: dict[str, Any]) -> Path:
+    """Every cell's accuracy (mean over its trainings, or its benchmark record) against its parameters: the
+    methods' cells and the random cells on one plane, with each budgeted method's target as a dashed line."""
+    fig, axes = _figure(6.4, 4.4)
+    ax: Axes = axes[0, 0]
+    for g in [*methods, "random"]:
+        cells = [c for c in report["cells"] if c["method"] == g and c["acc"] and c.get("params")]
+        if cells:
+            ax.scatter([c["params"] / 1e6 for c in cells], [float(np.mean(list(c["acc"].values()))) for c in cells],
+                       s=28 if g != "random" else 18, color=colors.get(g, "grey"), alpha=0.85, label=g, zorder=3,
+                       marker="o" if g != "random" else "x")
+    for g, target in (report.get("budgets") or {}).items():
+        ax.axvline(target, color=colors.get(g, "grey"), linestyle="--", alpha=0.6)
+    bench = report["scoring"]["by"] == "benchmark"
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("benchmark accuracy (%)" if bench else "final test accuracy (%)")
+    ax.set_title("accuracy against size: one point per cell (dashed: a method's parameter budget)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 

@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nas.bilevel import alpha_step, weight_step
 from nas.data import Batches, batch_seed, channel_stats
 from nas.datasets import make_synthetic
 from nas.distributed import Dist, GlobalBatchNorm2d, setup, teardown
 from nas.mixing import create_mixer
-from nas.bilevel import alpha_step, weight_step
 from nas.supernet import DartsSupernet, MixedEdge, build_supernet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.mixing import GdasSample, create_mixer, gumbel_like
 from nas.bilevel import weight_step
+from nas.mixing import GdasSample, create_mixer, gumbel_like
 from nas.spaces import get_space
 from nas.supernet import MixedEdge, build_supernet
 

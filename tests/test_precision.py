@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas.bilevel import alpha_step, weight_step
 from nas.cli import evaluate_main, search_main
 from nas.mixing import create_mixer
-from nas.bilevel import alpha_step, weight_step
 from nas.supernet import build_supernet
 
 TINY = ["search.epochs=1", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",

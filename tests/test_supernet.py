@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from nas.bilevel import alpha_step, weight_step
 from nas.mixing import GdasSample, create_mixer
 from nas.ops import FactorizedReduce, FixedReductionCell, ResBlock, Zero
-from nas.bilevel import alpha_step, weight_step
 from nas.spaces import get_space, search_space
 from nas.supernet import DartsSupernet, MixedEdge, NB201Supernet, SearchCell, Supernet, build_supernet
 
