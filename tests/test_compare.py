@@ -88,8 +88,9 @@ def test_tiny_study_writes_every_report_file_with_the_right_rows(study: Path) ->
     assert [(c["a"], c["b"]) for c in report["comparisons"]] == [("gdas", "darts"), ("gdas", "random"),
                                                                  ("darts", "random")]
     assert report["comparisons"][0]["verdict"] == "no_spread"
-    assert sorted(report["plots"]) == sorted(f"plots/{n}.png" for n in ("accuracy", "supernet_valid",
-                                                                         "alpha_decided", "op_share", "search_cost"))
+    assert sorted(report["plots"]) == sorted(f"plots/{n}.png" for n in ("accuracy", "accuracy_cost",
+                                                                         "supernet_valid", "alpha_decided", "op_share",
+                                                                         "search_cost"))
     assert all((study / p).stat().st_size > 1000 for p in report["plots"])
     md = (study / "report.md").read_text()
     assert "| gdas | " in md and "| darts | " in md and "| random (3 cells) | " in md and "## Not finished" not in md
