@@ -64,6 +64,7 @@ class CostModel:
     base: float
     table: dict[str, torch.Tensor]   # cell type -> (E, K) float64: op k on edge e, summed over the network's cells
     network: dict[str, Any]          # what the costs were counted on (C, layers, classes, image size, ...)
+    _on: dict[Any, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict, repr=False)  # share x table
 
     @property
     def share(self) -> torch.Tensor:
@@ -88,10 +89,13 @@ class CostModel:
         """base + sum over cell types, edges and ops of weight x cost (weights: (E, K) per cell type, a one-hot GDAS
         sample or softmax(alpha)); differentiable in the weights."""
         some = next(iter(weights.values()))
+        key = (some.device, some.dtype)
+        if key not in self._on:  # the tables once per device and dtype: this runs every alpha step
+            self._on[key] = {t: (self.share[:, None] * c).to(some.device, some.dtype) for t, c in self.table.items()}
+        tables = self._on[key]
         total = torch.zeros((), dtype=some.dtype, device=some.device) + self.base
-        share = self.share.to(some.device, some.dtype)[:, None]
         for t, w in weights.items():
-            total = total + (share * w * self.table[t].to(some.device, some.dtype)).sum()
+            total = total + (w * tables[t]).sum()
         return total
 
     def _real(self) -> list[int]:
@@ -315,16 +319,12 @@ class Budget:
 
     def loss(self, expected: torch.Tensor) -> torch.Tensor:
         """The alpha loss's budget term at expected cost ``expected`` (see the module docstring)."""
-        ratio = expected.clamp_min(1e-12) / self.target
+        log_ratio = torch.log(expected.clamp_min(1e-12) / self.target)
         if self.rule == "log":
-            return self.weight * torch.log(ratio)
-        low = 1.0 - self.tolerance
-        r = float(ratio.detach())
-        if r > 1.0:
-            return self.weight * torch.log(ratio)
-        if r < low:
-            return self.weight * torch.log(low / ratio)
-        return ratio * 0.0  # inside the band: no pressure, and a graph to backward through all the same
+            return self.weight * log_ratio
+        # above the target, log(E / T); below the band, log(T (1 - tolerance) / E); inside it 0 (no host sync)
+        below = math.log(1.0 - self.tolerance) - log_ratio
+        return self.weight * (torch.relu(log_ratio) + torch.relu(below))
 
     def fits(self, genotype: Genotype) -> bool:
         return self.cost.of(genotype) <= self.target * (1 + 1e-9)
