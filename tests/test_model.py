@@ -124,10 +124,10 @@ def test_errors(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr("importlib.util.find_spec",
-                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+                        lambda name, *a: None if name.startswith("onnx") else real_find_spec(name, *a))
     before = set(trained.iterdir())
     assert export_main([str(trained), "--format", "onnx"]) == 2
-    assert 'needs onnxruntime: pip install -e ".[onnx]"' in capsys.readouterr().err
+    assert 'needs onnx, onnxscript, onnxruntime: pip install -e ".[onnx]"' in capsys.readouterr().err
     assert set(trained.iterdir()) == before  # nothing written
     with pytest.raises(UserError, match="is not a model file"):
         torch.save({"something": 1}, tmp_path / "other.pt")
