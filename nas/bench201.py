@@ -37,6 +37,9 @@ INSTALL = 'pip install -e ".[bench]"'
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # the table's op codes 0-4
 TABLE_FILES = {"cifar10": "cifar10", "cifar100": "cifar100", "ImageNet16-120": "imagenet"}  # data set: table file
 TABLE_LACKS = "test and train accuracy, FLOPs and the 12-epoch recipe (a NATS-Bench file has them)"
+# The hand-designed cell of the space (Dong & Yang, ICLR 2020, Sec. 3: two 3x3 convolutions and a skip around them,
+# the basic block of a ResNet): the cell a user who skips the search would type in
+RESNET_CELL = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
 
 
 class BenchmarkError(UserError):
@@ -136,6 +139,28 @@ class Nb201Table:
                 "latency_s": {d: statistics.fmean(rows[d]["latency"]) for d in DATASETS},
                 "train_time_s": {d: statistics.fmean(rows[d]["train_time"]) for d in DATASETS},
                 "lacks": TABLE_LACKS}
+
+
+def convolution_only_cells(ops: tuple[str, ...] = NB201_OPS) -> list[Genotype]:
+    """Every NAS-Bench-201 cell whose six edges all hold an op with weights (of ``ops``: nor_conv_1x1 or
+    nor_conv_3x3): what a user who only knows "use convolutions" would pick from."""
+    from itertools import product
+
+    from nas.genotype import from_nb201_string
+    from nas.ops import is_parameter_free
+
+    convs = [op for op in ops if not is_parameter_free(op)]
+    return [from_nb201_string(f"|{a}~0|+|{b}~0|{c}~1|+|{d}~0|{e}~1|{f}~2|")
+            for a, b, c, d, e, f in product(convs, repeat=6)]
+
+
+def baselines(bench: Any) -> dict[str, Any]:
+    """The benchmark's records of the cells a user would pick without a search: the ResNet cell, and every
+    convolution-only cell (the distribution of a random one)."""
+    from nas.genotype import from_nb201_string
+
+    return {"resnet": lookup(bench, from_nb201_string(RESNET_CELL)),
+            "convolution_only": [lookup(bench, g) for g in convolution_only_cells()]}
 
 
 def arch_of_key(key: str) -> str:

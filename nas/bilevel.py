@@ -32,7 +32,7 @@ from nas.runlog import Board, Progress, peak_memory_mib
 from nas.runtime import EpochMeter, Run, resolve_device
 from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
-from nas.study import BUDGET
+from nas.study import BUDGET, FINAL
 from nas.supernet import Supernet, build_supernet
 from nas.unrolled import unrolled_alpha_backward
 
@@ -164,38 +164,65 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
             board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
 
 
-def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, naswot_batch: Any, amp: Any,
-                    memory_format: torch.memory_format, log: Any) -> Genotype:
-    """The search's result by its search.derive rule: alpha's argmax (darts, gdas), NASWOT's pick among cells
-    scored on a freshly initialised supernet (naswot), or the trained supernet's judgement of each op (perturb)
-    or of random cells (sample)."""
+def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_batch: Any, amp: Any,
+                    memory_format: torch.memory_format, log: Any) -> tuple[Genotype, dict[str, Any] | None]:
+    """The search's result by its search.derive rule: alpha's argmax (darts, gdas), the best of cells ranked by
+    zero-cost scores at initialisation (score) or by the trained supernet (sample), or each op judged by how much
+    the supernet's accuracy or score drops without it (perturb); then, with search.final.cells, the short list's
+    final stage. Returns the genotype and, with a final stage, its record (final.json)."""
     s, valid = cfg.search, d.valid
     device = valid.device
     rule = alpha_rule(s.derive)
-    if s.derive == "naswot":
-        from nas.naswot import cells_from_alpha, random_cells, select_by_naswot
+    mean, std = d.stats
+    plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
+                    device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
+    ranked: list[Genotype]
+    if s.derive == "score":
+        from nas.zerocost import cells_from_alpha, random_cells, rank_cells
 
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed)  # a freshly initialised supernet: NASWOT scores untrained networks
-            fresh = make_supernet(cfg, d, model.mixer, device)
-            fresh.to(memory_format=memory_format)
         keep = model.budget.fits if model.budget is not None else None  # a budget: only the cells that fit compete
-        pool = (cells_from_alpha(model, s.samples, cfg.seed, rule, keep) if s.naswot_pool == "alpha"
-                else random_cells(model.space, cfg.seed, s.samples, keep) if keep is not None else None)
-        if pool is not None and not pool:  # none fits: the best of the unfiltered pool is repaired afterwards
-            log.print("  no cell drawn fits the budget; NASWOT chooses among all, and the choice is repaired")
-            pool = cells_from_alpha(model, s.samples, cfg.seed, rule) if s.naswot_pool == "alpha" else None
-        return select_by_naswot(fresh.train(), naswot_batch(), cfg.seed, s.samples, log.print, pool)
-    if s.derive in ("perturb", "sample"):
-        from nas.perturb import select_by_perturbation, select_by_sampling
+        space = model.space
+        pool = (cells_from_alpha(space, dict(model.alpha), s.samples, cfg.seed, rule, keep) if s.pool == "alpha"
+                else random_cells(space, cfg.seed, s.samples, keep))
+        if not pool:  # none fits: the best of the unfiltered pool is repaired afterwards
+            log.print("  no cell drawn fits the budget; the scores choose among all, and the choice is repaired")
+            pool = (cells_from_alpha(space, dict(model.alpha), s.samples, cfg.seed, rule) if s.pool == "alpha"
+                    else random_cells(space, cfg.seed, s.samples))
+        if len(pool) < s.samples:
+            log.print(f"  alpha gives {len(pool)} distinct cells of the {s.samples} asked for (search.samples): it "
+                      "is peaked on few cells" if s.pool == "alpha" else
+                      f"  {len(pool)} of {s.samples} random cells fit the budget")
+        ranked = [g for g, _ in rank_cells(pool, s.score, s.ensemble, score_batch(), C=cfg.model.C,
+                                           layers=cfg.model.layers, num_classes=d.classes, seed=cfg.seed,
+                                           memory_format=memory_format, say=log.print,
+                                           what="cells drawn from alpha" if s.pool == "alpha" else "random cells")]
+    elif s.derive == "sample":
+        from nas.perturb import select_by_sampling
 
-        mean, std = d.stats
-        plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
-                        device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
-        if s.derive == "perturb":
-            return select_by_perturbation(model, plain, cfg.seed, amp, memory_format, log.print)
-        return select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print)
-    return model.genotype(rule, s.max_skip)
+        ranked = select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print)
+    elif s.derive == "perturb":
+        from nas.perturb import select_by_perturbation, supernet_accuracy, supernet_score
+
+        if s.perturb_by == "score":
+            measure = supernet_score(model, s.score, s.ensemble, score_batch())
+        else:
+            measure = supernet_accuracy(model, plain, cfg.seed, amp, memory_format)
+        return select_by_perturbation(model, measure, cfg.seed, log.print), None
+    else:
+        return model.genotype(rule, s.max_skip), None
+    f = s.final
+    if not f.cells:
+        return ranked[0], None
+    from nas.finalists import successive_halving
+
+    train = Batches(ImageSet(d.train.images, d.train.labels, []), batch_size=cfg.data.batch_size, mean=mean,
+                    std=std, device=device, seed=cfg.seed, augment=cfg.data.augment)  # every process: all of it
+    winner, records = successive_halving(
+        ranked[:f.cells], train, plain if f.rank != "tse" else None, C=f.C or cfg.model.C,
+        layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.epochs, eta=f.eta, rank=f.rank,
+        lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed, memory_format=memory_format,
+        say=log.print)
+    return winner, {"rank": f.rank, "cells": records, "winner": str(winner)}
 
 
 @dataclass
@@ -230,8 +257,19 @@ def split_data(cfg: SearchConfig, data: ImageSet, run: Run) -> SearchData:
 def make_supernet(cfg: SearchConfig, d: SearchData, mixer: Any, device: torch.device) -> Supernet:
     """The supernet of cfg.model for data ``d``, on ``device``."""
     space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
-    return build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=d.classes, mixer=mixer,
-                          in_channels=d.channels, stem_multiplier=cfg.model.stem, macro=cfg.model.macro).to(device)
+    model = build_supernet(space, C=cfg.model.C, layers=cfg.model.layers, num_classes=d.classes, mixer=mixer,
+                           in_channels=d.channels, stem_multiplier=cfg.model.stem, macro=cfg.model.macro)
+    if not cfg.model.bn_stats:
+        drop_running_stats(model)
+    return model.to(device)
+
+
+def drop_running_stats(model: nn.Module) -> None:
+    """Every BatchNorm of ``model`` without running statistics: it normalises by the batch's in evaluation mode too."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
 def setup_lines(cfg: SearchConfig, run: Run, d: SearchData, weights: list[nn.Parameter], steps: int) -> list[str]:
@@ -257,6 +295,25 @@ def step_postfix(meter: EpochMeter, tau: float | None) -> dict[str, str]:
     if tau is not None:
         out["tau"] = f"{tau:.2f}"
     return out
+
+
+def set_prior(cfg: SearchConfig, model: Supernet, batch: tuple[torch.Tensor, torch.Tensor], classes: int,
+              memory_format: torch.memory_format, log: Any) -> None:
+    """alpha = search.prior x the per-op prior of search.prior_samples random cells scored by search.score."""
+    from nas.zerocost import combine, op_prior, random_cells, score_cells
+
+    s = cfg.search
+    cells = random_cells(model.space, cfg.seed, s.prior_samples)
+    log.print(f"prior: scoring {len(cells)} random cells by {', '.join(s.score)} at initialisation, on one batch of "
+              f"{len(batch[0])} images")
+    scores = score_cells(cells, s.score, batch, C=cfg.model.C, layers=cfg.model.layers, num_classes=classes,
+                         seed=cfg.seed, memory_format=memory_format, say=log.print)
+    prior = op_prior(model.space, cells, combine(scores, s.ensemble))
+    with torch.no_grad():
+        for t, p in prior.items():
+            model.alpha[t].copy_(s.prior * p.to(model.alpha[t].device))
+    log.print("prior: per edge, the op whose cells score highest: " + " ".join(
+        f"{t}: " + ",".join(model.space.ops[int(k)] for k in p.argmax(-1)) for t, p in prior.items()))
 
 
 def fit_budget(model: Supernet, genotype: Genotype, log: Any) -> tuple[Genotype, dict[str, Any]]:
@@ -332,19 +389,14 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     for line in [*setup_lines(cfg, run, d, weights, steps), *budget_notes, *([budget.describe()] if budget else [])]:
         log.print(line)
 
-    def naswot_batch() -> torch.Tensor:
-        """The batch NASWOT scores cells on: the first images of the alpha half (a seeded shuffle), normalised."""
-        x = torch.addcmul(valid.shift, valid.images[:s.naswot_batch].float(), valid.scale)
-        return x.contiguous(memory_format=memory_format)
+    def score_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch zero-cost scores read: the first images of the alpha half (a seeded shuffle), normalised."""
+        x = torch.addcmul(valid.shift, valid.images[:s.score_batch].float(), valid.scale)
+        return x.contiguous(memory_format=memory_format), valid.labels[:s.score_batch]
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
-    if state is None and s.naswot_prior:  # a new run: alpha starts from NASWOT's prior, scored on this fresh supernet
-        from nas.naswot import op_prior
-
-        prior = op_prior(model, naswot_batch(), cfg.seed, s.prior_samples, log.print)
-        with torch.no_grad():
-            for t, p in prior.items():
-                model.alpha[t].copy_(s.naswot_prior * p.to(device))
+    if state is None and s.prior:  # a new run: alpha starts from the zero-cost prior of the user's images
+        set_prior(cfg, model, score_batch(), d.classes, memory_format, log)
     start_epoch, start_step, partial = run.restore(
         {"model": model, "w_opt": w_opt, "a_opt": a_opt, "w_sched": w_sched, "scaler": scaler}, RECORDS)
 
@@ -397,7 +449,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
             stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
-    genotype = derive_genotype(cfg, model, d, naswot_batch, amp, memory_format, log)
+    genotype, final = derive_genotype(cfg, model, d, score_batch, amp, memory_format, log)
+    if final is not None:
+        log.write_text(FINAL, json.dumps(final, indent=2) + "\n")
     if model.budget is not None:
         genotype, record = fit_budget(model, genotype, log)
         log.write_text(BUDGET, json.dumps(record, indent=2) + "\n")

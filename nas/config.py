@@ -74,6 +74,8 @@ class ModelConfig:
                                "official GDAS search uses it with 6 cells) or gdas_frc (that network with GDAS-FRC's "
                                "fixed reduction cell: only the normal cell is searched)",
                       choices=("darts", "gdas", "gdas_frc"))
+    bn_stats: bool = _key(True, "the supernet's BatchNorms keep running statistics; false: none, every forward pass "
+                                "normalises by its batch's (NATS-Bench's track_running_stats=False)")
 
     def check(self) -> None:
         if self.macro != "darts" and self.space != "darts":
@@ -156,15 +158,32 @@ class BudgetOptions:
 
 
 @dataclass(frozen=True)
+class FinalOptions:
+    cells: int = _key(0, "cells of the short list, the best first by search.derive's ranking, each trained alone; "
+                         "successive halving keeps the best 1/eta at every rung (0: no final stage)", low=0)
+    epochs: int = _key(8, "epochs of the last rung's cells (a rung before has 1/eta of its successor's)", low=1)
+    eta: int = _key(2, "each rung keeps 1/eta of its cells and trains them eta times as long", low=2)
+    rank: str = _key("tse", "tse: the sum of the epochs' mean training losses, lower first (Ru et al. 2021); "
+                            "accuracy or loss: on the alpha half after the last epoch",
+                     choices=("tse", "accuracy", "loss"))
+    C: int | None = _key(None, "channels of the network each cell trains in (null: model.C)", low=1)
+    layers: int | None = _key(None, "its cells per stage (nb201) or cells (darts; null: model.layers)", low=1)
+    lr: float = _key(0.1, "SGD learning rate at the first step, cosine annealed to 0 over the last rung's epochs",
+                     low=0.0, low_open=True)
+    momentum: float = _key(0.9, "SGD momentum (Nesterov)", low=0.0, high=1.0)
+    weight_decay: float = _key(5e-4, "SGD weight decay", low=0.0)
+
+
+@dataclass(frozen=True)
 class SearchOptions(SGDOptions):
     SECTION: ClassVar[str] = "search"
     mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops; "
                       "snas: every op, weighted by a soft Gumbel-softmax sample; drnas: every op, weighted by a "
                       "sample of Dirichlet(elu(alpha) + 1) (Chen et al. 2021); random: one op per edge drawn "
-                      "uniformly, no alpha steps (with search.derive=sample or naswot); or any name given to "
+                      "uniformly, no alpha steps (with search.derive=sample or score); or any name given to "
                       "nas.mixing.register_mixer")
-    epochs: int = _key(50, "search epochs (0: none, for search.derive=naswot, which scores cells at initialisation)",
-                       low=0)
+    epochs: int = _key(50, "search epochs (0: none, for the zero-cost rules: search.derive=score, search.prior or "
+                               "search.perturb_by=score)", low=0)
     weight_sampling: str = _key("mixer", "the ops a weight step trains. mixer: the mixer's (GDAS: its sample); "
                                          "uniform: one op per edge drawn uniformly, so every op is trained as often "
                                          "before alpha judges it (SPOS, Guo et al. 2020); alpha steps keep the mixer",
@@ -176,23 +195,36 @@ class SearchOptions(SGDOptions):
     order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
     derive: str = _key("darts", "genotype rule: darts (by alpha; darts space: 2 distinct inputs per node), gdas "
                                 "(darts space: top-2 (op, input) pairs) or perturb (by how much the supernet's "
-                                "accuracy drops without each op; Wang et al. 2021) or sample (the best of "
-                                "search.samples random cells, scored with the supernet's weights on the alpha half; "
-                                "Li & Talwalkar 2019) or naswot (the best of search.samples random cells by the "
-                                "training-free NASWOT score at initialisation; Mellor et al. 2021)",
-                       choices=("darts", "gdas", "perturb", "sample", "naswot"))
-    samples: int = _key(100, "search.derive=sample or naswot: random cells scored at the end", low=1)
-    naswot_pool: str = _key("random", "search.derive=naswot: the cells it scores. random: search.samples random cells "
-                                      "(NASWOT as a method of its own); alpha: up to search.samples distinct cells "
-                                      "drawn from the searched alpha (NASWOT as a filter of the search's result)",
-                            choices=("random", "alpha"))
-    naswot_prior: float = _key(0.0, "alpha starts at this times NASWOT's per-op prior: the mean standardised NASWOT "
-                                    "score of the random cells holding each op on each edge (search.prior_samples "
-                                    "cells, scored at initialisation); 0: no prior, alpha starts at 1e-3 randn",
-                               low=0.0)
-    prior_samples: int = _key(200, "search.naswot_prior: random cells scored for the prior", low=2)
-    naswot_batch: int = _key(128, "search.derive=naswot and naswot_prior: images of the alpha half in the batch "
-                                  "that scores a cell (the kernel K is batch x batch)", low=2)
+                                "accuracy, or with search.perturb_by=score its zero-cost score, drops without each "
+                                "op; Wang et al. 2021, Xiang et al. 2023) or sample (the best of search.samples "
+                                "random cells, scored with the supernet's weights on the alpha half; Li & Talwalkar "
+                                "2019) or score (the best of search.samples cells by the zero-cost search.score at "
+                                "initialisation, e.g. NASWOT, Mellor et al. 2021)",
+                       choices=("darts", "gdas", "perturb", "sample", "score"))
+    samples: int = _key(100, "search.derive=sample or score: cells scored at the end", low=1)
+    score: tuple[str, ...] = _key(("naswot",), "zero-cost scores of search.derive=score, search.prior and "
+                                               "search.perturb_by=score, each a function of an untrained network and "
+                                               "a batch (naswot, synflow, snip, grad_norm, jacob_cov, zico, ntk, "
+                                               "params, flops: nas/scores.py); several are combined by "
+                                               "search.ensemble")
+    ensemble: str = _key("logrank", "how several search.score combine: logrank (the sum of each score's log rank, "
+                                    "AZ-NAS) or vote (the cells each one beats on a majority of the scores)",
+                         choices=("logrank", "vote"))
+    score_batch: int = _key(64, "images of the alpha half in the batch a zero-cost score reads", low=2)
+    pool: str = _key("random", "search.derive=score: the cells it scores. random: search.samples random cells; "
+                               "alpha: up to search.samples distinct cells drawn from alpha (from search.prior, or as "
+                               "the search left it)", choices=("random", "alpha"))
+    prior: float = _key(0.0, "alpha starts at this times the zero-cost prior: the mean standardised search.score of "
+                             "the random cells holding each op on each edge (search.prior_samples cells, scored at "
+                             "initialisation); 0: no prior, alpha starts at 1e-3 randn", low=0.0)
+    prior_samples: int = _key(200, "search.prior: random cells scored for the prior", low=2)
+    perturb_by: str = _key("accuracy", "search.derive=perturb: what an op's removal is measured by. accuracy: the "
+                                       "supernet's on the alpha half (Wang et al. 2021); score: search.score of the "
+                                       "supernet, every op mixed by softmax(alpha), on one batch (Zero-Cost-PT, "
+                                       "Xiang et al. 2023; with search.epochs=0 the supernet is untrained)",
+                           choices=("accuracy", "score"))
+    final: FinalOptions = _key(FinalOptions(), "the final stage: the best search.final.cells of search.derive=score "
+                                               "or sample, each trained alone and ranked by training speed")
     unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
                                  "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
                                  "darts mixer only")
@@ -243,20 +275,52 @@ class SearchOptions(SGDOptions):
         if self.gdas_gradient != "all_ops" and self.mixer != "gdas":
             raise ConfigError(f"search.gdas_gradient={self.gdas_gradient} applies only to search.mixer=gdas "
                               f"(got {self.mixer!r})")
-        if self.mixer == "random" and self.derive not in ("sample", "naswot"):
+        if self.mixer == "random" and self.derive not in ("sample", "score"):
             raise ConfigError(f"search.mixer=random never steps alpha, so search.derive={self.derive!r} would read "
-                              "untrained logits; valid: search.derive=sample or naswot")
-        if self.epochs == 0 and self.derive != "naswot" and not self.naswot_prior:
-            raise ConfigError(f"search.epochs=0 trains nothing, which only the training-free NASWOT can use "
-                              f"(search.derive=naswot or search.naswot_prior > 0); got search.derive={self.derive}")
-        if self.naswot_pool == "alpha" and self.derive != "naswot":
-            raise ConfigError("search.naswot_pool=alpha applies only to search.derive=naswot")
-        if self.naswot_pool == "alpha" and self.mixer == "random":
-            raise ConfigError("search.naswot_pool=alpha draws cells from alpha, which search.mixer=random never "
-                              "learns; valid: search.naswot_pool=random")
-        if self.max_skip is not None and self.derive in ("perturb", "sample", "naswot"):
+                              "untrained logits; valid: search.derive=sample or score")
+        zero_cost = self.derive == "score" or self.prior > 0 or self.perturb_by == "score"
+        if self.epochs == 0 and not zero_cost:
+            raise ConfigError(f"search.epochs=0 trains nothing, which only the zero-cost rules can use "
+                              f"(search.derive=score, search.prior > 0 or search.perturb_by=score); got "
+                              f"search.derive={self.derive}")
+        default = SearchOptions()
+        if not zero_cost:
+            for k in ("score", "ensemble", "score_batch"):
+                if getattr(self, k) != getattr(default, k):
+                    raise ConfigError(f"search.{k} applies only to the zero-cost rules (search.derive=score, "
+                                      "search.prior > 0 or search.perturb_by=score)")
+        if self.perturb_by != "accuracy" and self.derive != "perturb":
+            raise ConfigError("search.perturb_by applies only to search.derive=perturb")
+        if len(set(self.score)) != len(self.score):
+            raise ConfigError(f"search.score lists a score twice: {list(self.score)}")
+        from nas.scores import check_score_name
+
+        for name in self.score:
+            try:
+                check_score_name(name, "search.score")
+            except UserError as e:
+                raise ConfigError(str(e)) from None
+        if "zico" in self.score and self.score_batch < 4:
+            raise ConfigError(f"search.score=zico compares the gradients of two halves of its batch; "
+                              f"search.score_batch={self.score_batch} is too small; valid: 4 or more")
+        if self.pool == "alpha" and self.derive != "score":
+            raise ConfigError("search.pool=alpha applies only to search.derive=score")
+        if self.pool == "alpha" and self.mixer == "random" and not self.prior:
+            raise ConfigError("search.pool=alpha draws cells from alpha, which search.mixer=random never learns; "
+                              "valid: search.pool=random, or a search.prior")
+        if self.max_skip is not None and self.derive in ("perturb", "sample", "score"):
             raise ConfigError(f"search.max_skip caps the alpha rules (search.derive=darts or gdas); "
                               f"derive={self.derive} does not read alpha; drop one of them")
+        f = self.final
+        if f.cells:
+            if self.derive not in ("score", "sample"):
+                raise ConfigError(f"search.final.cells={f.cells} trains the best cells of a ranking, which only "
+                                  f"search.derive=score or sample makes (got search.derive={self.derive})")
+            if f.cells < 2 or f.cells > self.samples:
+                raise ConfigError(f"search.final.cells={f.cells} is not valid with search.samples={self.samples}; "
+                                  "valid: 2 <= final.cells <= samples")
+        elif f != FinalOptions():
+            raise ConfigError("search.final.* applies only with search.final.cells > 0")
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"search.warmup_epochs={self.warmup_epochs} leaves no epoch for alpha in "
                               f"search.epochs={self.epochs}; valid: warmup_epochs < epochs")

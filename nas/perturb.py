@@ -1,6 +1,8 @@
 """Selection by perturbation (Wang et al., ICLR 2021, "Rethinking architecture selection in differentiable NAS",
 Alg. 1 and 2): an op's strength is how much the supernet's validation accuracy drops when the op is taken off its
-edge, not the size of its alpha.
+edge, not the size of its alpha. Zero-Cost-PT (Xiang et al., AutoML 2023, Alg. 1) measures the drop by zero-cost
+scores of the supernet on one batch instead, with every op mixed and the supernet untrained or as the search left
+it.
 
 Edges are decided one at a time, in a seeded random order. Each edge keeps the op whose removal lowers the
 accuracy most, and from then on the supernet runs with that edge fixed to it. In the DARTS space, each node then
@@ -12,13 +14,15 @@ epochs: the selection reads the supernet as the search left it.
 each run alone in the supernet through its op mask, scored on the alpha half; the best is the genotype.
 
 Removing an op goes through the supernet's op mask. The DARTS mixture gives the op weight 0 and leaves the other
-weights as they are; GDAS stops sampling the op. A decided edge runs its one op with weight 1.
+weights as they are; GDAS stops sampling the op. A decided edge runs its one op with weight 1. Several zero-cost
+scores decide by the rank of their values among an edge's candidates (nas.zerocost.combine).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,58 +48,106 @@ def accuracy(model: Supernet, batches: Batches, seed: int, amp: Any,
     return 100 * float(correct) / batches.num_images
 
 
-def select_by_perturbation(model: Supernet, batches: Batches, seed: int, amp: Any,
-                           memory_format: torch.memory_format = torch.contiguous_format,
+@dataclass
+class Measure:
+    """What perturbation measures the supernet by, as its op mask stands: ``fn`` returns one value per score (higher
+    is better), and the values of several candidates combine by ``ensemble`` (nas.zerocost.combine)."""
+
+    what: str
+    fn: Callable[[], dict[str, float]]
+    ensemble: str = "logrank"
+    unit: str = ""
+
+    def of(self, candidates: list[dict[str, float]]) -> list[float]:
+        from nas.zerocost import combine
+
+        return combine({k: [c[k] for c in candidates] for k in candidates[0]}, self.ensemble)
+
+
+def supernet_accuracy(model: Supernet, batches: Batches, seed: int, amp: Any,
+                      memory_format: torch.memory_format = torch.contiguous_format) -> Measure:
+    """The supernet's accuracy on ``batches`` (Wang et al.'s measure)."""
+    return Measure(f"accuracy on {batches.num_images} images", lambda: {"accuracy": accuracy(
+        model, batches, seed, amp, memory_format)}, unit="%")
+
+
+def supernet_score(model: Supernet, names: Sequence[str], ensemble: str,
+                   batch: tuple[torch.Tensor, torch.Tensor]) -> Measure:
+    """Zero-cost scores of the supernet (Zero-Cost-PT, Xiang et al. 2023): every allowed op of an edge mixed by
+    softmax(alpha) over the allowed ops (DARTS's mixing, whatever the search's mixer: no sample, no noise), the
+    weights taking gradients, on one batch."""
+    from nas.mixing import create_mixer
+    from nas.scores import get_score
+    from nas.zerocost import describe_scores
+
+    def fn() -> dict[str, float]:
+        saved = model.mixer
+        model.mixer = create_mixer("darts")
+        model.set_step("weights")
+        try:
+            return {name: get_score(name)(model, batch) for name in names}
+        finally:
+            model.mixer = saved
+            model.set_step("none")
+
+    return Measure(f"{describe_scores(names, ensemble)} on {len(batch[0])} images", fn, ensemble)
+
+
+def select_by_perturbation(model: Supernet, measure: Measure, seed: int,
                            say: Callable[[str], None] = print) -> Genotype:
-    """The genotype chosen by perturbation (see the module's docstring); ``batches`` are the alpha half, read
-    without augmentation. Leaves the supernet's op mask as it found it (none)."""
+    """The genotype chosen by perturbation (see the module's docstring), measured by ``measure``. Leaves the
+    supernet's op mask as it found it (none)."""
     space = model.space
     device = model.alpha[space.cell_types[0]].device
     masks = {t: torch.ones(space.num_edges, space.num_ops, dtype=torch.bool, device=device) for t in space.cell_types}
     # DARTS-space cells never keep `none`: it is no candidate there; NAS-Bench-201 keeps whatever the edge needs
     candidates = [k for k, op in enumerate(space.ops) if not (space.name == "darts" and op == "none")]
+    u = measure.unit
 
     def only(k: int) -> torch.Tensor:
         row = torch.zeros(space.num_ops, dtype=torch.bool, device=device)
         row[k] = True
         return row
 
-    def score() -> float:
-        return accuracy(model, batches, seed, amp, memory_format)
+    def whole() -> str:
+        values = measure.fn()
+        return ", ".join(f"{v:.2f}{u}" for v in values.values())
 
     model.set_step("none")
     model.op_mask = masks
     try:
         say(f"selecting by perturbation: {space.num_edges * len(space.cell_types)} edges x {len(candidates)} ops, "
-            f"each scored on {batches.num_images} images; supernet accuracy {score():.2f}%")
+            f"each measured by the supernet's {measure.what}; the whole supernet: {whole()}")
         order = [(t, e) for t in space.cell_types for e in range(space.num_edges)]
         random.Random(seed).shuffle(order)
         for t, e in order:
-            without = {}
+            results = []
             for k in candidates:
                 masks[t][e, k] = False
-                without[k] = score()
+                results.append(measure.fn())
                 masks[t][e, k] = True
+            without = dict(zip(candidates, measure.of(results), strict=True))
             weight = model.alpha[t][e].detach()  # breaks ties (common on small data): the larger alpha wins
             keep = min(candidates, key=lambda k: (without[k], -float(weight[k])))  # the op whose removal hurts most
             masks[t][e] = only(keep)
             src, dst = space.edges[e]
-            say(f"  {t} edge {src}->{dst}: {space.ops[keep]} (accuracy without it {without[keep]:.2f}%, without "
-                f"the others {min(v for k, v in without.items() if k != keep):.2f}% or more)")
+            say(f"  {t} edge {src}->{dst}: {space.ops[keep]} (without it {without[keep]:.2f}{u}, without the "
+                f"others {min(v for k, v in without.items() if k != keep):.2f}{u} or more)")
         if space.name == "darts":
             none = space.ops.index("none")
             for t in space.cell_types:
                 for node in space.nodes:
                     ids = space.edges_into(node)
-                    without = {}
+                    results = []
                     for e in ids:
                         kept = masks[t][e].clone()
                         masks[t][e] = only(none)
-                        without[e] = score()
+                        results.append(measure.fn())
                         masks[t][e] = kept
+                    without = dict(zip(ids, measure.of(results), strict=True))
                     for e in sorted(ids, key=lambda e: without[e])[2:]:  # all but the two most needed
                         masks[t][e] = only(none)
-        say(f"  supernet accuracy with every edge decided: {score():.2f}%")
+        say(f"  the supernet with every edge decided: {whole()}")
     finally:
         model.op_mask = None
     return genotype_of(space, {t: m.cpu() for t, m in masks.items()})
@@ -133,9 +185,10 @@ def masks_of(space: Any, genotype: Genotype, device: torch.device | str = "cpu")
 
 def select_by_sampling(model: Supernet, batches: Batches, seed: int, samples: int, amp: Any,
                        memory_format: torch.memory_format = torch.contiguous_format,
-                       say: Callable[[str], None] = print) -> Genotype:
-    """The best of ``samples`` random cells (drawn under the darts rule's constraints, seeded by ``seed``), each run
-    alone in the supernet and scored on ``batches``. Leaves the supernet's op mask as it found it (none)."""
+                       say: Callable[[str], None] = print) -> list[Genotype]:
+    """``samples`` random cells (drawn under the darts rule's constraints, seeded by ``seed``), each run alone in the
+    supernet and scored on ``batches``, the best first (on a tie, the cell drawn first). Leaves the supernet's op
+    mask as it found it (none)."""
     space = model.space
     device = model.alpha[space.cell_types[0]].device
     rng = random.Random(seed)
@@ -153,4 +206,4 @@ def select_by_sampling(model: Supernet, batches: Batches, seed: int, samples: in
     for acc, i, genotype in scored[:3]:
         say(f"  cell {-i + 1}/{samples}: {acc:.2f}%  {genotype}")
     say(f"  median of the {samples} cells: {scored[len(scored) // 2][0]:.2f}%")
-    return scored[0][2]
+    return [genotype for _, _, genotype in scored]

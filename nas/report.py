@@ -24,11 +24,13 @@ from nas.genotype import Genotype, op_counts, read_genotype
 from nas.runlog import atomic_write_text, read_jsonl
 from nas.study import (
     ALPHA,
+    BASELINES,
     GENOTYPE,
     GENOTYPES,
     META,
     METRICS,
     RESULTS,
+    SPACE,
     Cell,
     SearchRun,
     StudyLayout,
@@ -200,7 +202,8 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
     budgets = {m: method_options(cfg, m).budget for m in cfg.methods}
     report["budgets"] = {m: b.target for m, b in budgets.items() if b.metric == "params"}  # parameter budgets
     if scoring["by"] == "benchmark":
-        report["quality"] = quality([*rows, *([random_row] if cfg.random.samples else [])], cells)
+        report["quality"] = quality([*rows, *([random_row] if cfg.random.samples else [])], cells,
+                                    _json(lay.dir / "bench" / BASELINES))
     from nas.report_plots import draw_plots
 
     report["plots"] = [str(p.relative_to(lay.dir)) for p in draw_plots(lay.dir / "plots", report, ops)]
@@ -252,22 +255,35 @@ def _scoring(lay: StudyLayout, cells: list[dict[str, Any]]) -> dict[str, Any]:
     records = [c["benchmark"] for c in cells if c.get("benchmark")]
     return {"by": "benchmark", "benchmark": cfg.eval.benchmark, "data": benchmark_data(cfg),
             "recipes": sorted({recipe(r) for r in records}), "split": sorted({split_of(r) for r in records}),
-            "space": _json(lay.dir / "bench" / "space.json")}
+            "space": _json(lay.dir / "bench" / SPACE)}
 
 
-def quality(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _per_data(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Benchmark records' accuracy and percentile statistics on each of the benchmark's three data sets."""
+    per_data = {}
+    for d in DATASETS:
+        accs = [r[recipe(r)][d][split_of(r)] for r in records]
+        pcts = [r["percentile"][d] for r in records if "percentile" in r]
+        per_data[d] = {"acc": stats([a for a in accs if a is not None]), "percentile": stats(pcts)}
+    return per_data
+
+
+def quality(rows: list[dict[str, Any]], cells: list[dict[str, Any]], baselines: dict[str, Any] | None = None
+            ) -> list[dict[str, Any]]:
     """Per method (and the random cells): its cells' NAS-Bench-201 accuracy and percentile on each of the
-    benchmark's three data sets (the data searched and the transfer ones), and its CPU time per search."""
+    benchmark's three data sets (the data searched and the transfer ones), and its CPU time per search; then the
+    baselines (bench/baselines.json): the ResNet cell and the convolution-only cells."""
     out = []
     for row in rows:
         records = [c["benchmark"] for c in cells if c["method"] == row["method"] and c.get("benchmark")]
-        per_data = {}
-        for d in DATASETS:
-            accs = [r[recipe(r)][d][split_of(r)] for r in records]
-            pcts = [r["percentile"][d] for r in records if "percentile" in r]
-            per_data[d] = {"acc": stats([a for a in accs if a is not None]), "percentile": stats(pcts)}
         out.append({"method": row["method"], "cells": len(records), "cpu_s": row.get("search_cpu_s"),
-                    "data": per_data})
+                    "data": _per_data(records)})
+    if baselines:
+        conv = baselines["convolution_only"]
+        out += [{"method": "resnet", "baseline": True, "label": "the ResNet cell", "cells": 1, "cpu_s": None,
+                 "data": _per_data([baselines["resnet"]])},
+                {"method": "convolution-only", "baseline": True, "label": f"convolution-only cells (all {len(conv)})",
+                 "cells": len(conv), "cpu_s": None, "data": _per_data(conv)}]
     return out
 
 
@@ -385,14 +401,15 @@ def quality_table(r: dict[str, Any]) -> list[str]:
         head = head[:2] + [x for h, d in zip(head[2:], LABELS, strict=True) for x in (h, f"{LABELS[d]} percentile")]
     lines = ["| " + " | ".join([*head, "CPU-min per search"]) + " |", "|" + "---|" * (len(head) + 1)]
     for q in r["quality"]:
-        name = "random cells" if q["method"] == "random" else q["method"]
+        name = "random cells" if q["method"] == "random" else q.get("label", q["method"])
         row = [name, str(q["cells"])]
         for k in keys:
             acc = q["data"][k]["acc"]
             row.append("–" if not acc["n"] else f"{acc['mean']:.2f} ± {acc['std']:.2f}")
             if space:
                 row.append(_pct(q["data"][k]["percentile"]))
-        cpu = "" if q["method"] == "random" else _f(None if q["cpu_s"] is None else q["cpu_s"] / 60, ".1f")
+        search = q["method"] != "random" and not q.get("baseline")
+        cpu = _f(None if q["cpu_s"] is None else q["cpu_s"] / 60, ".1f") if search else ""
         lines.append("| " + " | ".join([*row, cpu]) + " |")
     if space:
         for what, key, pct in (("median", "median", "50th"), ("90th percentile", "p90", "90th"),

@@ -24,9 +24,11 @@ from typing import Any
 from nas.config import StudyConfig, dump_yaml
 from nas.errors import RunsFailed, UserError
 from nas.study import (
+    BASELINES,
     CONFIG,
     FAILURES,
     GENOTYPE,
+    SPACE,
     STUDY_DIRS,
     STUDY_FILE,
     STUDY_FILES,
@@ -108,7 +110,7 @@ def open_benchmark(path: str) -> Any:
 def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
     """Look every found or drawn cell that has no record yet up in the benchmark (eval.benchmark) and write its
     record to bench/<cell>.json; a cell that cannot be looked up is recorded in ``failures`` as bench/<cell>."""
-    from nas.bench201 import DATASETS, BenchmarkError, describe_epoch, epoch_metrics, lookup
+    from nas.bench201 import DATASETS, BenchmarkError, baselines, describe_epoch, epoch_metrics, lookup
     from nas.genotype import read_genotype
     from nas.runlog import atomic_write_text
 
@@ -124,8 +126,10 @@ def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
         return
     (lay.dir / "bench").mkdir(exist_ok=True)
     if hasattr(api, "distribution"):  # the table holds the whole space: its exact distribution, for the report
-        atomic_write_text(lay.dir / "bench" / "space.json",
+        atomic_write_text(lay.dir / "bench" / SPACE,
                           json.dumps({d: api.distribution(d) for d in DATASETS}, indent=2) + "\n")
+    if not (lay.dir / "bench" / BASELINES).exists():  # the cells a user would pick without a search, for the report
+        atomic_write_text(lay.dir / "bench" / BASELINES, json.dumps(baselines(api), indent=2) + "\n")
     for cell in todo:
         try:
             record = lookup(api, read_genotype(cell.source / GENOTYPE))

@@ -51,12 +51,16 @@ META = "meta.json"              # the sessions of a run: command, versions, devi
 LOG = "log.txt"                 # every line the run printed
 MODEL = "model.pt"              # a training's trained network: weights, genotype, settings (nas.load_model)
 BUDGET = "budget.json"          # a budgeted search's cell cost against its target, and any repair
+FINAL = "final.json"            # a search's final stage: every short-listed cell's training record
 # Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
-RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG, BUDGET, MODEL)
+RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG, BUDGET, FINAL,
+             MODEL)
 RUN_DIRS = ("tb", "cells")
 RESULT = {"search": GENOTYPE, "train": RESULTS}  # the file whose presence means a run of that kind is done
 
 STUDY_FILE = "study.yaml"
+SPACE = "space.json"            # bench/: the whole space's distribution on each data set (the table only)
+BASELINES = "baselines.json"    # bench/: the records of the ResNet cell and of every convolution-only cell
 FAILURES = "failures.json"      # run or lookup name -> why it failed
 LOCK = ".lock"
 STUDY_FILES = (STUDY_FILE, "report.md", "report.json", LOG, META, FAILURES, LOCK)

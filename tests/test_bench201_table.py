@@ -116,8 +116,8 @@ def test_a_study_scored_by_the_table_reports_percentiles_and_the_whole_space(tmp
 
     root = Path(__file__).resolve().parents[1]
     study = tmp_path / "study"
-    args = ["methods=[gdas,naswot]", "per_method.naswot.mixer=random", "per_method.naswot.derive=naswot",
-            "per_method.naswot.epochs=0", "per_method.naswot.samples=4", "search.naswot_batch=16", "seeds=[0,1]",
+    args = ["methods=[gdas,naswot]", "per_method.naswot.mixer=random", "per_method.naswot.derive=score",
+            "per_method.naswot.epochs=0", "per_method.naswot.samples=4", "per_method.naswot.score_batch=16", "seeds=[0,1]",
             "random.samples=3", "data.synthetic.train=96", "data.synthetic.test=16", "data.image_size=8",
             "data.batch_size=16", "model.space=nb201", "model.C=4", "model.layers=1", "search.epochs=1",
             "eval.benchmark=table", "eval.benchmark_data=cifar10", "run.tensorboard=false", f"run.dir={study}"]
@@ -135,10 +135,19 @@ def test_a_study_scored_by_the_table_reports_percentiles_and_the_whole_space(tmp
         assert cell["acc"] == {"benchmark": record["200"]["cifar10"]["valid"]}
         assert cell["percentile"] == record["percentile"]["cifar10"]
     rows = {q["method"]: q for q in report["quality"]}
-    assert set(rows) == {"gdas", "naswot", "random"} and rows["random"]["cells"] == 3
+    assert set(rows) == {"gdas", "naswot", "random", "resnet", "convolution-only"} and rows["random"]["cells"] == 3
+    # the baselines: the ResNet cell and all 64 convolution-only cells, exactly as the table has them
+    resnet = rows["resnet"]["data"]["cifar10"]
+    assert resnet["acc"]["mean"] == pytest.approx(90.86, abs=0.005) and rows["resnet"]["cells"] == 1
+    convs = [k for k in table.keys if set(k) <= {"2", "3"}]  # the table's codes of nor_conv_1x1 and nor_conv_3x3
+    conv = rows["convolution-only"]["data"]["cifar100"]
+    assert rows["convolution-only"]["cells"] == len(convs) == 64
+    assert conv["acc"]["mean"] == pytest.approx(sum(table.accuracy(k, "cifar100") for k in convs) / 64)
+    assert conv["percentile"]["min"] == min(table.percentile(table.accuracy(k, "cifar100"), "cifar100") for k in convs)
     pcts = [cells[f"naswot-s{s}"]["benchmark"]["percentile"]["ImageNet16-120"] for s in (0, 1)]
     assert rows["naswot"]["data"]["ImageNet16-120"]["percentile"]["mean"] == pytest.approx(sum(pcts) / 2)
     assert rows["gdas"]["cpu_s"] > 0 and rows["naswot"]["cpu_s"] > 0
     md = (study / "report.md").read_text()
     assert "## Search quality against NAS-Bench-201" in md and "| the space: 90th percentile | 15625 | 89.65 |" in md
+    assert "| the ResNet cell | 1 | 90.86 ± 0.00 | 98th (min 98th) |" in md and "| convolution-only cells (all 64) | 64 |" in md
     assert "scored by its CIFAR-10 validation accuracy" in md and "| method | benchmark valid acc % |" in md

@@ -24,7 +24,7 @@ def test_required_key_names_exist() -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads(path: Path) -> None:
     cfg = load_config(SearchConfig, path)
-    assert cfg.search.epochs >= 1 or cfg.search.derive == "naswot"  # only a training-free recipe trains nothing
+    assert cfg.search.epochs >= 1 or cfg.search.derive == "score"  # only a training-free recipe trains nothing
 
 
 def test_recipes_exist() -> None:
@@ -86,7 +86,7 @@ def test_describe_lists_every_key_with_help() -> None:
     (["search.arch_betas=[0.5]"], "expected a list of 2 numbers"),
     (["search.mixer=gdsa"], "search.mixer='gdsa' is not valid (did you mean 'gdas'?); valid: gdas, darts"),
     (["data.name=cifar"], "data.name='cifar' is not valid"),
-    (["search.epochs=0"], "search.epochs=0 trains nothing, which only the training-free NASWOT can use"),
+    (["search.epochs=0"], "search.epochs=0 trains nothing, which only the zero-cost rules can use"),
     (["data.train_portion=1"], "valid: 0.0 < train_portion < 1.0"),
     (["search.tau_min=20"], "search.tau_min=20.0 is above search.tau_max=10.0"),
     (["search.lr_min=1"], "search.lr_min=1.0 is above search.lr=0.025"),

@@ -25,12 +25,12 @@ SHRINK: dict[tuple[str, str], list[str]] = {
                                               "model.layers=3", "run.tensorboard=false", "--quiet"],
     ("search", "configs/search/gdas-nb201-small.yaml"): ["data.image_size=8", "data.batch_size=8", "model.C=4",
                                                          "search.prior_samples=4", "search.samples=3",
-                                                         "search.naswot_batch=8", "--quiet"],
+                                                         "search.score_batch=8", "--quiet"],
     ("compare", "configs/compare/nb201-quality.yaml"): ["methods=[naswot-prior]", "seeds=[0]", "random.samples=2",
                                                         "data.subset=0", "data.image_size=8", "data.batch_size=8",
                                                         "model.C=4", "per_method.naswot-prior.samples=3",
                                                         "per_method.naswot-prior.prior_samples=4",
-                                                        "per_method.naswot-prior.naswot_batch=8", "--quiet"],
+                                                        "per_method.naswot-prior.score_batch=8", "--quiet"],
 }
 SHRINK[("evaluate", "configs/eval/darts-cifar10.yaml")] = []  # --summary: the network is built, nothing trained
 SHRINK[("compare", "configs/compare/quick.yaml")] = [

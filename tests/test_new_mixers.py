@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from nas.errors import UserError
 from nas.mixing import DirichletWeights, DrNAS, concentration, create_mixer, dirichlet_kl
-from nas.naswot import naswot, relu_kernel, score_cells
+from nas.scores import naswot, relu_kernel
+from nas.zerocost import op_prior, random_cells, score_cells
 from nas.spaces import search_space
 from nas.supernet import build_supernet
 
@@ -85,21 +87,19 @@ def test_relu_kernel_and_naswot_equal_the_formula_on_a_hand_built_network() -> N
     K = relu_kernel(net, x)
     assert torch.equal(K, want)
     assert K.diagonal().tolist() == [9.0] * 6  # an image agrees with itself on all 4 + 5 units
-    assert naswot(net, x) == pytest.approx(math.log(abs(torch.linalg.det(want).item())))
+    assert naswot(net, (x, None)) == pytest.approx(math.log(abs(torch.linalg.det(want).item())))
 
 
 def test_naswot_ranks_a_cell_of_convolutions_above_a_cell_of_none() -> None:
     from nas.genotype import from_nb201_string
 
-    torch.manual_seed(0)
-    model = build_supernet(search_space("nb201"), C=4, layers=1, num_classes=3, mixer=create_mixer("gdas"))
     cells = [from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
              from_nb201_string("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|"
                                "nor_conv_3x3~2|")]
     x = torch.randn(16, 3, 8, 8)
-    empty, convs = score_cells(model, cells, x)
+    empty, convs = score_cells(cells, ["naswot"], (x, torch.zeros(16, dtype=torch.long)), C=4, layers=1,
+                               num_classes=3)["naswot"]
     assert convs > empty
-    assert model.op_mask is None and model.mixer.name == "gdas"  # left as it was found
 
 
 def test_beta_decay_is_the_mean_logsumexp_and_pulls_the_largest_logits_down_most() -> None:
@@ -116,24 +116,18 @@ def test_beta_decay_is_the_mean_logsumexp_and_pulls_the_largest_logits_down_most
     assert model.regularizer().item() == pytest.approx(0.5 * beta_decay(model.alpha["normal"]).item())
 
 
-def test_the_naswot_prior_is_each_ops_mean_standardised_score() -> None:
-    import random
-
-    from nas.genotype import random_genotype
-    from nas.naswot import op_prior
-
-    torch.manual_seed(0)
-    model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer("gdas"))
-    x = torch.randn(12, 3, 8, 8)
-    prior = op_prior(model, x, seed=5, samples=30, say=lambda _: None)["normal"]
-    rng = random.Random(5)  # the same cells, scored here one by one
-    cells = [random_genotype(model.space, rng, "darts") for _ in range(30)]
-    scores = torch.tensor(score_cells(model, cells, x), dtype=torch.float64)
-    scores = torch.where(scores.isfinite(), scores, scores[scores.isfinite()].min())
-    z = (scores - scores.mean()) / scores.std()
-    ops = model.space.ops
+def test_the_prior_is_each_ops_mean_standardised_score() -> None:
+    space = search_space("nb201")
+    cells = random_cells(space, seed=5, samples=30)
+    values = [float(i % 7) - 3.0 for i in range(29)] + [-math.inf]  # a cell that passes nothing on: the lowest
+    prior = op_prior(space, cells, values)["normal"]
+    v = torch.tensor(values, dtype=torch.float64)
+    v[-1] = v[:-1].min()
+    z = (v - v.mean()) / v.std()
     for e in range(6):
-        for k, op in enumerate(ops):
-            held = [zi for g, zi in zip(cells, z) if [o for node in g.normal for o, _ in node][e] == op]
+        for k, op in enumerate(space.ops):
+            held = [zi for g, zi in zip(cells, z, strict=True) if [o for node in g.normal for o, _ in node][e] == op]
             want = float(sum(held) / len(held)) if held else 0.0
             assert prior[e, k].item() == pytest.approx(want, abs=1e-5)
+    with pytest.raises(UserError, match="every cell scored -inf"):
+        op_prior(space, cells, [-math.inf] * 30)

@@ -179,9 +179,9 @@ def test_numerical_fault_exits_3_from_the_cli(tmp_path: Path) -> None:
     assert proc.stderr.startswith("error: the loss is not finite") and proc.stderr.count("\n") == 1
 
 
-NASWOT_GDAS = ["search.naswot_prior=2", "search.prior_samples=6", "search.weight_sampling=uniform",
-               "search.beta_decay=0.1", "search.derive=naswot", "search.naswot_pool=alpha", "search.samples=4",
-               "search.naswot_batch=16"]
+NASWOT_GDAS = ["search.prior=2", "search.prior_samples=6", "search.weight_sampling=uniform",
+               "search.beta_decay=0.1", "search.derive=score", "search.pool=alpha", "search.samples=4",
+               "search.score_batch=16"]
 
 
 @pytest.mark.parametrize("method", [["search.mixer=snas"], ["search.mixer=darts", "search.unrolled=true"],

@@ -4,6 +4,7 @@ bilevel steps, and the macro structure of both spaces."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,3 +294,27 @@ def test_gdas_frc_searches_only_the_normal_cell_around_fixed_reduction_cells() -
     with pytest.raises(ValueError, match="searches no reduction cell"):
         build_supernet(get_space("darts"), num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6,
                        macro="gdas_frc")
+
+
+@pytest.mark.parametrize("mixer", ["gdas", "darts"])
+def test_batchnorm_without_running_statistics_searches_the_same(tmp_path: Path, mixer: str) -> None:
+    """model.bn_stats=false (NATS-Bench's setting) drops every BatchNorm's running statistics; a search normalises by
+    the batch in training mode either way, so alpha and the cell come out bit for bit the same."""
+    from nas.bilevel import drop_running_stats, run_search
+    from nas.config import SearchConfig, load_config
+
+    common = [f"search.mixer={mixer}", "search.epochs=2", "data.synthetic.train=64", "data.image_size=8",
+              "data.batch_size=16", "model.space=nb201", "model.C=4", "model.layers=1", "run.tensorboard=false"]
+    runs = [run_search(load_config(SearchConfig, None, [*common, f"model.bn_stats={bn}", f"run.dir={tmp_path / bn}"]),
+                       quiet=True) for bn in ("true", "false")]
+    for name in ("alpha.jsonl", "genotype.json"):
+        assert (runs[0] / name).read_text() == (runs[1] / name).read_text()
+    model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer(mixer))
+    drop_running_stats(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.running_mean is None and not m.track_running_stats for m in bns)
+    x = torch.randn(6, 3, 8, 8)
+    torch.manual_seed(1)  # the same sample in both passes
+    train_out = model.train()(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.eval()(x), train_out)  # evaluation mode normalises by the batch too

@@ -1,0 +1,153 @@
+"""GDAS and DARTS as the compute grows: the study configs/compare/nb201-compute.yaml run at several budget points
+(images per search, GDAS epochs, DARTS epochs), every found cell scored by NAS-Bench-201's table; prints each point's
+percentile and CPU-minutes per search, and draws percentile against CPU-minutes.
+
+    python benchmarks/compute_curve.py --data ~/cifar10-images --out runs/compute-curve --jobs 2
+
+Each point is a study of its own under OUT (n<images>-g<gdas epochs>-d<darts epochs>, "-nobn" with the search's
+BatchNorm keeping no running statistics); a stopped run continues where it stopped when the same command is run
+again, and --report-only redraws the table and the plot from what has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from nas.bench201 import ordinal
+from nas.cli import run_guarded
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "compare" / "nb201-compute.yaml"
+POINTS = "5000:50:10,10000:50:10,10000:100:20,20000:100:20,25000:150:20"
+METHODS = ("gdas", "darts")
+
+
+def point_dir(out: Path, point: tuple[int, int, int], bn: bool) -> Path:
+    n, g, d = point
+    return out / (f"n{n}-g{g}-d{d}" + ("" if bn else "-nobn"))
+
+
+def run_point(out: Path, point: tuple[int, int, int], bn: bool, data: str, jobs: int, seeds: str) -> None:
+    from nas.studies import run_study
+    from nas.study import load_plan
+
+    study = point_dir(out, point, bn)
+    if (study / "study.yaml").exists():
+        run_study(resume=study, jobs=jobs)
+        return
+    n, g, d = point
+    overrides = [f"data.root={data}", f"data.subset={n}", f"per_method.gdas.epochs={g}",
+                 f"per_method.darts.epochs={d}", f"seeds=[{seeds}]", f"model.bn_stats={str(bn).lower()}",
+                 f"run.dir={study}"]
+    run_study(load_plan(str(CONFIG), overrides), "nb201-compute", jobs=jobs)
+
+
+def read_point(out: Path, point: tuple[int, int, int], bn: bool) -> list[dict[str, Any]]:
+    """One row per method of a finished point: percentile and accuracy of its cells, CPU-minutes, skips."""
+    path = point_dir(out, point, bn) / "report.json"
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    quality = {q["method"]: q for q in report.get("quality", [])}
+    rows = []
+    for m in METHODS:
+        cells = [c for c in report["cells"] if c["method"] == m and c.get("benchmark")]
+        if not cells:
+            continue
+        pcts = [c["benchmark"]["percentile"]["cifar10"] for c in cells]
+        accs = [c["benchmark"]["200"]["cifar10"]["valid"] for c in cells]
+        rows.append({"method": m, "images": point[0], "epochs": point[1] if m == "gdas" else point[2], "bn_stats": bn,
+                     "cells": len(cells), "cpu_min": (quality[m]["cpu_s"] or 0) / 60,
+                     "pct_mean": statistics.fmean(pcts), "pct_min": min(pcts), "pct_max": max(pcts),
+                     "acc_mean": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "skips": statistics.fmean(c["ops"]["skip_connect"] for c in cells),
+                     "param_free": statistics.fmean(c["ops"]["parameter_free"] for c in cells),
+                     "genotypes": [c["genotype"] for c in cells]})
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = {"gdas": "tab:blue", "darts": "tab:orange"}
+    for m in METHODS:
+        for bn in (True, False):
+            pts = sorted((r for r in rows if r["method"] == m and r["bn_stats"] == bn), key=lambda r: r["cpu_min"])
+            if not pts:
+                continue
+            x = [r["cpu_min"] for r in pts]
+            y = [r["pct_mean"] for r in pts]
+            err = [[r["pct_mean"] - r["pct_min"] for r in pts], [r["pct_max"] - r["pct_mean"] for r in pts]]
+            ax.errorbar(x, y, yerr=err, color=colours[m], marker="o" if bn else "s", capsize=3,
+                        linestyle="-" if bn else "none", mfc=colours[m] if bn else "none",
+                        label=m.upper() + ("" if bn else " (BatchNorm without running statistics)"))
+    for level, label in ((50, "median cell"), (90, "90th percentile")):
+        ax.axhline(level, color="grey", linewidth=0.8, linestyle=":")
+        ax.text(ax.get_xlim()[0], level + 1, label, color="grey", fontsize=8)
+    ax.axhline(98.5, color="tab:green", linewidth=0.8, linestyle="--")
+    ax.text(ax.get_xlim()[0], 95.5, "the ResNet cell (98.5th)", color="tab:green", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU-minutes per search (one thread)")
+    ax.set_ylabel("CIFAR-10 percentile in NAS-Bench-201 (mean, min-max)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("GDAS and DARTS as the compute grows (3 seeds a point)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="", help="the CIFAR-10 image folder (DIR/train/<class>/...)")
+    p.add_argument("--out", required=True, help="folder of the studies, one per point")
+    p.add_argument("--points", default=POINTS, help="comma-separated IMAGES:GDAS_EPOCHS:DARTS_EPOCHS")
+    p.add_argument("--bn-points", default="5000:50:10", help="the points also run with model.bn_stats=false")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--report-only", action="store_true", help="run nothing: the table and plot of what finished")
+    p.add_argument("--plot", default="", help="where the plot goes (default OUT/compute-curve.png)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+
+    def parse(text: str) -> list[tuple[int, int, int]]:
+        return [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item]  # type: ignore[misc]
+
+    todo = [(pt, True) for pt in parse(args.points)] + [(pt, False) for pt in parse(args.bn_points)]
+
+    def go() -> None:
+        if not args.report_only:
+            if not args.data:
+                raise SystemExit("error: --data is needed to run the studies (or give --report-only)")
+            for pt, bn in todo:
+                run_point(out, pt, bn, args.data, args.jobs, args.seeds)
+
+    if not args.report_only:
+        code = run_guarded(go)
+        if code:
+            return code
+    rows = [r for pt, bn in todo for r in read_point(out, pt, bn)]
+    print("| method | images | epochs | BN running stats | cells | CPU-min per search | CIFAR-10 valid acc % | "
+          "CIFAR-10 percentile (min, max) | skips per cell | parameter-free edges per cell |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["method"] != "gdas", not r["bn_stats"], r["cpu_min"])):
+        print(f"| {r['method']} | {r['images']} | {r['epochs']} | {'yes' if r['bn_stats'] else 'no'} | {r['cells']} | "
+              f"{r['cpu_min']:.1f} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {ordinal(r['pct_mean'])} "
+              f"({ordinal(r['pct_min'])}, {ordinal(r['pct_max'])}) | {r['skips']:.1f} | {r['param_free']:.1f} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curve.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if rows:
+        plot(rows, Path(args.plot) if args.plot else out / "compute-curve.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The final stage of a search: a short list of cells, each trained alone, briefly, in a small network, ranked by how
+fast it trains, with successive halving (Jamieson & Talwalkar, AISTATS 2016): every rung keeps the best 1/eta of its
+cells and trains them eta times as long, until two are left and the better one wins.
+
+A cell is ranked by the sum over its epochs so far of the epoch's mean training loss (TSE, the training-speed
+estimate of Ru et al., NeurIPS 2021, Eq. 3: lower is better), or by its accuracy or loss on the alpha half after
+its last epoch. Every cell trains on the same batches in the same order, from the same initialisation seed, on one
+cosine learning-rate schedule over the last rung's epochs, so cells stopped at a rung have seen exactly what the
+survivors saw up to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.data import Batches
+from nas.genotype import Genotype
+from nas.zerocost import scoring_network
+
+RANKED_BY = {"tse": "training speed (the sum of the epochs' training losses)", "accuracy": "validation accuracy",
+             "loss": "validation loss"}
+RANKS = tuple(RANKED_BY)
+
+
+@dataclass
+class Finalist:
+    genotype: Genotype
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    train_loss: list[float] = field(default_factory=list)  # per epoch, the mean over its images
+    valid: list[tuple[float, float]] = field(default_factory=list)  # per epoch: (accuracy %, mean loss)
+    out_at: int | None = None  # the rung (1-based) it was dropped after; None: the winner
+
+    def key(self, rank: str) -> float:
+        """Lower is better."""
+        if rank == "tse":
+            return sum(self.train_loss)
+        acc, loss = self.valid[-1]
+        return -acc if rank == "accuracy" else loss
+
+    def record(self) -> dict[str, Any]:
+        return {"genotype": str(self.genotype), "epochs": len(self.train_loss), "train_loss": self.train_loss,
+                "tse": sum(self.train_loss), "valid_acc": [a for a, _ in self.valid],
+                "valid_loss": [v for _, v in self.valid], "out_after_rung": self.out_at}
+
+
+def rungs(cells: int, epochs: int, eta: int) -> list[tuple[int, int]]:
+    """(cells trained, epochs each has had by its end) per rung: cells / eta^r cells at epochs / eta^(R-1-r) epochs
+    (at least 1), down to the last rung of fewer than eta * 2 cells."""
+    counts = [cells]
+    while counts[-1] >= 2 * eta:
+        counts.append(counts[-1] // eta)
+    return [(n, max(1, epochs // eta ** (len(counts) - 1 - r))) for r, n in enumerate(counts)]
+
+
+def train_epoch(f: Finalist, train: Batches, epoch: int, memory_format: torch.memory_format) -> float:
+    """One epoch of ``f`` on ``train``; its mean training loss."""
+    f.net.train()
+    total, n = torch.zeros((), dtype=torch.float64, device=train.device), 0
+    for x, y in train.epoch(epoch):
+        logits = f.net(x.contiguous(memory_format=memory_format))[0]
+        loss = nn.functional.cross_entropy(logits, y)
+        f.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(f.net.parameters(), 5.0)
+        f.opt.step()
+        f.sched.step()
+        total += loss.detach() * len(y)
+        n += len(y)
+    return float(total) / n
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, valid: Batches, memory_format: torch.memory_format) -> tuple[float, float]:
+    """(accuracy %, mean loss) of ``net`` on every image of ``valid``."""
+    net.eval()
+    correct = torch.zeros((), device=valid.device)
+    loss = torch.zeros((), dtype=torch.float64, device=valid.device)
+    for x, y in valid.epoch(0):
+        logits = net(x.contiguous(memory_format=memory_format))[0]
+        correct += (logits.argmax(1) == y).sum()
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+    return 100 * float(correct) / valid.num_images, float(loss) / valid.num_images
+
+
+def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches | None, *, C: int, layers: int,
+                       num_classes: int, epochs: int, eta: int = 2, rank: str = "tse", lr: float = 0.1,
+                       momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
+                       memory_format: torch.memory_format = torch.contiguous_format,
+                       say: Callable[[str], None] = print) -> tuple[Genotype, list[dict[str, Any]]]:
+    """The cell of ``cells`` (best first by the stage before) that wins the successive halving, and every cell's
+    record (its training losses, validation figures, the rung it was dropped after)."""
+    if rank not in RANKS:
+        raise ValueError(f"unknown rank {rank!r}; valid: {', '.join(RANKS)}")
+    if rank != "tse" and valid is None:
+        raise ValueError(f"rank={rank} needs validation batches")
+    plan = rungs(len(cells), epochs, eta)
+    last = plan[-1][1]
+    steps = len(train) * last
+    finalists = []
+    for g in cells:
+        net = scoring_network(g, C=C, layers=layers, num_classes=num_classes, in_channels=train.images.shape[1],
+                              seed=seed).to(train.device).to(memory_format=memory_format)
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
+                              weight_decay=weight_decay)
+        finalists.append(Finalist(g, net, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)))
+    say(f"final stage: {len(cells)} cells trained alone (C={C}, {layers} cell{'s' * (layers != 1)} per stage, "
+        f"{train.num_images} images), ranked by {RANKED_BY[rank]}; "
+        "rungs of " + ", ".join(f"{n} cells to epoch {e}" for n, e in plan))
+    alive = finalists
+    start = time.perf_counter()
+    for r, (n, until) in enumerate(plan, start=1):
+        alive = alive[:n]
+        for f in alive:
+            while len(f.train_loss) < until:
+                f.train_loss.append(train_epoch(f, train, len(f.train_loss), memory_format))
+                if valid is not None and rank != "tse":
+                    f.valid.append(evaluate(f.net, valid, memory_format))
+        alive = sorted(alive, key=lambda f: f.key(rank))  # stable: on a tie, the earlier candidate
+        keep = plan[r][0] if r < len(plan) else 1
+        for f in alive[keep:]:
+            f.out_at = r
+        best = alive[0]
+        say(f"  rung {r}/{len(plan)}: {n} cells to epoch {until}, {time.perf_counter() - start:.0f}s; best "
+            f"{describe(best, rank)}  {best.genotype}")
+    winner = alive[0]
+    for f in finalists:  # free the networks: only the records stay
+        f.net = f.opt = f.sched = None  # type: ignore[assignment]
+    return winner.genotype, [f.record() for f in finalists]
+
+
+def describe(f: Finalist, rank: str) -> str:
+    if rank == "tse":
+        return f"TSE {sum(f.train_loss):.3f} (last epoch's loss {f.train_loss[-1]:.3f})"
+    acc, loss = f.valid[-1]
+    return f"validation accuracy {acc:.2f}%, loss {loss:.3f}"

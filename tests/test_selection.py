@@ -1,0 +1,147 @@
+"""Selection without alpha: the final stage's successive halving, Zero-Cost-PT on a supernet, zero-cost searches in
+both spaces, and the keys that set them."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.bilevel import run_search
+from nas.config import ConfigError, SearchConfig, load_config
+from nas.data import Batches
+from nas.datasets import make_synthetic
+from nas.finalists import rungs, successive_halving
+from nas.genotype import check_genotype, from_nb201_string, random_genotype, read_genotype
+from nas.mixing import create_mixer
+from nas.perturb import Measure, select_by_perturbation, supernet_score
+from nas.spaces import get_space
+from nas.supernet import build_supernet
+
+EMPTY = from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")  # its output is 0: it cannot learn
+CONV = from_nb201_string("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|"
+                         "nor_conv_3x3~2|")
+
+
+def test_rungs_halve_the_cells_and_double_the_epochs() -> None:
+    assert rungs(16, 8, 2) == [(16, 1), (8, 2), (4, 4), (2, 8)]
+    assert rungs(5, 8, 2) == [(5, 4), (2, 8)]
+    assert rungs(9, 9, 3) == [(9, 3), (3, 9)]
+    assert rungs(3, 4, 2) == [(3, 4)]
+    assert rungs(32, 2, 2)[0] == (32, 1)  # never below one epoch
+
+
+@pytest.fixture(scope="module")
+def batches() -> Batches:
+    data = make_synthetic(128, 4, 8, seed=0)
+    return Batches(data, batch_size=32, mean=[0.5] * 3, std=[0.25] * 3, seed=0, augment=True)
+
+
+def test_successive_halving_trains_each_rung_as_planned_and_the_learner_wins(batches: Batches) -> None:
+    rng = random.Random(0)
+    cells = [EMPTY, *(random_genotype(get_space("nb201"), rng) for _ in range(2)), CONV]
+    lines: list[str] = []
+    winner, records = successive_halving(cells, batches, None, C=4, layers=1, num_classes=4, epochs=4, seed=0,
+                                         say=lines.append)
+    assert [r["epochs"] for r in records].count(4) == 2 and [r["epochs"] for r in records].count(2) == 2
+    assert all(r["tse"] == pytest.approx(sum(r["train_loss"])) for r in records)
+    finalists = [r for r in records if r["epochs"] == 4]
+    assert str(winner) == min(finalists, key=lambda r: r["tse"])["genotype"]
+    assert [r["out_after_rung"] for r in records if r["genotype"] == str(winner)] == [None]
+    assert all(r["out_after_rung"] == 1 for r in records if r["epochs"] == 2)
+    empty = next(r for r in records if r["genotype"] == str(EMPTY))
+    assert empty["epochs"] == 2 and empty["train_loss"][0] == pytest.approx(torch.log(torch.tensor(4.0)).item(),
+                                                                            abs=0.05)  # chance: it cannot learn
+    assert "rungs of 4 cells to epoch 2, 2 cells to epoch 4" in lines[0] and len(lines) == 3
+    again, repeat = successive_halving(cells, batches, None, C=4, layers=1, num_classes=4, epochs=4, seed=0,
+                                       say=lambda _: None)
+    assert again == winner and repeat == records  # the same batches, order and initialisation: the same figures
+
+
+def test_successive_halving_by_validation_accuracy_records_it(batches: Batches) -> None:
+    winner, records = successive_halving([EMPTY, CONV], batches, batches, C=4, layers=1, num_classes=4, epochs=2,
+                                         rank="accuracy", seed=0, say=lambda _: None)
+    assert all(len(r["valid_acc"]) == r["epochs"] == 2 for r in records)
+    assert str(winner) == max(records, key=lambda r: r["valid_acc"][-1])["genotype"]
+    with pytest.raises(ValueError, match="needs validation batches"):
+        successive_halving([EMPTY, CONV], batches, None, C=4, layers=1, num_classes=4, epochs=1, rank="loss")
+
+
+def test_perturbation_keeps_the_op_whose_removal_costs_the_most() -> None:
+    model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer("gdas"))
+    conv = model.space.ops.index("nor_conv_3x3")
+
+    def fn() -> dict[str, float]:  # a measure that is higher the more 3x3 convolutions the mask allows
+        mask = model.op_mask["normal"]
+        return {"convs": float(mask[:, conv].sum()), "ties": 0.0}
+
+    g = select_by_perturbation(model, Measure("test", fn), seed=0, say=lambda _: None)
+    assert all(op == "nor_conv_3x3" for node in g.normal for op, _ in node)
+    assert model.op_mask is None
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_zero_cost_pt_derives_a_valid_cell_and_leaves_the_supernet_as_it_was(space: str) -> None:
+    torch.manual_seed(0)
+    layers = 1 if space == "nb201" else 3
+    model = build_supernet(space, C=4, layers=layers, num_classes=3, mixer=create_mixer("gdas"))
+    model.set_step("none")
+    batch = (torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,)))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    lines: list[str] = []
+    g = select_by_perturbation(model, supernet_score(model, ["naswot", "synflow"], "logrank", batch), seed=0,
+                               say=lines.append)
+    assert check_genotype(g) == g and g.space == space
+    assert model.mixer.name == "gdas" and model.op_mask is None and model._step == "none"
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # no weight moved
+    assert all(p.grad is None for p in model.parameters())
+    assert "naswot + synflow (log-rank sum) on 8 images" in lines[0]
+
+
+SMALL = ["data.synthetic.train=96", "data.image_size=8", "data.batch_size=16", "model.C=4", "run.tensorboard=false",
+         "search.epochs=0"]
+
+
+@pytest.mark.parametrize("space,extra", [
+    ("nb201", ["search.derive=score", "search.score=[synflow,zico,jacob_cov]", "search.samples=6",
+               "search.final.cells=4", "search.final.epochs=2"]),
+    ("nb201", ["search.derive=score", "search.score=[naswot,params]", "search.ensemble=vote", "search.prior=2",
+               "search.prior_samples=6", "search.pool=alpha", "search.samples=4"]),
+    ("nb201", ["search.derive=perturb", "search.perturb_by=score", "search.score=[zico]"]),
+    ("darts", ["search.derive=score", "search.score=[naswot,synflow]", "search.samples=3", "search.final.cells=2",
+               "search.final.epochs=1"]),
+    ("darts", ["search.derive=perturb", "search.perturb_by=score", "search.score=[naswot]"]),
+], ids=["nb201-final", "nb201-prior-vote", "nb201-zc-pt", "darts-final", "darts-zc-pt"])
+def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str, extra: list[str]) -> None:
+    layers = "model.layers=1" if space == "nb201" else "model.layers=3"
+    cfg = load_config(SearchConfig, None, [*SMALL, f"model.space={space}", layers, *extra, f"run.dir={tmp_path}"])
+    run_dir = run_search(cfg, quiet=True)
+    g = check_genotype(read_genotype(run_dir / "genotype.json"))
+    assert g.space == space
+    final = run_dir / "final.json"
+    assert final.exists() == any(k.startswith("search.final.cells") for k in extra)
+    if final.exists():
+        record = json.loads(final.read_text())
+        assert record["winner"] == str(g) and len(record["cells"]) == cfg.search.final.cells
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["search.final.cells=4"], "search.final.cells=4 trains the best cells of a ranking"),
+    (["search.derive=score", "search.samples=3", "search.final.cells=4"], "valid: 2 <= final.cells <= samples"),
+    (["search.final.epochs=3"], "search.final.* applies only with search.final.cells > 0"),
+    (["search.score=[naswot]", "search.score_batch=16"], "search.score_batch applies only to the zero-cost rules"),
+    (["search.derive=score", "search.score=[zicoo]"], "search.score='zicoo' is not a score (did you mean 'zico'?)"),
+    (["search.derive=score", "search.score=[]"], "search.score=[] has the wrong type; expected a non-empty list"),
+    (["search.derive=score", "search.score=[zico]", "search.score_batch=2"], "search.score_batch=2 is too small"),
+    (["search.perturb_by=score"], "search.perturb_by applies only to search.derive=perturb"),
+    (["search.epochs=0"], "search.epochs=0 trains nothing"),
+    (["search.pool=alpha"], "search.pool=alpha applies only to search.derive=score"),
+])
+def test_bad_selection_keys_are_refused_in_one_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(SearchConfig, None, ["model.space=nb201", "model.layers=1", *overrides])
+    assert message in str(e.value) and "\n" not in str(e.value)
