@@ -11,9 +11,9 @@ from torch import nn
 from nas.errors import UserError
 from nas.mixing import DirichletWeights, DrNAS, concentration, create_mixer, dirichlet_kl
 from nas.scores import naswot, relu_kernel
-from nas.zerocost import op_prior, random_cells, score_cells
 from nas.spaces import search_space
 from nas.supernet import build_supernet
+from nas.zerocost import op_prior, random_cells, score_cells
 
 
 def test_dirichlet_weights_lie_on_the_simplex_and_follow_the_concentration() -> None:
