@@ -202,6 +202,36 @@ def _derive_cell(space: SearchSpace, w: torch.Tensor, rule: str) -> tuple[Node, 
     return tuple(nodes)
 
 
+def genotype_of(space: Any, masks: dict[str, torch.Tensor]) -> Genotype:
+    """The genotype that decided masks (one allowed op per kept edge, `none` on dropped DARTS-space edges) stand for."""
+    cells: dict[str, tuple[Node, ...]] = {}
+    for t in space.cell_types:
+        nodes: list[Node] = []
+        for node in space.nodes:
+            edges = [(space.ops[int(masks[t][e].nonzero()[0])], space.edges[e][0]) for e in space.edges_into(node)]
+            nodes.append(tuple(edges) if space.name == "nb201" else tuple(x for x in edges if x[0] != "none"))
+        cells[t] = tuple(nodes)
+    return genotype_from_cells(space, cells)
+
+
+def masks_of(space: Any, genotype: Genotype, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The op masks that run exactly ``genotype`` in the supernet: one allowed op per kept edge, and in the DARTS
+    space `none` alone on the edges the cell does not keep."""
+    none = space.ops.index("none") if "none" in space.ops else None
+    masks = {}
+    for t, (nodes, _) in genotype.cells().items():
+        m = torch.zeros(space.num_edges, space.num_ops, dtype=torch.bool, device=device)
+        if none is not None:
+            m[:, none] = True
+        for node, kept in zip(space.nodes, nodes, strict=True):
+            for op, src in kept:
+                e = next(e for e in space.edges_into(node) if space.edges[e][0] == src)
+                m[e] = False
+                m[e, space.ops.index(op)] = True
+        masks[t] = m
+    return masks
+
+
 def random_genotype(space: SearchSpace, rng: random.Random, rule: str = "darts") -> Genotype:
     """A genotype drawn uniformly from those ``rule`` can derive: NAS-Bench-201, any op on every edge (`none`
     included); DARTS space, per node 2 distinct inputs each with an op other than `none` (rule darts) or 2

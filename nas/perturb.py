@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from nas.data import Batches
-from nas.genotype import Genotype, Node, genotype_from_cells, random_genotype
+from nas.genotype import Genotype, genotype_of, masks_of, random_genotype
 from nas.supernet import Supernet
 
 
@@ -151,36 +151,6 @@ def select_by_perturbation(model: Supernet, measure: Measure, seed: int,
     finally:
         model.op_mask = None
     return genotype_of(space, {t: m.cpu() for t, m in masks.items()})
-
-
-def genotype_of(space: Any, masks: dict[str, torch.Tensor]) -> Genotype:
-    """The genotype that decided masks (one allowed op per kept edge, `none` on dropped DARTS-space edges) stand for."""
-    cells: dict[str, tuple[Node, ...]] = {}
-    for t in space.cell_types:
-        nodes: list[Node] = []
-        for node in space.nodes:
-            edges = [(space.ops[int(masks[t][e].nonzero()[0])], space.edges[e][0]) for e in space.edges_into(node)]
-            nodes.append(tuple(edges) if space.name == "nb201" else tuple(x for x in edges if x[0] != "none"))
-        cells[t] = tuple(nodes)
-    return genotype_from_cells(space, cells)
-
-
-def masks_of(space: Any, genotype: Genotype, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The op masks that run exactly ``genotype`` in the supernet: one allowed op per kept edge, and in the DARTS
-    space `none` alone on the edges the cell does not keep."""
-    none = space.ops.index("none") if "none" in space.ops else None
-    masks = {}
-    for t, (nodes, _) in genotype.cells().items():
-        m = torch.zeros(space.num_edges, space.num_ops, dtype=torch.bool, device=device)
-        if none is not None:
-            m[:, none] = True
-        for node, kept in zip(space.nodes, nodes, strict=True):
-            for op, src in kept:
-                e = next(e for e in space.edges_into(node) if space.edges[e][0] == src)
-                m[e] = False
-                m[e, space.ops.index(op)] = True
-        masks[t] = m
-    return masks
 
 
 def select_by_sampling(model: Supernet, batches: Batches, seed: int, samples: int, amp: Any,

@@ -278,12 +278,14 @@ def quality(rows: list[dict[str, Any]], cells: list[dict[str, Any]], baselines: 
         records = [c["benchmark"] for c in cells if c["method"] == row["method"] and c.get("benchmark")]
         out.append({"method": row["method"], "cells": len(records), "cpu_s": row.get("search_cpu_s"),
                     "data": _per_data(records)})
-    if baselines:
+    if baselines and baselines.get("resnet"):
+        out.append({"method": "resnet", "baseline": True, "label": "the ResNet cell", "cells": 1, "cpu_s": None,
+                    "data": _per_data([baselines["resnet"]])})
+    if baselines and baselines.get("convolution_only"):
         conv = baselines["convolution_only"]
-        out += [{"method": "resnet", "baseline": True, "label": "the ResNet cell", "cells": 1, "cpu_s": None,
-                 "data": _per_data([baselines["resnet"]])},
-                {"method": "convolution-only", "baseline": True, "label": f"convolution-only cells (all {len(conv)})",
-                 "cells": len(conv), "cpu_s": None, "data": _per_data(conv)}]
+        out.append({"method": "convolution-only", "baseline": True, "cpu_s": None, "cells": len(conv),
+                    "label": f"convolution-only cells ({'all ' * (len(conv) == 64)}{len(conv)})",
+                    "data": _per_data(conv)})
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
-from nas.genotype import Genotype, derive, random_genotype
+from nas.genotype import Genotype, derive, masks_of, random_genotype
 from nas.mixing import gumbel_like
 from nas.network import build_network
 from nas.scores import Batch, check_score_name, get_score
@@ -126,8 +126,6 @@ def op_prior(space: Any, cells: Sequence[Genotype], values: Sequence[float]) -> 
     """A prior on alpha from scored random cells: standardise the values (a -inf, a cell that passes nothing on,
     counts as the lowest finite one) and give each (edge, op) of each cell type the mean standardised value of the
     cells that hold that op on that edge (0 where none does). One (E, K) tensor per cell type."""
-    from nas.perturb import masks_of
-
     v = torch.tensor(values, dtype=torch.float64)
     finite = v.isfinite()
     if not finite.any():

@@ -127,7 +127,7 @@ def test_op_masks_remove_ops_without_renormalizing_and_decide_edges() -> None:
     assert not (picks[:, 0] == 2).any() and (picks[:, 1] == 3).all() and len(picks[:, 2].unique()) > 1
 
 
-def test_perturbation_keeps_the_ops_the_supernet_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_perturbation_keeps_the_ops_the_supernet_needs() -> None:
     """With a planted accuracy that drops only when an edge loses its needed op, the selection finds those ops,
     whatever alpha says; in the DARTS space each node keeps its two most needed inputs."""
     for space_name in ("nb201", "darts"):
@@ -141,14 +141,13 @@ def test_perturbation_keeps_the_ops_the_supernet_needs(monkeypatch: pytest.Monke
             net.alpha[t].data[:] = 0.0
             net.alpha[t].data[:, space.ops.index("skip_connect")] = 5.0
 
-        def planted(model, batches, seed, amp, memory_format=None) -> float:
+        def planted(model=net, space=space, needed=needed, weight=weight) -> dict[str, float]:
             masks = model.op_mask
-            return 100 - sum(weight[t][e] for t in space.cell_types for e in range(space.num_edges)
-                             if not masks[t][e, needed[t][e]])
+            return {"accuracy": 100 - sum(weight[t][e] for t in space.cell_types for e in range(space.num_edges)
+                                          if not masks[t][e, needed[t][e]])}
 
-        monkeypatch.setattr(perturb, "accuracy", planted)
-        batches = type("Batches", (), {"num_images": 1})()  # the planted accuracy reads no data
-        g = perturb.select_by_perturbation(net, batches, 0, None, say=lambda _: None)  # type: ignore[arg-type]
+        g = perturb.select_by_perturbation(net, perturb.Measure("a planted accuracy", planted), 0,
+                                           say=lambda _: None)
         assert net.op_mask is None
         for t, (nodes, _) in g.cells().items():
             for node, edges in zip(space.nodes, nodes, strict=True):
@@ -159,7 +158,7 @@ def test_perturbation_keeps_the_ops_the_supernet_needs(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("space_name", ["nb201", "darts"])
 def test_op_masks_of_a_genotype_run_exactly_that_cell(space_name: str) -> None:
-    from nas.perturb import genotype_of, masks_of
+    from nas.genotype import genotype_of, masks_of
 
     space = get_space(space_name)
     rng = random.Random(0)
