@@ -2,7 +2,8 @@
 cell's network freshly initialised, one batch), against the benchmark's 200-epoch validation accuracy on CIFAR-10,
 CIFAR-100 and ImageNet16-120 (the [bench] extra's table).
 
-    python benchmarks/score_correlation.py --data ~/cifar10-images [--cells 1000] [--cache scores.jsonl]
+    python benchmarks/score_correlation.py --data ~/cifar10-images [--cells 1000] [--subset-seeds 0,1,2] \\
+        [--cache scores.jsonl]
 
 Prints, per score and per ensemble of scores (the log-rank sum and the vote of nas/zerocost.py): cells scored per
 CPU-second; Kendall's tau and Spearman's rho against the table over all the cells drawn and within those in the
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nas.bench201 import DATASETS, load_benchmark
+from nas.bench201 import DATASETS, RESNET_CELL, load_benchmark
 from nas.data import channel_stats
 from nas.datasets import load_image_folder
 from nas.genotype import from_nb201_string, random_genotype, to_nb201_string
@@ -48,34 +49,13 @@ def image_batch(root: str, images: int, batch: int, seed: int) -> tuple[torch.Te
     return x, y[:batch], len(data.classes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="image folder (DIR/train/<class>/...), e.g. CIFAR-10's")
-    p.add_argument("--cells", type=int, default=1000, help="random cells drawn (seeded)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cells drawn")
-    p.add_argument("--images", type=int, default=5000, help="training images the subset holds")
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the image subset and of the networks' init")
-    p.add_argument("--batch", type=int, default=64, help="images in the scoring batch")
-    p.add_argument("--C", type=int, default=8, help="channels of the scoring network")
-    p.add_argument("--layers", type=int, default=1, help="cells per stage of the scoring network")
-    p.add_argument("--scores", default=",".join(DEFAULT_SCORES), help=f"comma-separated, of {', '.join(score_names())}")
-    p.add_argument("--ensembles", default=",".join(DEFAULT_ENSEMBLES), help="comma-separated, each a+b+...")
-    p.add_argument("--cache", default="", help="JSON-lines file of every cell's scores, read back and extended")
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    names = args.scores.split(",")
-    for n in names:
-        get_score(n)
-    table = load_benchmark("table")
-    space = get_space("nb201")
-    rng = random.Random(args.seed)
-    cells = [random_genotype(space, rng) for _ in range(args.cells)]
-    x, y, classes = image_batch(args.data, args.images, args.batch, args.subset_seed)
+def score_subset(cells: list, names: list[str], args: argparse.Namespace, subset_seed: int,
+                 cpu: dict[str, float], counted: dict[str, int]) -> dict[str, list[float]]:
+    """Every score of ``names`` for every cell on one image subset, read from the cache where it holds them."""
+    x, y, classes = image_batch(args.data, args.images, args.batch, subset_seed)
     x = x.contiguous(memory_format=torch.channels_last)
-
     setting = {"C": args.C, "layers": args.layers, "batch": args.batch, "images": args.images,
-               "subset_seed": args.subset_seed}
+               "subset_seed": subset_seed}
     cached: dict[str, dict[str, float]] = {}
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.exists():
@@ -83,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(line)
             if r["setting"] == setting:
                 cached.setdefault(r["arch"], {}).update(r["scores"])
-    cpu = {n: 0.0 for n in names}
-    counted = {n: 0 for n in names}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
     scores: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
     for i, g in enumerate(cells, start=1):
@@ -93,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = [n for n in names if n not in have]
         if todo:
             net = scoring_network(g, C=args.C, layers=args.layers, num_classes=classes,
-                                  seed=args.subset_seed).to(memory_format=torch.channels_last)
+                                  seed=subset_seed).to(memory_format=torch.channels_last)
             new = {}
             for n in todo:
                 t = time.process_time()
@@ -107,42 +87,82 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(json.dumps({"arch": arch, "setting": setting, "scores": new}) + "\n")
         for n in names:
             scores[n].append(have[n])
-        if i % max(1, args.cells // 20) == 0:
-            print(f"  {i}/{args.cells} cells, {time.perf_counter() - start:.0f}s", flush=True)
+        if i % max(1, len(cells) // 10) == 0:
+            print(f"  subset {subset_seed}: {i}/{len(cells)} cells, {time.perf_counter() - start:.0f}s", flush=True)
+    return scores
 
+
+def spread(values: list[float]) -> str:
+    """"0.61" for one value, "0.61 (0.60, 0.63)" for several: their mean, lowest and highest."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ({min(values):.2f}, {max(values):.2f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="image folder (DIR/train/<class>/...), e.g. CIFAR-10's")
+    p.add_argument("--cells", type=int, default=1000, help="random cells drawn (seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cells drawn")
+    p.add_argument("--images", type=int, default=5000, help="training images each subset holds")
+    p.add_argument("--subset-seeds", default="0", help="comma-separated seeds of the image subsets (and of the "
+                                                       "networks' init): every cell is scored on each subset")
+    p.add_argument("--batch", type=int, default=64, help="images in the scoring batch")
+    p.add_argument("--C", type=int, default=8, help="channels of the scoring network")
+    p.add_argument("--layers", type=int, default=1, help="cells per stage of the scoring network")
+    p.add_argument("--scores", default=",".join(DEFAULT_SCORES), help=f"comma-separated, of {', '.join(score_names())}")
+    p.add_argument("--ensembles", default=",".join(DEFAULT_ENSEMBLES), help="comma-separated, each a+b+...")
+    p.add_argument("--cache", default="", help="JSON-lines file of every cell's scores, read back and extended")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = args.scores.split(",")
+    for n in names:
+        get_score(n)
+    subsets = [int(s) for s in args.subset_seeds.split(",")]
+    table = load_benchmark("table")
+    space = get_space("nb201")
+    rng = random.Random(args.seed)
+    cells = [random_genotype(space, rng) for _ in range(args.cells)]
+    cpu = {n: 0.0 for n in names}
+    counted = {n: 0 for n in names}
+    per_subset = [score_subset(cells, names, args, s, cpu, counted) for s in subsets]
     truth = {d: [table.accuracy(table.key(g), d) for g in cells] for d in DATASETS}
-    top10 = {d: sorted(table._sorted[d])[int(0.9 * len(table._sorted[d]))] for d in DATASETS}
-    rows = dict(scores)
-    for combo in filter(None, args.ensembles.split(",")):
-        parts = combo.split("+")
-        if all(q in scores for q in parts):
-            rows[f"logrank({combo})"] = aggregate({q: scores[q] for q in parts}, "logrank")
-            rows[f"vote({combo})"] = aggregate({q: scores[q] for q in parts}, "vote")
+    top10 = {d: table.distribution(d)["p90"] for d in DATASETS}
+    combos = [c.split("+") for c in filter(None, args.ensembles.split(","))]
+    rows: dict[str, list[list[float]]] = {n: [s[n] for s in per_subset] for n in names}
+    for parts in combos:
+        if all(q in names for q in parts):
+            for rule in ("logrank", "vote"):
+                rows[f"{rule}({'+'.join(parts)})"] = [aggregate({q: s[q] for q in parts}, rule) for s in per_subset]
 
     print(f"\n{args.cells} random NAS-Bench-201 cells (seed {args.seed}), each scored at C={args.C}, "
-          f"{args.layers} cell(s) per stage, on one batch of {args.batch} of {args.images} images of {args.data} "
-          f"(subset and init seed {args.subset_seed}); torch {torch.__version__}, {args.threads} thread(s)\n")
-    print("| score | cells per CPU-s | " + " | ".join(f"{d} tau / rho | {d} top-10% tau / rho" for d in DATASETS)
+          f"{args.layers} cell(s) per stage, on one batch of {args.batch} images of a subset of {args.images} images "
+          f"of {args.data} (subset and init seeds {args.subset_seeds}); torch {torch.__version__}, {args.threads} "
+          "thread(s). With several subsets: the mean over subsets (lowest, highest)\n")
+    print("| score | cells per CPU-s | " + " | ".join(f"{d} tau | {d} rho | {d} top-10% tau" for d in DATASETS)
           + " | pick of 100: CIFAR-10 acc (min) |")
-    print("|---|---|" + "---|---|" * len(DATASETS) + "---|")
-    for name, values in rows.items():
+    print("|---|---|" + "---|---|---|" * len(DATASETS) + "---|")
+    for name, runs in rows.items():
         speed = f"{counted[name] / cpu[name]:.1f}" if counted.get(name) and cpu[name] > 0 else ""
         cols = []
         for d in DATASETS:
             acc = truth[d]
-            cols.append(f"{kendall_tau(values, acc):.3f} / {spearman(values, acc):.3f}")
             top = [i for i, a in enumerate(acc) if a >= top10[d]]
-            cols.append(f"{kendall_tau([values[i] for i in top], [acc[i] for i in top]):.3f} / "
-                        f"{spearman([values[i] for i in top], [acc[i] for i in top]):.3f} (n={len(top)})")
+            cols.append(spread([kendall_tau(v, acc) for v in runs]))
+            cols.append(spread([spearman(v, acc) for v in runs]))
+            cols.append(spread([kendall_tau([v[i] for i in top], [acc[i] for i in top]) for v in runs])
+                        + f" (n={len(top)})")
         picks = []
-        for s in range(0, len(cells) - 99, 100):
-            best = max(range(s, s + 100), key=lambda i: (values[i], -i))
-            picks.append(truth["cifar10"][best])
+        for values in runs:
+            for s in range(0, len(cells) - 99, 100):
+                best = max(range(s, s + 100), key=lambda i: (values[i], -i))
+                picks.append(truth["cifar10"][best])
         pick = f"{statistics.fmean(picks):.2f} ({min(picks):.2f})" if picks else ""
         print(f"| {name} | {speed} | " + " | ".join(cols) + f" | {pick} |")
-    for ref in ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|",):
-        key = table.key(from_nb201_string(ref))
-        print(f"\nthe ResNet cell: CIFAR-10 {table.accuracy(key, 'cifar10'):.2f}")
+    key = table.key(from_nb201_string(RESNET_CELL))
+    print(f"\nthe ResNet cell: CIFAR-10 {table.accuracy(key, 'cifar10'):.2f}; the space's 90th percentile "
+          f"{top10['cifar10']:.2f}")
     return 0
 
 
