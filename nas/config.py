@@ -166,6 +166,8 @@ class FinalOptions:
     rank: str = _key("tse", "tse: the sum of the epochs' mean training losses, lower first (Ru et al. 2021); "
                             "accuracy or loss: on the alpha half after the last epoch",
                      choices=("tse", "accuracy", "loss"))
+    average: int = _key(1, "rank=accuracy or loss: the mean of the last this many epochs of a rung (1: its last "
+                           "epoch's; a rung of fewer epochs averages all of its own)", low=1)
     C: int | None = _key(None, "channels of the network each cell trains in (null: model.C)", low=1)
     layers: int | None = _key(None, "its cells per stage (nb201) or cells (darts; null: model.layers)", low=1)
     lr: float = _key(0.1, "SGD learning rate at the first step, cosine annealed to 0 over the last rung's epochs",
@@ -319,6 +321,12 @@ class SearchOptions(SGDOptions):
             if f.cells < 2 or f.cells > self.samples:
                 raise ConfigError(f"search.final.cells={f.cells} is not valid with search.samples={self.samples}; "
                                   "valid: 2 <= final.cells <= samples")
+            if f.average > 1 and f.rank == "tse":
+                raise ConfigError(f"search.final.average={f.average} averages validation figures; rank=tse reads "
+                                  "none (it sums every epoch's training loss already); valid: rank=accuracy or loss")
+            if f.average > f.epochs:
+                raise ConfigError(f"search.final.average={f.average} is more than search.final.epochs={f.epochs}; "
+                                  f"valid: 1 to {f.epochs}")
         elif f != FinalOptions():
             raise ConfigError("search.final.* applies only with search.final.cells > 0")
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:

@@ -1,12 +1,14 @@
 """The final stage of a search: a short list of cells, each trained alone, briefly, in a small network, ranked by how
-fast it trains, with successive halving (Jamieson & Talwalkar, AISTATS 2016): every rung keeps the best 1/eta of its
-cells and trains them eta times as long, until two are left and the better one wins.
+fast it trains or how well it does on the alpha half, with successive halving (Jamieson & Talwalkar, AISTATS 2016):
+every rung keeps the best 1/eta of its cells and trains them eta times as long, until fewer than 2 * eta are left;
+the last rung's best wins. With eta above half the cells there is one rung: every cell trains to the end.
 
 A cell is ranked by the sum over its epochs so far of the epoch's mean training loss (TSE, the training-speed
 estimate of Ru et al., NeurIPS 2021, Eq. 3: lower is better), or by its accuracy or loss on the alpha half after
-its last epoch. Every cell trains on the same batches in the same order, from the same initialisation seed, on one
-cosine learning-rate schedule over the last rung's epochs, so cells stopped at a rung have seen exactly what the
-survivors saw up to it.
+its last epoch, or averaged over its last ``average`` epochs (on a few thousand images an epoch's figure moves by
+about a point from one epoch to the next; the end of the schedule averaged is steadier). Every cell trains on the
+same batches in the same order, from the same initialisation seed, on one cosine learning-rate schedule over the
+last rung's epochs, so cells stopped at a rung have seen exactly what the survivors saw up to it.
 """
 
 from __future__ import annotations
@@ -35,20 +37,22 @@ class Finalist:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     train_loss: list[float] = field(default_factory=list)  # per epoch, the mean over its images
-    valid: list[tuple[float, float]] = field(default_factory=list)  # per epoch: (accuracy %, mean loss)
+    # per epoch: (accuracy %, mean loss) on the alpha half, None for an epoch whose figures no rank reads
+    valid: list[tuple[float, float] | None] = field(default_factory=list)
     out_at: int | None = None  # the rung (1-based) it was dropped after; None: the winner
 
-    def key(self, rank: str) -> float:
+    def key(self, rank: str, average: int = 1) -> float:
         """Lower is better."""
         if rank == "tse":
             return sum(self.train_loss)
-        acc, loss = self.valid[-1]
+        last = [v for v in self.valid[-average:] if v is not None]
+        acc, loss = (sum(col) / len(last) for col in zip(*last, strict=True))
         return -acc if rank == "accuracy" else loss
 
     def record(self) -> dict[str, Any]:
         return {"genotype": str(self.genotype), "epochs": len(self.train_loss), "train_loss": self.train_loss,
-                "tse": sum(self.train_loss), "valid_acc": [a for a, _ in self.valid],
-                "valid_loss": [v for _, v in self.valid], "out_after_rung": self.out_at}
+                "tse": sum(self.train_loss), "valid_acc": [v and v[0] for v in self.valid],
+                "valid_loss": [v and v[1] for v in self.valid], "out_after_rung": self.out_at}
 
 
 def rungs(cells: int, epochs: int, eta: int) -> list[tuple[int, int]]:
@@ -91,12 +95,13 @@ def evaluate(net: nn.Module, valid: Batches, memory_format: torch.memory_format)
 
 
 def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches | None, *, C: int, layers: int,
-                       num_classes: int, epochs: int, eta: int = 2, rank: str = "tse", lr: float = 0.1,
-                       momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
+                       num_classes: int, epochs: int, eta: int = 2, rank: str = "tse", average: int = 1,
+                       lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
                        memory_format: torch.memory_format = torch.contiguous_format,
                        say: Callable[[str], None] = print) -> tuple[Genotype, list[dict[str, Any]]]:
     """The cell of ``cells`` (best first by the stage before) that wins the successive halving, and every cell's
-    record (its training losses, validation figures, the rung it was dropped after)."""
+    record (its training losses, validation figures, the rung it was dropped after). With rank=accuracy or loss, a
+    cell is measured on ``valid`` after each of the last ``average`` epochs of each rung it reaches."""
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; valid: {', '.join(RANKS)}")
     if rank != "tse" and valid is None:
@@ -111,8 +116,9 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
                               weight_decay=weight_decay)
         finalists.append(Finalist(g, net, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)))
+    over = f" averaged over the last {average} epochs" if average > 1 and rank != "tse" else ""
     say(f"final stage: {len(cells)} cells trained alone (C={C}, {layers} cell{'s' * (layers != 1)} per stage, "
-        f"{train.num_images} images), ranked by {RANKED_BY[rank]}; "
+        f"{train.num_images} images), ranked by {RANKED_BY[rank]}{over}; "
         "rungs of " + ", ".join(f"{n} cells to epoch {e}" for n, e in plan))
     alive = finalists
     start = time.perf_counter()
@@ -121,23 +127,24 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
         for f in alive:
             while len(f.train_loss) < until:
                 f.train_loss.append(train_epoch(f, train, len(f.train_loss), memory_format))
-                if valid is not None and rank != "tse":
-                    f.valid.append(evaluate(f.net, valid, memory_format))
-        alive = sorted(alive, key=lambda f: f.key(rank))  # stable: on a tie, the earlier candidate
+                if valid is not None and rank != "tse":  # the figures the rank reads at the rung's end
+                    f.valid.append(evaluate(f.net, valid, memory_format) if len(f.train_loss) > until - average
+                                   else None)
+        alive = sorted(alive, key=lambda f: f.key(rank, average))  # stable: on a tie, the earlier candidate
         keep = plan[r][0] if r < len(plan) else 1
         for f in alive[keep:]:
             f.out_at = r
         best = alive[0]
         say(f"  rung {r}/{len(plan)}: {n} cells to epoch {until}, {time.perf_counter() - start:.0f}s; best "
-            f"{describe(best, rank)}  {best.genotype}")
+            f"{describe(best, rank, average)}  {best.genotype}")
     winner = alive[0]
     for f in finalists:  # free the networks: only the records stay
         f.net = f.opt = f.sched = None  # type: ignore[assignment]
     return winner.genotype, [f.record() for f in finalists]
 
 
-def describe(f: Finalist, rank: str) -> str:
+def describe(f: Finalist, rank: str, average: int = 1) -> str:
     if rank == "tse":
         return f"TSE {sum(f.train_loss):.3f} (last epoch's loss {f.train_loss[-1]:.3f})"
-    acc, loss = f.valid[-1]
-    return f"validation accuracy {acc:.2f}%, loss {loss:.3f}"
+    over = f" (mean of the last {average} epochs)" if average > 1 else ""
+    return f"validation accuracy {-f.key('accuracy', average):.2f}%, loss {f.key('loss', average):.3f}{over}"

@@ -70,6 +70,21 @@ def test_successive_halving_by_validation_accuracy_records_it(batches: Batches) 
         successive_halving([EMPTY, CONV], batches, None, C=4, layers=1, num_classes=4, epochs=1, rank="loss")
 
 
+def test_successive_halving_ranks_by_the_mean_of_the_last_epochs_it_measures(batches: Batches) -> None:
+    cells = [EMPTY, CONV, EMPTY, CONV]
+    winner, records = successive_halving(cells, batches, batches, C=4, layers=1, num_classes=4, epochs=4, eta=2,
+                                         rank="accuracy", average=2, seed=0, say=lambda _: None)
+    # rungs: 4 cells to epoch 2 (both epochs measured), then 2 to epoch 4 (epochs 3 and 4 measured)
+    for r in records:
+        measured = [a is not None for a in r["valid_acc"]]
+        assert measured == ([True, True] if r["epochs"] == 2 else [True, True, True, True])
+    last = [r for r in records if r["epochs"] == 4]
+    assert str(winner) == max(last, key=lambda r: sum(r["valid_acc"][2:]) / 2)["genotype"] == str(CONV)
+    _, once = successive_halving(cells, batches, batches, C=4, layers=1, num_classes=4, epochs=4, eta=4,
+                                 rank="loss", average=1, seed=0, say=lambda _: None)
+    assert all(r["epochs"] == 4 and [v is None for v in r["valid_loss"]] == [True, True, True, False] for r in once)
+
+
 def test_perturbation_keeps_the_op_whose_removal_costs_the_most() -> None:
     model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer("gdas"))
     conv = model.space.ops.index("nor_conv_3x3")
@@ -140,6 +155,10 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
     (["search.perturb_by=score"], "search.perturb_by applies only to search.derive=perturb"),
     (["search.epochs=0"], "search.epochs=0 trains nothing"),
     (["search.pool=alpha"], "search.pool=alpha applies only to search.derive=score"),
+    (["search.derive=score", "search.final.cells=2", "search.final.average=2"],
+     "search.final.average=2 averages validation figures; rank=tse reads none"),
+    (["search.derive=score", "search.final.cells=2", "search.final.rank=accuracy", "search.final.epochs=3",
+      "search.final.average=4"], "search.final.average=4 is more than search.final.epochs=3; valid: 1 to 3"),
 ])
 def test_bad_selection_keys_are_refused_in_one_line(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as e:
