@@ -45,8 +45,21 @@ def run_point(out: Path, point: tuple[int, int, int], bn: bool, data: str, jobs:
     run_study(load_plan(str(CONFIG), overrides), "nb201-compute", jobs=jobs)
 
 
+def alpha_top(search_dir: Path) -> float | None:
+    """How far alpha moved from uniform by the search's end: the mean over edges of the largest softmax(alpha)
+    weight (0.2 for NAS-Bench-201's five ops at the start), from the last line of the run's alpha.jsonl."""
+    path = search_dir / "alpha.jsonl"
+    if not path.exists() or not path.read_text().strip():
+        return None
+    import torch
+
+    last = json.loads(path.read_text().strip().splitlines()[-1])
+    return float(torch.tensor(last["normal"]).softmax(-1).max(-1).values.mean())
+
+
 def read_point(out: Path, point: tuple[int, int, int], bn: bool) -> list[dict[str, Any]]:
-    """One row per method of a finished point: percentile and accuracy of its cells, CPU-minutes, skips."""
+    """One row per method of a finished point: percentile and accuracy of its cells, CPU-minutes, skips, and how far
+    alpha moved."""
     path = point_dir(out, point, bn) / "report.json"
     if not path.exists():
         return []
@@ -65,6 +78,8 @@ def read_point(out: Path, point: tuple[int, int, int], bn: bool) -> list[dict[st
                      "acc_mean": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "skips": statistics.fmean(c["ops"]["skip_connect"] for c in cells),
                      "param_free": statistics.fmean(c["ops"]["parameter_free"] for c in cells),
+                     "alpha_top": statistics.fmean(tops) if (tops := [t for c in cells if (t := alpha_top(
+                         point_dir(out, point, bn) / "search" / c["id"])) is not None]) else None,
                      "genotypes": [c["genotype"] for c in cells]})
     return rows
 
@@ -136,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             return code
     rows = [r for pt, bn in todo for r in read_point(out, pt, bn)]
     print("| method | images | epochs | BN running stats | cells | CPU-min per search | CIFAR-10 valid acc % | "
-          "CIFAR-10 percentile (min, max) | skips per cell | parameter-free edges per cell |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "CIFAR-10 percentile (min, max) | skips per cell | parameter-free edges per cell | alpha's top weight |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["method"] != "gdas", not r["bn_stats"], r["cpu_min"])):
         print(f"| {r['method']} | {r['images']} | {r['epochs']} | {'yes' if r['bn_stats'] else 'no'} | {r['cells']} | "
               f"{r['cpu_min']:.1f} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {ordinal(r['pct_mean'])} "
-              f"({ordinal(r['pct_min'])}, {ordinal(r['pct_max'])}) | {r['skips']:.1f} | {r['param_free']:.1f} |")
+              f"({ordinal(r['pct_min'])}, {ordinal(r['pct_max'])}) | {r['skips']:.1f} | {r['param_free']:.1f} | "
+              + (f"{r['alpha_top']:.2f} |" if r.get("alpha_top") is not None else " |"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps(rows, indent=2) + "\n")
     if rows:

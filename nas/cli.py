@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,19 @@ from typing import Any
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.errors import UserError
 from nas.study import CHECKPOINT, CONFIG, check_resumable, load_plan
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's layout, without breaking a line inside a word: a path in an example (a recipe's name has hyphens)
+    stays whole, to be copied."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = " ".join(text.split())
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False,
+                             break_long_words=False)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
@@ -81,7 +95,8 @@ def plot_main(argv: list[str] | None = None) -> int:
     from nas.genotype import load_genotype
     from nas.plot import draw_cells
 
-    parser = argparse.ArgumentParser(prog="python -m nas plot", description="Draw a genotype's cells (PNG and SVG).")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m nas plot",
+                                     description="Draw a genotype's cells (PNG and SVG).")
     parser.add_argument("genotype", help="genotype.json, a run directory, a published name or a genotype string")
     parser.add_argument("--out", metavar="DIR", help="where to write the drawings (default: the run directory's "
                                                      "cells/ folder, else ./cells)")
@@ -100,7 +115,7 @@ def plot_main(argv: list[str] | None = None) -> int:
 
 
 def genotype_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="python -m nas genotype", description="Check a genotype and print it in another format.",
         epilog="example: python -m nas genotype runs/quickstart --to text")
     parser.add_argument("genotype", help="genotype.json, a run directory, a DARTS Genotype(...) text file, "
@@ -127,7 +142,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="search.py", description="Differentiable architecture search (GDAS or DARTS) on a cell supernet.",
         epilog="example: python search.py --config configs/quickstart.yaml search.epochs=2 run.dir=runs/try")
     add_run_arguments(parser, "search")
@@ -163,7 +178,7 @@ def parse_seeds(text: str, first: int) -> list[int]:
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="evaluate.py", description="Train a genotype from scratch and test it; or --summary its size.",
         epilog="example: python evaluate.py --config configs/eval/darts-cifar10.yaml --genotype DARTS_V2 --summary")
     add_run_arguments(parser, "training")
@@ -206,7 +221,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def compare_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="compare.py", description="Compare search methods: every method searched with every seed on the same "
         "data and supernet, random cells beside them, every cell retrained with one recipe, one report.",
         epilog="example: python compare.py --config configs/compare/quick.yaml run.dir=runs/quick-compare")
@@ -257,7 +272,7 @@ def compare_main(argv: list[str] | None = None) -> int:
 
 
 def bench201_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="python -m nas bench201", description="Look a NAS-Bench-201 cell up in the benchmark: one JSON line. "
         "From the table (the default): its validation accuracy after the 200-epoch recipe, mean and per seed, on "
         "CIFAR-10, CIFAR-100 and ImageNet16-120, its percentile among all 15,625 cells, size (MB of parameters), "
@@ -287,8 +302,9 @@ def config_main(argv: list[str] | None = None) -> int:
     from nas.loader import key_table
 
     tables = {"search": SearchConfig, "train": TrainConfig, "study": StudyConfig}
-    parser = argparse.ArgumentParser(prog="python -m nas config", description="Print every key of a config file "
-                                     "kind with its default and meaning, as a markdown table.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m nas config",
+                                     description="Print every key of a config file kind with its default and "
+                                                 "meaning, as a markdown table.")
     parser.add_argument("kind", nargs="?", default="search", choices=list(tables),
                         help="search (search.py recipes), train (evaluate.py recipes) or study (compare.py)")
     args = parser.parse_args(argv)
@@ -297,12 +313,12 @@ def config_main(argv: list[str] | None = None) -> int:
 
 
 def latency_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="python -m nas latency", description="Time every candidate op at every position of the network a "
         "search's budget is counted on (search.budget.C, layers, image_size, latency_batch) on the run's device "
         "(run.device, run.threads), and write the latency table that searches with search.budget.metric=latency "
         "read: by default into the cache they look in.",
-        epilog="example: python -m nas latency --config configs/search/gdas-nb201-small.yaml data.root=DIR "
+        epilog="example: python -m nas latency --config configs/search/zc-train-nb201-small.yaml data.root=DIR "
                "search.budget.metric=latency search.budget.target=5 run.device=cpu")
     parser.add_argument("--config", metavar="YAML", help="the search recipe (defaults apply to keys it leaves out)")
     parser.add_argument("--out", metavar="FILE", help="write the table here instead of the cache (then give it to "
@@ -340,7 +356,7 @@ def latency_main(argv: list[str] | None = None) -> int:
 def export_main(argv: list[str] | None = None) -> int:
     from nas.model import EXPORTS
 
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="python -m nas export", description="Write a trained network (an evaluate.py run directory) as a file "
         "that runs without this package: TorchScript (torch.jit.load), torch.export's program (torch.export.load) "
         "or ONNX (onnxruntime; needs pip install -e '.[onnx]'). The file takes float images in [0, 1], (N, C, H, "
@@ -363,7 +379,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="python -m nas predict", description="Classify images with a trained network (an evaluate.py run "
         "directory): one line per image with its class name and probability. Images are converted and resized as "
         "the training's image-folder reader does, and normalised with the training set's statistics.",

@@ -25,7 +25,7 @@ DOMINANT_SHARE = 0.65
 REMEDIES = ("search.warmup_epochs (train the weights before alpha moves), search.param_free_dropout (dropout on "
             "parameter-free ops while searching), search.max_skip (cap the skip-connects of the derived cell), "
             "search.derive=perturb (select ops by how much the supernet needs them, not by alpha), or the "
-            "small-data recipes configs/search/gdas-nb201-small.yaml and gdas-darts-small.yaml; docs/collapse.md "
+            "small-data recipes configs/search/zc-train-nb201-small.yaml and gdas-darts-small.yaml; docs/collapse.md "
             "says what each did in a measured study")
 
 

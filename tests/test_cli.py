@@ -181,3 +181,17 @@ def test_nb201_darts_search_and_genotype_conversion(tmp_path: Path, capsys: pyte
     assert genotype_main([text]) == 0
     assert json.loads(capsys.readouterr().out)["space"] == "nb201"
     assert torch.get_num_threads() >= 1
+
+
+def test_help_never_breaks_a_hyphenated_path() -> None:
+    import argparse
+
+    from nas.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="x", formatter_class=lambda prog: HelpFormatter(prog, width=40),
+                                     epilog="example: python -m nas latency --config "
+                                            "configs/search/zc-train-nb201-small.yaml data.root=DIR")
+    parser.add_argument("--a", help="see configs/search/zc-train-nb201-small.yaml for one")
+    text = parser.format_help()
+    assert text.count("configs/search/zc-train-nb201-small.yaml") == 2
+    assert all(len(line) <= 44 for line in text.splitlines() if "configs/" not in line)

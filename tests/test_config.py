@@ -30,7 +30,7 @@ def test_every_recipe_loads(path: Path) -> None:
 def test_recipes_exist() -> None:
     names = {p.relative_to(ROOT / "configs").as_posix() for p in RECIPES}
     assert {"quickstart.yaml", "search/gdas-darts-cifar10.yaml", "search/darts-darts-cifar10.yaml",
-            "search/gdas-nb201-cifar10.yaml", "search/darts-nb201-cifar10.yaml", "search/gdas-nb201-small.yaml",
+            "search/gdas-nb201-cifar10.yaml", "search/darts-nb201-cifar10.yaml", "search/zc-train-nb201-small.yaml",
             "search/gdas-darts-small.yaml"} <= names
 
 
