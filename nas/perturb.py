@@ -35,16 +35,19 @@ from nas.supernet import Supernet
 @torch.no_grad()
 def accuracy(model: Supernet, batches: Batches, seed: int, amp: Any,
              memory_format: torch.memory_format = torch.contiguous_format) -> float:
-    """Top-1 accuracy (%) of the supernet as its op mask stands, over every image of ``batches``; GDAS samples are
-    drawn from ``seed`` each time, so that candidates are compared on the same noise."""
-    devices = [batches.device.index or 0] if batches.device.type == "cuda" else []
+    """Top-1 accuracy (%) of the supernet as its op mask stands, over every image of ``batches``; the mixer's samples
+    (GDAS's Gumbel noise, SNAS's, DrNAS's Dirichlet draws) come from a generator seeded by ``seed`` each time, so
+    that candidates are compared on the same noise. The supernet's own generator is left as it was."""
     correct = torch.zeros((), device=batches.device)
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    saved = model.generator
+    model.generator = torch.Generator(device=batches.device).manual_seed(seed)  # what Supernet.mixings draws from
+    try:
         for x, y in batches.epoch(0):
             with amp:
                 logits = model(x.contiguous(memory_format=memory_format))
             correct += (logits.argmax(1) == y).sum()
+    finally:
+        model.generator = saved
     return 100 * float(correct) / batches.num_images
 
 

@@ -3,6 +3,7 @@ both spaces, and the keys that set them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -17,7 +18,7 @@ from nas.datasets import make_synthetic
 from nas.finalists import rungs, successive_halving
 from nas.genotype import check_genotype, from_nb201_string, random_genotype, read_genotype
 from nas.mixing import create_mixer
-from nas.perturb import Measure, select_by_perturbation, supernet_score
+from nas.perturb import Measure, accuracy, select_by_perturbation, supernet_score
 from nas.spaces import get_space
 from nas.supernet import build_supernet
 
@@ -83,6 +84,24 @@ def test_successive_halving_ranks_by_the_mean_of_the_last_epochs_it_measures(bat
     _, once = successive_halving(cells, batches, batches, C=4, layers=1, num_classes=4, epochs=4, eta=4,
                                  rank="loss", average=1, seed=0, say=lambda _: None)
     assert all(r["epochs"] == 4 and [v is None for v in r["valid_loss"]] == [True, True, True, False] for r in once)
+
+
+@pytest.mark.parametrize("mixer", ["gdas", "snas", "drnas"])
+def test_perturbation_accuracy_judges_every_candidate_on_the_same_samples(mixer: str, batches: Batches) -> None:
+    torch.manual_seed(0)
+    model = build_supernet("nb201", C=4, layers=1, num_classes=4, mixer=create_mixer(mixer))
+    model.generator = torch.Generator().manual_seed(7)  # as the search loop sets it
+    model.set_step("none")
+    outputs: list[torch.Tensor] = []
+    model.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach().clone()))
+    own, global_state = model.generator.get_state(), torch.get_rng_state()
+    first = accuracy(model, batches, seed=3, amp=contextlib.nullcontext())
+    n = len(outputs)
+    second = accuracy(model, batches, seed=3, amp=contextlib.nullcontext())
+    assert first == second and all(torch.equal(a, b) for a, b in zip(outputs[:n], outputs[n:], strict=True))
+    accuracy(model, batches, seed=4, amp=contextlib.nullcontext())
+    assert not all(torch.equal(a, b) for a, b in zip(outputs[:n], outputs[2 * n:], strict=True))  # other noise
+    assert torch.equal(model.generator.get_state(), own) and torch.equal(torch.get_rng_state(), global_state)
 
 
 def test_perturbation_keeps_the_op_whose_removal_costs_the_most() -> None:
