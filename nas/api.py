@@ -13,6 +13,7 @@ raises nas.errors.UserError (ConfigError, DataError, ...) with the message the C
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ def make_config(cls: type[C], config: Config, overrides: Mapping[str, Any] | Non
     items = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in given.items()]
     if config is None or isinstance(config, (str, Path)):
         return load_config(cls, config, items)
-    raw = dict(config) if isinstance(config, Mapping) else to_dict(config)
+    raw = copy.deepcopy(dict(config)) if isinstance(config, Mapping) else to_dict(config)  # the caller's stays
     for dotted, value in parse_overrides(items).items():
         set_dotted(raw, dotted, value)
     return from_dict(cls, raw)
