@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import nas
+from nas.api import make_config
 from nas.config import SearchConfig
 from nas.errors import ConfigError
 
@@ -32,12 +33,12 @@ def test_search_evaluate_and_load_model(tmp_path: Path) -> None:
 
 
 def test_configs_from_objects_and_dicts(tmp_path: Path) -> None:
-    cfg = nas.api.make_config(SearchConfig, {"search": {"epochs": 3}}, {"model.C": 4}, run__dir="x")
+    cfg = make_config(SearchConfig, {"search": {"epochs": 3}}, {"model.C": 4}, run__dir="x")
     assert cfg.search.epochs == 3 and cfg.model.C == 4 and cfg.run.dir == "x"
-    again = nas.api.make_config(SearchConfig, cfg, search__mixer="darts", search__tau_max=10.0)
+    again = make_config(SearchConfig, cfg, search__mixer="darts", search__tau_max=10.0)
     assert again.search.mixer == "darts" and again.model.C == 4
     given = {"search": {"epochs": 3}, "model": {"C": 8}}
-    nas.api.make_config(SearchConfig, given, {"search.epochs": 5}, model__C=4)
+    make_config(SearchConfig, given, {"search.epochs": 5}, model__C=4)
     assert given == {"search": {"epochs": 3}, "model": {"C": 8}}  # the caller's dict is left as it was
     with pytest.raises(ConfigError, match="unknown key 'search.epoch'"):
         nas.search(None, search__epoch=2)
