@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.bilevel import search_mixer  # noqa: E402
 from nas.config import SearchConfig, load_config  # noqa: E402
-from nas.mixing import create_mixer  # noqa: E402
 from nas.spaces import search_space  # noqa: E402
 from nas.supernet import build_supernet  # noqa: E402
 
@@ -34,7 +34,7 @@ def main() -> None:
     s = cfg.search
     model = build_supernet(search_space(cfg.model.space, cfg.model.ops, cfg.model.macro), C=cfg.model.C,
                            layers=cfg.model.layers, num_classes=args.classes,
-                           mixer=create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, gradient=s.gdas_gradient),
+                           mixer=search_mixer(s),
                            stem_multiplier=cfg.model.stem, macro=cfg.model.macro)
     x = torch.randn(4, 3, args.image_size, args.image_size)
     y = torch.randint(0, args.classes, (4,))

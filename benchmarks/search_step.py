@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> dict:
     from nas.data import Batches, batch_seed, channel_stats
     from nas.datasets import make_synthetic
     from nas.distributed import Dist, setup
-    from nas.mixing import GdasSample, create_mixer
+    from nas.mixing import GdasSample, create_mixer, has_tau
     from nas.supernet import build_supernet
 
     torch.set_num_threads(args.threads)
@@ -83,7 +83,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     mixer_name = {"darts": "darts", "darts2": "darts", "snas": "snas", "random": "random"}.get(args.variant, "gdas")
-    mixer = create_mixer(mixer_name, tau_max=10.0, tau_min=10.0)
+    mixer = create_mixer(mixer_name, **({"tau_max": 10.0, "tau_min": 10.0} if has_tau(mixer_name) else {}))
     fmt = torch.channels_last if args.format == "nhwc" else torch.contiguous_format
     model = build_supernet(args.space, C=args.C, layers=args.layers, num_classes=10, mixer=mixer).to(device)
     model.to(memory_format=fmt)

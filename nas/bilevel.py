@@ -20,14 +20,14 @@ from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
 from nas.budget import fmt, make_budget
 from nas.checkpoint import GracefulStop, NumericalFault, rng_state
 from nas.collapse import describe, dominance_warning, edge_stats
-from nas.config import SearchConfig
+from nas.config import SearchConfig, SearchOptions
 from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.datasets import ImageSet
 from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.errors import UserError
 from nas.genotype import Genotype, alpha_rule
 from nas.loader import dump_yaml
-from nas.mixing import create_mixer
+from nas.mixing import Mixer, create_mixer, mixer_options
 from nas.runlog import Board, Progress, peak_memory_mib
 from nas.runtime import EpochMeter, Run, resolve_device
 from nas.spaces import search_space
@@ -338,6 +338,14 @@ def fit_budget(model: Supernet, genotype: Genotype, log: Any) -> tuple[Genotype,
     return fixed, record
 
 
+def search_mixer(s: SearchOptions) -> Mixer:
+    """The mixer that search.mixer names, with those of the search.* options it takes (the config refused any
+    other of them set to a value of its own)."""
+    options = {"tau_max": s.tau_max, "tau_min": s.tau_min, "schedule": s.tau_schedule, "gradient": s.gdas_gradient,
+               "kl": s.drnas_kl}
+    return create_mixer(s.mixer, **{k: v for k, v in options.items() if k in mixer_options(s.mixer)})
+
+
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result)."""
@@ -365,8 +373,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     steps = min(len(train), len(valid))
 
     # ---- supernet and the two optimizers
-    mixer = create_mixer(s.mixer, tau_max=s.tau_max, tau_min=s.tau_min, schedule=s.tau_schedule,
-                         gradient=s.gdas_gradient, kl=s.drnas_kl)
+    mixer = search_mixer(s)
     model = make_supernet(cfg, d, mixer, device)
     model.beta_decay = s.beta_decay
     model.budget = budget
@@ -468,3 +475,9 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     run.finish()
     log.print(f"done: genotype written to {run.dir / 'genotype.json'}; cell drawings in {run.dir / 'cells'}")
     return run.dir
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.bilevel", "search"))

@@ -438,3 +438,9 @@ def latency_table(space: SearchSpace, net: dict[str, int], device: torch.device,
     cost = count_costs("latency", space, device=device, batch=batch, say=say, **net)
     save_costs(cost, cached)
     return cost
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.budget", "latency"))

@@ -521,3 +521,9 @@ CONDITIONAL: tuple[Conditional, ...] = (
     (("data.synthetic",), "data.name", lambda: ("synthetic",)),
     (("search.tau_max", "search.tau_min", "search.tau_schedule"), "search.mixer", _tau_mixers),
 )
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.config", "config"))

@@ -3,6 +3,8 @@ below every module (no imports)."""
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(ValueError):
     """Bad user input (config, files, data, genotypes). The CLI prints ``error: <message>``, exit 2."""
@@ -14,3 +16,9 @@ class ConfigError(UserError):
 
 class RunsFailed(Exception):
     """Some runs of a study failed; the others finished and the report lists what is missing (exit 1)."""
+
+
+def library_module(module: str, tool: str) -> int:
+    """What ``python -m nas.<module>`` does for a module behind a tool: it says which command to run (exit 2)."""
+    print(f"error: {module} is a library module, not a command; run: python -m nas {tool} --help", file=sys.stderr)
+    return 2

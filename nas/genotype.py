@@ -542,3 +542,9 @@ def load_genotype(source: str) -> Genotype:
 
 def write_genotype(g: Genotype, path: str | Path) -> None:
     Path(path).write_text(g.to_json())
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.genotype", "genotype"))

@@ -15,6 +15,7 @@ This is the only module that knows about Gumbel noise and tau.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -387,15 +388,22 @@ def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: st
 # ---------------------------------------------------------------------------------------------- registry
 
 MixerFactory = Callable[..., Mixer]
-_MIXERS: dict[str, tuple[MixerFactory, bool]] = {}  # name -> (factory, whether it has a temperature)
+_MIXERS: dict[str, tuple[MixerFactory, tuple[str, ...]]] = {}  # name -> (factory, the options it takes)
 
 
-def register_mixer(name: str, *, tau: bool = False) -> Callable[[MixerFactory], MixerFactory]:
-    """Make a mixer available as search.mixer=name. The factory takes the keyword arguments of create_mixer
-    (tau_max, tau_min, schedule, gradient, kl) and uses those it needs; ``tau`` says whether it reads the
-    temperature keys (search.tau_*), which the config refuses for the others."""
+def register_mixer(name: str) -> Callable[[MixerFactory], MixerFactory]:
+    """Make a mixer available as search.mixer=name. The factory takes, as keyword arguments, those options of
+    create_mixer that it uses (tau_max, tau_min, schedule, gradient, kl) and no others: a mixer that takes tau_max
+    reads the temperature keys (search.tau_*), which the config refuses for the others. A name already registered
+    is refused."""
     def add(factory: MixerFactory) -> MixerFactory:
-        _MIXERS[name] = (factory, tau)
+        if name in _MIXERS:
+            raise ValueError(f"a mixer named {name!r} is already registered; registered: {', '.join(_MIXERS)}")
+        params = inspect.signature(factory).parameters.values()
+        if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+            raise ValueError(f"mixer {name!r}: the factory must name the options it takes, not take *args or "
+                             "**kwargs")
+        _MIXERS[name] = (factory, tuple(p.name for p in params))
         return factory
     return add
 
@@ -404,8 +412,13 @@ def mixer_names() -> tuple[str, ...]:
     return tuple(_MIXERS)
 
 
-def has_tau(name: str) -> bool:
+def mixer_options(name: str) -> tuple[str, ...]:
+    """The options of create_mixer that the mixer ``name`` takes."""
     return _MIXERS[name][1]
+
+
+def has_tau(name: str) -> bool:
+    return "tau_max" in mixer_options(name)
 
 
 def check_mixer_name(name: str, key: str = "mixer") -> None:
@@ -417,15 +430,29 @@ def check_mixer_name(name: str, key: str = "mixer") -> None:
 
 
 def create_mixer(name: str, **options: Any) -> Mixer:
-    """The mixer registered as ``name``, built with ``options`` (tau_max, tau_min, schedule, gradient, kl)."""
+    """The mixer registered as ``name``, built with ``options``: only those it takes (mixer_options)."""
     check_mixer_name(name)
-    return _MIXERS[name][0](**options)
+    factory, takes = _MIXERS[name]
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        raise UserError(f"mixer {name!r} takes no option {unknown[0]!r}; its options: {', '.join(takes) or 'none'}")
+    return factory(**options)
 
 
-register_mixer("gdas", tau=True)(lambda tau_max=10.0, tau_min=0.1, schedule="linear", gradient="all_ops", **_:
-                                 GDAS(tau_max, tau_min, schedule, gradient))
-register_mixer("darts")(lambda **_: DARTS())
-register_mixer("snas", tau=True)(lambda tau_max=10.0, tau_min=0.1, schedule="linear", **_:
-                                 SNAS(tau_max, tau_min, schedule))
-register_mixer("drnas")(lambda kl=0.0, **_: DrNAS(kl))
-register_mixer("random")(lambda **_: RandomMixer())
+def _gdas(tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear", gradient: str = "all_ops") -> GDAS:
+    return GDAS(tau_max, tau_min, schedule, gradient)
+
+
+def _snas(tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear") -> SNAS:
+    return SNAS(tau_max, tau_min, schedule)
+
+
+def _drnas(kl: float = 0.0) -> DrNAS:
+    return DrNAS(kl)
+
+
+register_mixer("gdas")(_gdas)
+register_mixer("darts")(DARTS)
+register_mixer("snas")(_snas)
+register_mixer("drnas")(_drnas)
+register_mixer("random")(RandomMixer)

@@ -250,3 +250,9 @@ def _need_onnx() -> None:
     if missing:
         raise UserError(f"--format onnx needs {', '.join(missing)}: pip install -e \".[onnx]\" (or pip install onnx "
                         "onnxscript onnxruntime); torchscript and exported need nothing more")
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.model", "predict"))

@@ -130,3 +130,9 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.plot", "plot"))

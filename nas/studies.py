@@ -231,3 +231,9 @@ def report_study(study_dir: str | Path) -> Path:
         score_cells(lay, RunLog(lay.dir), failures)
         write_failures(lay, failures)
     return write_report(lay, failures)
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.studies", "compare"))

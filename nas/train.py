@@ -267,3 +267,9 @@ def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: st
     print(f"{len(seeds)} runs: final test accuracy {final['mean']:.2f} ± {final['std']:.2f}% (sample std); "
           f"summary in {Path(parent) / 'summary.json'}", flush=True)
     return summary
+
+
+if __name__ == "__main__":
+    from nas.errors import library_module
+
+    raise SystemExit(library_module("nas.train", "evaluate"))

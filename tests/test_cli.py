@@ -195,3 +195,10 @@ def test_help_never_breaks_a_hyphenated_path() -> None:
     text = parser.format_help()
     assert text.count("configs/search/zc-train-nb201-small.yaml") == 2
     assert all(len(line) <= 44 for line in text.splitlines() if "configs/" not in line)
+
+
+@pytest.mark.parametrize(("module", "tool"), [("nas.bench201", "bench201"), ("nas.bilevel", "search")])
+def test_a_library_module_run_directly_names_the_command_to_run(module: str, tool: str) -> None:
+    r = run_cli("-m", module, "|nor_conv_3x3~0|")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"error: {module} is a library module, not a command; run: python -m nas {tool} --help\n"

@@ -140,6 +140,21 @@ def test_mixers() -> None:
         create_mixer("gdsa")
 
 
+def test_the_mixer_registry_refuses_a_second_name_and_an_option_a_mixer_does_not_take() -> None:
+    with pytest.raises(ValueError, match="a mixer named 'gdas' is already registered; registered: gdas, darts"):
+        mixing.register_mixer("gdas")(DARTS)
+    assert isinstance(create_mixer("gdas"), GDAS)  # the first one stays
+    with pytest.raises(ValueError, match="must name the options it takes"):
+        mixing.register_mixer("lenient")(lambda **_: DARTS())
+    assert "lenient" not in mixing.mixer_names()
+    with pytest.raises(ValueError, match="mixer 'darts' takes no option 'tau_max'; its options: none"):
+        create_mixer("darts", tau_max=4.0)
+    with pytest.raises(ValueError, match="mixer 'snas' takes no option 'gradient'; its options: tau_max, tau_min, "
+                                         "schedule"):
+        create_mixer("snas", gradient="all_ops")
+    assert mixing.has_tau("gdas") and mixing.has_tau("snas") and not mixing.has_tau("drnas")
+
+
 def test_snas_weights_are_the_soft_sample_gdas_takes_its_argmax_of() -> None:
     alpha = torch.randn(6, 5)
     torch.manual_seed(3)
