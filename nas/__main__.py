@@ -1,5 +1,5 @@
 """python -m nas TOOL [arguments]: every command-line tool, usable from any directory (python -m nas --help lists
-them: search, evaluate, compare, genotype, plot, bench201, config)."""
+them: search, evaluate, compare, genotype, plot, bench201, config, latency, export, predict)."""
 
 import sys
 

@@ -1,5 +1,5 @@
 """The module graph of nas/ (shared/DESIGN.md): imports point one way, with no cycle even through imports inside
-functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block; the
+functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block that runs a tool; the
 report and the study plan only read (no process, no benchmark lookup), and a run reaches its parent-death signal
 without importing the study."""
 
@@ -51,11 +51,13 @@ def test_only_entry_points_import_the_cli() -> None:
 
 
 def test_only_the_door_has_an_entry_block() -> None:
-    """python -m nas TOOL is the one way in: a `python -m nas.X` block would run the module's body twice."""
-    blocks = {p.stem for p in NAS.glob("*.py")
+    """python -m nas TOOL is the one way in: a `python -m nas.X` block that ran a tool would run the module's body
+    twice. A module behind a tool has one block, which only says which command to run."""
+    blocks = {p.stem: ast.unparse(node.body[-1]) for p in NAS.glob("*.py")
               for node in ast.parse(p.read_text()).body
               if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)}
-    assert blocks == {"__main__"}
+    assert blocks.pop("__main__") == "sys.exit(main())"
+    assert "bench201" in blocks and all(b.startswith("raise SystemExit(library_module(") for b in blocks.values())
 
 
 def reach(module: str) -> set[str]:
@@ -109,3 +111,12 @@ def test_a_run_follows_its_study_without_importing_the_study() -> None:
     guarded = next(n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == "run_guarded")
     assert "studies" not in {i.module.split(".")[1] for i in ast.walk(guarded)
                              if isinstance(i, ast.ImportFrom) and i.module and i.module.startswith("nas.")}
+
+
+def test_the_door_and_the_layout_page_name_every_tool() -> None:
+    from nas.cli import TOOLS
+
+    door = " ".join((NAS / "__main__.py").read_text().split())
+    page = " ".join((NAS.parent / "docs" / "layout.md").read_text().split())
+    listed = "search, evaluate, compare, genotype, plot, bench201, config, latency, export, predict"
+    assert listed.split(", ") == list(TOOLS) and listed in door and listed in page
