@@ -237,4 +237,7 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         f.truncate(0)
         f.write(f"compare.py (pid {os.getpid()})")
         f.flush()
-        yield
+        try:
+            yield
+        finally:
+            f.truncate(0)  # the file stays (removing a lock file races with a process opening it), its owner goes

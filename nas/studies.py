@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import random
+import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from nas.study import (
     CONFIG,
     FAILURES,
     GENOTYPE,
+    LOCK,
     SPACE,
     STUDY_DIRS,
     STUDY_FILE,
@@ -46,14 +48,10 @@ from nas.study import (
 
 # ---------------------------------------------------------------------------------------------- prepare
 
-def prepare_study(cfg: StudyConfig, name: str) -> Path:
-    """Check the data, then create the study directory: the resolved config, one recipe file per method and one
-    for training, and the random cells. Nothing is written before every check has passed."""
+def study_dir_of(cfg: StudyConfig, name: str) -> Path:
+    """Check the data and the study directory (run.dir, or a new one under runs/) and return its path; creates
+    nothing."""
     from nas.data import load_dataset
-    from nas.genotype import alpha_rule, random_genotype
-    from nas.plot import draw_cells
-    from nas.runlog import atomic_write_text
-    from nas.spaces import search_space
 
     if cfg.data.name != "synthetic":  # a missing or damaged data set fails here, not in the first run
         for split in ("train", "test"):
@@ -65,21 +63,31 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
         raise UserError(f"run.dir={str(study_dir)!r} is a file, not a directory")
     if (study_dir / CONFIG).exists():
         raise UserError(f"run.dir={str(study_dir)!r} holds a run ({CONFIG}), not a study; choose another run.dir")
-    if (study_dir / STUDY_FILE).exists():
-        if not cfg.run.overwrite:
-            raise UserError(f"run.dir={str(study_dir)!r} already holds a study ({STUDY_FILE}); continue it with "
-                            f"python compare.py --resume {study_dir}, rebuild its report with --report, choose "
-                            "another run.dir, or set run.overwrite=true to replace it")
-        import shutil
+    if (study_dir / STUDY_FILE).exists() and not cfg.run.overwrite:
+        raise UserError(f"run.dir={str(study_dir)!r} already holds a study ({STUDY_FILE}); continue it with "
+                        f"python compare.py --resume {study_dir}, rebuild its report with --report, choose "
+                        "another run.dir, or set run.overwrite=true to replace it")
+    return study_dir
 
+
+def prepare_study(cfg: StudyConfig, study_dir: Path) -> None:
+    """Create the checked study directory (study_dir_of): the resolved config, one recipe file per method and one
+    for training, and the random cells; with run.overwrite, first remove the study it holds. The caller holds
+    the study's lock (jobs.study_lock), so that no other compare is running the study it replaces."""
+    import shutil
+
+    from nas.genotype import alpha_rule, random_genotype
+    from nas.plot import draw_cells
+    from nas.runlog import atomic_write_text
+    from nas.spaces import search_space
+
+    if (study_dir / STUDY_FILE).exists():  # run.overwrite=true (study_dir_of refused it otherwise)
         for f in STUDY_FILES:
-            (study_dir / f).unlink(missing_ok=True)
+            if f != LOCK:  # held by this process
+                (study_dir / f).unlink(missing_ok=True)
         for sub in STUDY_DIRS:
             shutil.rmtree(study_dir / sub, ignore_errors=True)
-    try:
-        (study_dir / "configs").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write run.dir={str(study_dir)!r}: {e.strerror or e}") from None
+    (study_dir / "configs").mkdir(parents=True, exist_ok=True)
 
     for method in dict.fromkeys([*cfg.methods, *cfg.per_method]):
         atomic_write_text(study_dir / "configs" / f"search-{method}.yaml", dump_yaml(search_config(cfg, method, 0)))
@@ -94,7 +102,6 @@ def prepare_study(cfg: StudyConfig, name: str) -> Path:
             atomic_write_text(cell.source / GENOTYPE, g.to_json())
             draw_cells(g, cell.source / "cells")
     atomic_write_text(study_dir / STUDY_FILE, dump_yaml(cfg))  # last: its presence means the study is complete
-    return study_dir
 
 
 # ---------------------------------------------------------------------------------------------- score
@@ -163,15 +170,31 @@ def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: 
         raise UserError(f"--nproc {nproc} is not valid; valid: 1 or more")
     if resume is None:
         assert cfg is not None
-        lay, extra = layout(prepare_study(check_plan(cfg), name), cfg), []
+        checked = check_plan(cfg)
+        study_dir, extra = study_dir_of(checked, name), []
+        new = not study_dir.exists()
+        try:
+            study_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write run.dir={str(study_dir)!r}: {e.strerror or e}") from None
     else:
-        lay, extra = load_study(resume, overrides), list(overrides)
-    todo = [p for p in pieces(lay) if p.status() != "done"]
-    if plan:
-        print_plan(todo, lay.dir, nproc, benchmark=bool(lay.cfg.eval.benchmark))
-        return lay.dir
-    with study_lock(lay.dir):
-        execute(lay, todo, jobs, extra, quiet, resumed=resume is not None, nproc=nproc)
+        study_dir, extra = load_study(resume, overrides).dir, list(overrides)  # checked before the lock is taken
+    try:
+        with study_lock(study_dir):  # before anything is replaced or run: no other compare has the study
+            if resume is None:
+                prepare_study(checked, study_dir)
+                lay = layout(study_dir, checked)
+            else:
+                lay = load_study(study_dir, overrides)
+            todo = [p for p in pieces(lay) if p.status() != "done"]
+            if plan:
+                print_plan(todo, lay.dir, nproc, benchmark=bool(lay.cfg.eval.benchmark))
+                return lay.dir
+            execute(lay, todo, jobs, extra, quiet, resumed=resume is not None, nproc=nproc)
+    except BaseException:
+        if resume is None and new and not (study_dir / STUDY_FILE).exists():  # nothing of it was made
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise
     return lay.dir
 
 
@@ -222,15 +245,17 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
 def report_study(study_dir: str | Path) -> Path:
     """--report, in two steps: look up the cells that have no benchmark record yet (eval.benchmark; runs nothing
     else), then build the report from whatever has finished; returns report.md's path."""
+    from nas.jobs import study_lock
     from nas.report import write_report
     from nas.runlog import RunLog
 
     lay = load_study(study_dir)
-    failures = read_failures(lay.dir)
-    if lay.cfg.eval.benchmark:
-        score_cells(lay, RunLog(lay.dir), failures)
-        write_failures(lay, failures)
-    return write_report(lay, failures)
+    with study_lock(lay.dir):  # a study that is running writes failures.json and the report itself
+        failures = read_failures(lay.dir)
+        if lay.cfg.eval.benchmark:
+            score_cells(lay, RunLog(lay.dir), failures)
+            write_failures(lay, failures)
+        return write_report(lay, failures)
 
 
 if __name__ == "__main__":

@@ -299,13 +299,17 @@ def test_bad_study_directories_and_flags(study: Path, tmp_path: Path, capsys: py
         (["--report", str(study), "--plan"], "--report reads the study directory as it is"),
         (["--resume", str(study), "--jobs", "0"], "--jobs 0 is not valid; valid: 1 or more"),
     ]
-    cases.append((["--resume", str(study)], f"study {str(study)!r} is being run by compare.py (pid {os.getpid()})"))
+    running = f"study {str(study)!r} is being run by compare.py (pid {os.getpid()})"
+    cases += [(["--resume", str(study)], running),
+              ([*TINY, f"run.dir={study}", "run.overwrite=true"], running),  # it would wipe the running study
+              (["--report", str(study)], running)]  # it would write failures.json and the report beside it
     with study_lock(study):  # another compare.py is running this study
         for argv, message in cases:
             assert compare_main(argv) == 2, argv
             err = capsys.readouterr().err
             assert err.startswith("error: ") and message in err, (argv, err)
     assert {k: v for k, v in digest(study).items() if k != ".lock"} == before
+    assert (study / ".lock").read_text() == ""  # released: no owner named, no stale pid
 
 
 def test_a_study_directory_is_replaced_only_with_run_overwrite(tmp_path: Path,
