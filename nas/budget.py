@@ -430,13 +430,18 @@ def latency_table(space: SearchSpace, net: dict[str, int], device: torch.device,
     key = {"space": space.name, "ops": list(space.ops), "classes": net["classes"], "channels": net["channels"],
            "C": net["C"], "layers": net["layers"], "image_size": net["size"], "batch": batch,
            "device": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    from nas.files import file_lock
+
     cached = latency_path(key)
-    if cached.is_file() and not force:
-        say(f"latency table: {cached}")
-        return load_costs(cached, space)
-    say(f"latency table: timing every op at every position on {key['device']} (batch {batch}); cached in {cached}")
-    cost = count_costs("latency", space, device=device, batch=batch, say=say, **net)
-    save_costs(cost, cached)
+    # one process times it while the others wait for the table (torchrun ranks, a study's jobs, two searches)
+    with file_lock(cached.with_name(f".{cached.name}.lock")):
+        if cached.is_file() and not force:
+            say(f"latency table: {cached}")
+            return load_costs(cached, space)
+        say(f"latency table: timing every op at every position on {key['device']} (batch {batch}); cached in "
+            f"{cached}")
+        cost = count_costs("latency", space, device=device, batch=batch, say=say, **net)
+        save_costs(cost, cached)
     return cost
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nas.errors import UserError
+from nas.files import atomic_write_text, replacing
 from nas.study import CHECKPOINT as CHECKPOINT  # re-exported: a run's checkpoint file, named with the others
 
 VERSION = 1
@@ -30,12 +31,8 @@ class CheckpointError(UserError):
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to a temporary file, fsync it, then rename it over ``path``: a kill at any moment leaves
     either the previous checkpoint or the new one, never a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
+    with replacing(path, "wb") as f:
         torch.save({"version": VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -99,9 +96,7 @@ def truncate_jsonl(path: Path, lines: int) -> None:
     if not path.exists():
         return
     kept = path.read_text().splitlines(keepends=True)[:lines]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))
 
 
 class GracefulStop:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from nas.errors import UserError
+from nas.files import replacing
 
 
 class DataError(UserError):
@@ -263,9 +264,8 @@ def load_image_folder(root: Path, split: str, size: int, classes: list[str] | No
     if cache:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}")
-            torch.save(images, tmp)
-            os.replace(tmp, cached)
+            with replacing(cached, "wb") as f:
+                torch.save(images, f)
             source += f", cached in {cached}"
         except OSError as e:  # a read-only home: the run goes on without a cache
             source += f" (not cached: {e.strerror or e})"

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
+from nas.files import replacing
 from nas.genotype import Genotype, from_dict
 from nas.study import MODEL, RESULTS
 
@@ -49,15 +50,12 @@ class Classifier(nn.Module):
 def save_model(path: Path, network: nn.Module, genotype: Genotype, settings: dict[str, Any], classes: list[str],
                mean: list[float], std: list[float], image_size: int) -> None:
     """Write the model file (atomically): weights, genotype, build settings, classes, preprocessing."""
-    import os
-
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     blob = {"format": FORMAT, "genotype": json.dumps(genotype.to_dict()), "settings": settings,
             "classes": list(classes), "mean": list(mean), "std": list(std), "image_size": int(image_size),
             "state_dict": state}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with replacing(path, "wb") as f:
+        torch.save(blob, f)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
+from nas.files import atomic_write_text as atomic_write_text  # re-exported: runs write their JSON files by it
 from nas.study import RUN_DIRS, RUN_FILES  # the files and folders that mark a directory as holding a run
 
 
@@ -52,16 +53,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file, flush it to disk, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class RunLog:
