@@ -13,6 +13,7 @@ Without torchrun (no WORLD_SIZE in the environment, or 1) nothing here communica
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,20 @@ class Dist:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on rank 0 alone, its value on every process; a UserError it raises is raised on every process
+        (for work one process must do, such as creating the run directory)."""
+        found: tuple[Any, UserError | None] = (None, None)
+        if self.main:
+            try:
+                found = (fn(), None)
+            except UserError as e:
+                found = (None, e)
+        value, error = self.broadcast(found)
+        if error is not None:
+            raise error
+        return value
 
     def broadcast_parameters(self, model: nn.Module) -> None:
         """Make every process hold rank 0's parameters and buffers (once, at the start)."""

@@ -18,6 +18,7 @@ import torch
 
 from nas.errors import UserError
 from nas.files import atomic_write_text as atomic_write_text  # re-exported: runs write their JSON files by it
+from nas.files import temp_path
 from nas.study import RUN_DIRS, RUN_FILES  # the files and folders that mark a directory as holding a run
 
 
@@ -40,7 +41,7 @@ def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
             if overwrite and (run_dir / d).is_dir():
                 for p in sorted((run_dir / d).rglob("*"), reverse=True):
                     p.unlink() if p.is_file() else p.rmdir()
-        probe = run_dir / ".write-test"
+        probe = temp_path(run_dir / "write-test")
         probe.write_text("")
         probe.unlink()
     except OSError as e:

@@ -61,20 +61,11 @@ class Run:
             torch.backends.cudnn.benchmark = False
         self.state: dict[str, Any] | None = None
         main = self.dist.main
-        found: tuple[Any, ...] = ("", None, None)  # (directory, checkpoint state, error), as rank 0 found them
-        if main:
-            try:
-                if resume is None:
-                    found = (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)), None, None)
-                else:
-                    found = (str(resume), load_checkpoint(resume / CHECKPOINT, kind), None)
-            except UserError as e:
-                found = ("", None, e)
-        found = self.dist.broadcast(found)
-        if found[2] is not None:
-            raise found[2]
-        if resume is None:
+        if resume is None:  # (directory, checkpoint state), as rank 0 found them
+            found = self.dist.on_main(lambda: (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)), None))
             seed_everything(seed)
+        else:
+            found = self.dist.on_main(lambda: (str(resume), load_checkpoint(resume / CHECKPOINT, kind)))
         self.dir, self.state = Path(found[0]), found[1]
         self.log = RunLog(self.dir, quiet, writes=main)
         if resume is None:

@@ -247,7 +247,11 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
 def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str = "train",
                 quiet: bool = False) -> dict[str, Any]:
     """Train once per seed, each in <run.dir>/seed-<s>; writes summary.json with mean and std over the runs."""
-    parent = prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite)
+    from nas.distributed import setup
+    from nas.runtime import resolve_device
+
+    d, _ = setup(resolve_device(cfg.run.device))  # under torchrun, rank 0 alone creates the folder
+    parent = Path(d.on_main(lambda: str(prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite))))
     runs = []
     for seed in seeds:
         sub = dataclasses.replace(cfg, seed=seed, run=dataclasses.replace(cfg.run, dir=str(parent / f"seed-{seed}")))

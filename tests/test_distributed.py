@@ -5,6 +5,7 @@ run directory, reports bad input once, and a killed 2-process search resumes to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -189,6 +190,36 @@ def test_torchrun_writes_one_run_directory_and_reports_bad_input_once(tmp_path: 
     assert out.count("epoch 1/1") == 1 and "global BatchNorm statistics" in out
     results = json.loads((tmp_path / "train" / "results.json").read_text())
     assert round(results["final_test_acc"] * 41 / 100, 6).is_integer()  # correct answers out of all 41 images
+
+
+def repeats_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """run_repeats on one rank of two, its trainings stubbed: which ranks create the parent folder."""
+    import nas.train
+    from nas.config import TrainConfig
+    from nas.genotype import load_genotype
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    prepare = nas.train.prepare_run_dir
+
+    def counted(*args: Any) -> Path:
+        (Path(folder) / f"prepared-by-{rank}").touch()
+        return prepare(*args)
+
+    nas.train.prepare_run_dir = counted  # type: ignore[assignment]
+    nas.train.run_train = lambda cfg, *a, **k: {"final_test_acc": 50.0 + cfg.seed, "params": 1, "flops": 1}
+    cfg = TrainConfig()
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(Path(folder) / "rep"), device="cpu"))
+    try:
+        nas.train.run_repeats(cfg, load_genotype("DARTS_V1"), [0, 1], quiet=True)
+    finally:
+        teardown()
+
+
+def test_repeated_trainings_under_torchrun_create_their_folder_on_rank_0_alone(tmp_path: Path) -> None:
+    mp.spawn(repeats_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared-by-0", "rep"]
+    assert json.loads((tmp_path / "rep" / "summary.json").read_text())["final_test_acc"]["mean"] == 50.5
 
 
 def test_a_killed_two_rank_search_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:

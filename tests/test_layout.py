@@ -1,7 +1,7 @@
 """The module graph of nas/ (shared/DESIGN.md): imports point one way, with no cycle even through imports inside
-functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block that runs a tool; the
-report and the study plan only read (no process, no benchmark lookup), and a run reaches its parent-death signal
-without importing the study."""
+functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block that
+runs a tool; the report and the study plan only read (no process, no benchmark lookup), and a run reaches its
+parent-death signal without importing the study."""
 
 from __future__ import annotations
 
