@@ -100,17 +100,19 @@ def truncate_jsonl(path: Path, lines: int) -> None:
 
 
 class GracefulStop:
-    """While active, SIGINT and SIGTERM only set ``signum``; the loop checks it after each step, checkpoints and
-    exits with 128 + signum (130 for SIGINT, 143 for SIGTERM). A second signal stops at once."""
+    """While active, SIGINT and SIGTERM only set ``received``; once per step the loop agrees on it with the other
+    processes (Dist.agree sets ``signum``, the same on every process), then checkpoints and exits with 128 + signum
+    (130 for SIGINT, 143 for SIGTERM). A second signal to this process stops it at once."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.received: int | None = None  # the signal that reached this process
+        self.signum: int | None = None  # the signal every process stops for, as of the last agreement
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-        if self.signum is not None:  # asked twice: give up waiting for the step
+        if self.received is not None:  # asked twice: give up waiting for the step
             raise KeyboardInterrupt
-        self.signum = signum
+        self.received = signum
 
     def checkpoint_due(self, step: int, steps: int, every: int) -> bool:
         """Whether to checkpoint after ``step``: every ``every`` steps (the epoch end checkpoints anyway), or

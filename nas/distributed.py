@@ -104,11 +104,13 @@ class Dist:
 
     def agree(self, stop: Any, loss: torch.Tensor) -> bool:
         """Once per step: whether the loss is non-finite on any process, and, should a signal have reached any
-        process (``stop.signum``), the same signal on all, so that every process checkpoints and stops (or fails)
-        at the same step."""
+        process (``stop.received``), the same signal on all as ``stop.signum``, so that every process checkpoints and
+        stops (or fails) at the same step. ``stop.signum`` changes only here: a signal that lands after this call
+        counts at the next step, on every process alike."""
         if not self.active:
+            stop.signum = stop.received
             return not bool(torch.isfinite(loss))
-        signal = torch.tensor(float(stop.signum or 0), device=loss.device)
+        signal = torch.tensor(float(stop.received or 0), device=loss.device)
         flags = self.any(torch.stack([signal, (~torch.isfinite(loss)).float()]))
         stop.signum = int(flags[0]) or None
         return bool(flags[1])

@@ -192,6 +192,46 @@ def test_torchrun_writes_one_run_directory_and_reports_bad_input_once(tmp_path: 
     assert round(results["final_test_acc"] * 41 / 100, 6).is_integer()  # correct answers out of all 41 images
 
 
+def stop_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """Signals on one rank of two around Dist.agree: what each rank decides."""
+    from nas.checkpoint import GracefulStop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    d, _ = setup(torch.device("cpu"))
+    loss, seen = torch.tensor(1.0), {}
+    try:
+        stop = GracefulStop()  # rank 1 is signalled first; rank 0's own signal lands after the agreement
+        if rank == 1:
+            stop._handle(signal.SIGTERM, None)
+        d.agree(stop, loss)
+        try:
+            if rank == 0:
+                stop._handle(signal.SIGTERM, None)  # its first signal: it waits for the checkpoint
+            seen["second_signal"] = "waits"
+        except KeyboardInterrupt:
+            seen["second_signal"] = "gave up"
+        seen["first_due"] = stop.checkpoint_due(1, 10, 0)
+        late = GracefulStop()  # no signal at the agreement; then one reaches rank 0 before checkpoint_due
+        d.agree(late, loss)
+        if rank == 0:
+            late._handle(signal.SIGINT, None)
+        seen["late_due"] = late.checkpoint_due(1, 10, 0)
+        d.agree(late, loss)  # the next step: every rank stops for it
+        seen["next_due"] = late.checkpoint_due(2, 10, 0)
+        seen["next_signum"] = late.signum
+        (Path(folder) / f"stop-{rank}.json").write_text(json.dumps(seen))
+    finally:
+        teardown()
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path: Path) -> None:
+    mp.spawn(stop_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"stop-{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] == {"second_signal": "waits", "first_due": True, "late_due": False,
+                                    "next_due": True, "next_signum": int(signal.SIGINT)}
+
+
 def repeats_worker(rank: int, world: int, port: int, folder: str) -> None:
     """run_repeats on one rank of two, its trainings stubbed: which ranks create the parent folder."""
     import nas.train
