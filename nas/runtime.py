@@ -122,13 +122,16 @@ class Run:
 class EpochMeter:
     """The sums of one epoch of a loop (losses and correct counts, kept on the device: no sync per step), the
     images of each of its streams, and its time; what a mid-epoch checkpoint holds of them (``partial``) and how
-    a resumed epoch carries on from it. A checkpoint holds the global sums, which rank 0 alone carries on from."""
+    a resumed epoch carries on from it. A checkpoint holds the sums and the image counts over every process, which
+    rank 0 alone carries on from, so that a run resumed on another number of processes, or one whose processes had
+    unequal shards, counts every image once."""
 
     def __init__(self, sums: int, streams: int, device: torch.device, dist: Any,
                  partial: dict[str, Any] | None = None):
         self.dist = dist
-        self.sums = partial["sums"].to(device) if partial and dist.main else torch.zeros(sums, device=device)
-        images = partial["images"] if partial else [0] * streams
+        carried = partial if dist.main else None
+        self.sums = carried["sums"].to(device) if carried else torch.zeros(sums, device=device)
+        images = carried["images"] if carried else [0] * streams
         self.images = [images] if isinstance(images, int) else list(images)
         self.spent = partial["time_s"] if partial else 0.0
         self.t0 = time.perf_counter()
@@ -144,11 +147,20 @@ class EpochMeter:
         """This process's sums so far (a sync with the device: for progress lines only)."""
         return [float(v) for v in self.sums.tolist()]
 
+    def _global(self) -> tuple[torch.Tensor, list[int]]:
+        """The sums and the image counts over every process, in one all-reduce."""
+        counts = torch.tensor(self.images, dtype=torch.float64, device=self.sums.device)
+        both = self.dist.sum(torch.cat([self.sums.to(torch.float64), counts]))
+        n = len(self.images)
+        return both[:-n].to(self.sums.dtype), [round(float(v)) for v in both[-n:]]
+
     def partial(self) -> dict[str, Any]:
-        """What a checkpoint in the middle of the epoch holds (the sums summed over processes)."""
-        images: int | list[int] = self.images[0] if len(self.images) == 1 else self.images
-        return {"sums": self.dist.sum(self.sums).cpu(), "images": images, "time_s": self.elapsed()}
+        """What a checkpoint in the middle of the epoch holds: the sums and images over every process."""
+        sums, counts = self._global()
+        images: int | list[int] = counts[0] if len(counts) == 1 else counts
+        return {"sums": sums.cpu(), "images": images, "time_s": self.elapsed()}
 
     def totals(self) -> tuple[list[float], list[int]]:
-        """The epoch's sums and images over every process (each had an equal share)."""
-        return [float(v) for v in self.dist.sum(self.sums).tolist()], [n * self.dist.world for n in self.images]
+        """The epoch's sums and images over every process."""
+        sums, counts = self._global()
+        return [float(v) for v in sums.tolist()], counts

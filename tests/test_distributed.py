@@ -232,6 +232,37 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
                                     "next_due": True, "next_signum": int(signal.SIGINT)}
 
 
+def meter_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """An epoch's meter on two ranks with unequal shards (5 and 3 images), checkpointed mid-epoch."""
+    from nas.runtime import EpochMeter
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    d, _ = setup(torch.device("cpu"))
+    try:
+        meter = EpochMeter(2, 1, torch.device("cpu"), d)
+        n = 5 if rank == 0 else 3
+        meter.add([torch.tensor(2.0 * n), torch.tensor(float(n - 1))], n)  # loss 2 per image, n - 1 correct
+        partial, totals = meter.partial(), meter.totals()
+        if rank == 0:
+            torch.save({"partial": partial, "totals": totals}, Path(folder) / "meter.pt")
+    finally:
+        teardown()
+
+
+def test_epoch_figures_count_every_image_once_across_shards_and_process_counts(tmp_path: Path) -> None:
+    from nas.runtime import EpochMeter
+
+    mp.spawn(meter_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    saved = torch.load(tmp_path / "meter.pt", weights_only=False)
+    assert saved["totals"] == ([16.0, 6.0], [8])  # unequal shards: 8 images, not 2 x 5
+    assert saved["partial"]["images"] == 8
+    resumed = EpochMeter(2, 1, torch.device("cpu"), Dist(), saved["partial"])  # resumed on one process
+    resumed.add([torch.tensor(8.0), torch.tensor(4.0)], 4)
+    (loss, correct), (n,) = resumed.totals()
+    assert (loss, correct, n) == (24.0, 10.0, 12)  # the mean loss is 2 and 10 of 12 correct, as before the stop
+
+
 def repeats_worker(rank: int, world: int, port: int, folder: str) -> None:
     """run_repeats on one rank of two, its trainings stubbed: which ranks create the parent folder."""
     import nas.train
