@@ -13,6 +13,7 @@ import os
 import selectors
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,6 +133,7 @@ class Running:
     start: float
     buffer: bytes = b""      # a partial line, waiting for the rest
     last: str = ""           # the last line it printed: on failure, its error
+    forwarded: int = 0       # how many of the study's signals it has been sent
 
     def read(self, fd: int, quiet: bool) -> bool:
         """Forward what the run has printed since, line by line; False once it has closed its output."""
@@ -162,11 +164,23 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[tuple[list[str], dict[s
     total, finished = len(todo), 0
 
     def on_signal(signum: int, frame: types.FrameType | None) -> None:
-        stop.append(signum)
-        for r in running.values():  # each run checkpoints and exits; a second signal stops them at once
-            r.proc.send_signal(signum)
+        stop.append(signum)  # forwarded by the loop, woken through the wakeup socket
 
+    def forward() -> None:
+        """Send every run each signal the study has had and it has not (each run checkpoints and exits; a second
+        signal stops them at once). Called from the loop, never from the handler: a run started while a signal
+        arrived is sent it once it is registered, and never twice."""
+        for r in running.values():
+            for signum in stop[r.forwarded:]:
+                r.proc.send_signal(signum)
+            r.forwarded = len(stop)
+
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    sel.register(wake_r, selectors.EVENT_READ)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT: str(os.getpid())}
     try:
         while True:
@@ -186,9 +200,15 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[tuple[list[str], dict[s
                 running[proc.stdout.fileno()] = Running(piece, proc, slot, time.perf_counter())
                 sel.register(proc.stdout, selectors.EVENT_READ)
                 log.print(f"start {piece.name} ({finished + len(running)}/{total})")
+            forward()
             if not running:
                 break
             for key, _ in sel.select(timeout=1.0):
+                if key.fileobj is wake_r:  # a signal: the loop forwards it
+                    with contextlib.suppress(BlockingIOError):
+                        wake_r.recv(4096)
+                    forward()
+                    continue
                 r = running[key.fd]
                 if r.read(key.fd, quiet):
                     continue
@@ -203,15 +223,20 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[tuple[list[str], dict[s
                     failures.pop(r.piece.name, None)
                     log.print(f"done {r.piece.name} in {took:.0f}s ({finished}/{total})")
                 elif stop and (rc in (130, 143, -signal.SIGINT, -signal.SIGTERM) or nproc > 1 and rc == 1):
-                    log.print(f"stopped {r.piece.name} with a checkpoint")  # torchrun exits 1 when stopped
+                    kept = r.piece.status() == "interrupted"  # torchrun exits 1 when stopped
+                    log.print(f"stopped {r.piece.name} " + ("with a checkpoint" if kept else
+                                                            "before its first checkpoint: it starts again"))
                 else:
                     why = r.last if rc > 0 else exit_reason(rc)
                     failures[r.piece.name] = why
                     log.print(f"FAILED {r.piece.name} (exit {rc}): {why}")
     finally:
+        signal.set_wakeup_fd(previous_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sel.close()
+        wake_r.close()
+        wake_w.close()
     return stop[0] if stop else None
 
 

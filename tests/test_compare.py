@@ -340,3 +340,40 @@ def test_nproc_runs_every_search_and_training_data_parallel(tmp_path: Path) -> N
     for run in (study_dir / "search" / "gdas-s0", next((study_dir / "train").iterdir())):
         assert "data-parallel over 2 processes" in (run / "log.txt").read_text(), run
     assert (study_dir / "report.md").exists()
+
+
+SIGNAL_AT_START = """
+import os, signal, subprocess, sys, time
+from pathlib import Path
+from nas import jobs
+
+class Piece:  # a run that sleeps unless a signal reaches it
+    name, kind = "search/sleeper", "search"
+    def ready(self): return True
+    def status(self): return "not started"
+    def command(self, extra=()): return ["-c", "import time; time.sleep(20)"]
+
+class SignalledAtStart(subprocess.Popen):  # the study's signal lands right after the run starts
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+class Log:
+    def print(self, line): print(line, flush=True)
+
+jobs.launcher = lambda nproc: [sys.executable]
+jobs.subprocess.Popen = SignalledAtStart
+t0 = time.perf_counter()
+stopped = jobs.run_pieces([Piece()], 1, [([], {})], [], Log(), False, {})
+print(f"stopped by {stopped} after {time.perf_counter() - t0:.1f}s")
+"""
+
+
+def test_a_signal_that_lands_as_a_run_starts_reaches_the_run(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT_START], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "start search/sleeper (1/1)"
+    assert lines[1] == "stopped search/sleeper before its first checkpoint: it starts again"
+    assert lines[2].startswith(f"stopped by {int(signal.SIGTERM)} after ") and float(lines[2].split()[-1][:-1]) < 10
