@@ -23,16 +23,16 @@ from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig, SearchOptions
 from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.datasets import ImageSet
-from nas.distributed import Dist, check_global_batch, use_global_batchnorm
+from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
 from nas.errors import UserError
 from nas.genotype import Genotype, alpha_rule
 from nas.loader import dump_yaml
 from nas.mixing import Mixer, create_mixer, mixer_options
 from nas.runlog import Board, Progress, peak_memory_mib
-from nas.runtime import EpochMeter, Run, resolve_device
+from nas.runtime import EpochMeter, Run, removed_if_unsaved, resolve_device
 from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
-from nas.study import BUDGET, FINAL
+from nas.study import BUDGET, FINAL, GENOTYPE, run_state
 from nas.supernet import Supernet, build_supernet
 from nas.unrolled import unrolled_alpha_backward
 
@@ -348,7 +348,18 @@ def search_mixer(s: SearchOptions) -> Mixer:
 
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
-    (genotype.json is the result)."""
+    (genotype.json is the result). A finished run is left as it is; a new one stopped before its first checkpoint
+    leaves nothing behind."""
+    if resume is not None and run_state(resume, "search") == "done":
+        if not quiet and is_main_process():
+            print(f"{resume} has finished its {cfg.search.epochs} epochs; {GENOTYPE} is its result", flush=True)
+        return resume
+    with removed_if_unsaved():
+        return search(cfg, name, resume, quiet)
+
+
+def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Path:
+    """run_search's setup and loop."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     s = cfg.search
     world = check_global_batch(cfg.data.batch_size)  # under torchrun: checked before anything is written
@@ -363,9 +374,6 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
                          resolve_device(cfg.run.device), budget_notes.append)  # refused before anything is written
     run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
-    if state is not None and state["epoch"] >= s.epochs and (run.dir / "genotype.json").exists():
-        log.print(f"{run.dir} has finished its {s.epochs} epochs; genotype.json is its result")
-        return run.dir
 
     d = split_data(cfg, data, run)
     del data

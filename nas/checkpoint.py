@@ -111,7 +111,7 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if self.received is not None:  # asked twice: give up waiting for the step
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.received = signum
 
     def checkpoint_due(self, step: int, steps: int, every: int) -> bool:
@@ -142,7 +142,18 @@ class Stopped(Exception):
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a loop's graceful stop, as Ctrl-C raises KeyboardInterrupt (exit 143)."""
+
+    signum = signal.SIGTERM
+
+
+def raise_on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    raise Terminated
 
 
 class NumericalFault(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import textwrap
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.errors import UserError
-from nas.study import CHECKPOINT, CONFIG, check_resumable, load_plan
+from nas.study import CHECKPOINT, CONFIG, check_resumable, load_plan, run_state
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -31,7 +32,7 @@ class HelpFormatter(argparse.HelpFormatter):
 def run_guarded(fn: Callable[[], object]) -> int:
     """Run fn and turn the ways a run ends into exit statuses, with one line on stderr and no traceback:
     bad input 2, a non-finite loss 3, a graceful stop on SIGINT / SIGTERM 130 / 143."""
-    from nas.checkpoint import NumericalFault, Stopped
+    from nas.checkpoint import NumericalFault, Stopped, Terminated, raise_on_sigterm
     from nas.distributed import is_main_process, teardown
     from nas.errors import RunsFailed
     from nas.jobs import follow_parent
@@ -49,6 +50,10 @@ def run_guarded(fn: Callable[[], object]) -> int:
 
     follow_parent()
     try:
+        previous = signal.signal(signal.SIGTERM, raise_on_sigterm)  # as Ctrl-C: a run can remove what it started
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
+    try:
         fn()
     except UserError as e:
         say(f"error: {one_line(e)}")
@@ -62,10 +67,12 @@ def run_guarded(fn: Callable[[], object]) -> int:
     except Stopped as e:
         say(one_line(e))
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         say("interrupted before the step finished; the last checkpoint is kept")
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         teardown()
     return 0
 
@@ -75,6 +82,9 @@ def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> A
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"--resume {run_dir!r} is not a directory")
+    if (path / CONFIG).is_file() and not (path / CHECKPOINT).is_file() and run_state(path, kind) == "done":
+        check_resumable(overrides)  # a finished run with no checkpoint (a search of no epochs): nothing to do
+        return load_config(cls, path / CONFIG, overrides)
     if not (path / CONFIG).is_file() or not (path / CHECKPOINT).is_file():
         missing = CONFIG if not (path / CONFIG).is_file() else CHECKPOINT
         raise UserError(f"--resume {run_dir!r} is not a run directory with a checkpoint (no {missing})")

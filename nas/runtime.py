@@ -4,8 +4,11 @@ directory and checkpoint (Run), the per-epoch sums of its loop (EpochMeter) and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,8 @@ class Run:
             torch.backends.cudnn.benchmark = False
         self.state: dict[str, Any] | None = None
         main = self.dist.main
+        self.new = resume is None
+        self.created = self.new and not (run_cfg.dir and Path(run_cfg.dir).exists())  # the folder is this run's
         if resume is None:  # (directory, checkpoint state), as rank 0 found them
             found = self.dist.on_main(lambda: (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)), None))
             seed_everything(seed)
@@ -73,6 +78,7 @@ class Run:
         if main:
             record_session(self.dir, self.device, resumed=resume is not None)
         self.checkpoint_path = self.dir / CHECKPOINT
+        _STARTED.append(self)
 
     def finish(self) -> None:
         """Note in meta.json's record of this session its wall time and the CPU time of this process (every thread;
@@ -96,6 +102,23 @@ class Run:
         if self.dist.main:
             save_checkpoint(self.checkpoint_path, state)
 
+    def discard(self) -> None:
+        """Remove what this new run has written (rank 0; the others wrote nothing): its run files, and its folder
+        when the run created it."""
+        import shutil
+
+        from nas.study import RUN_DIRS, RUN_FILES
+
+        if not self.dist.main:
+            return
+        for f in RUN_FILES:
+            (self.dir / f).unlink(missing_ok=True)
+        for d in RUN_DIRS:
+            shutil.rmtree(self.dir / d, ignore_errors=True)
+        if self.created:
+            with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+                self.dir.rmdir()
+
     def resume_hint(self, script: str) -> str:
         return f"python {script} --resume {self.dir}"
 
@@ -117,6 +140,32 @@ class Run:
             truncate_jsonl(self.dir / f, state["epoch"])
         self.log.print(f"resuming at epoch {state['epoch'] + 1}, step {state['step']}")
         return state["epoch"], state["step"], state["partial"]
+
+
+_STARTED: list[Run] = []  # the runs this process has started inside removed_if_unsaved, innermost last
+
+
+@contextlib.contextmanager
+def removed_if_unsaved() -> Iterator[None]:
+    """A new run stopped (Ctrl-C, SIGTERM) before its first checkpoint, as a search of no epochs is while it scores
+    cells, removes what it wrote and says so: the same command starts it again, and nothing is left that --resume
+    could not continue. A run with a checkpoint keeps it."""
+    from nas.checkpoint import Stopped
+
+    mark = len(_STARTED)
+    try:
+        yield
+    except (KeyboardInterrupt, Stopped) as e:
+        fresh = [r for r in _STARTED[mark:] if r.new and not r.checkpoint_path.exists()]
+        if not fresh:
+            raise
+        for r in fresh:
+            r.discard()
+        signum = getattr(e, "signum", None) or signal.SIGINT
+        raise Stopped(signum, f"stopped before the first checkpoint; removed what the run had written in "
+                              f"{fresh[0].dir}; run the same command to start it again") from None
+    finally:
+        del _STARTED[mark:]
 
 
 class EpochMeter:

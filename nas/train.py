@@ -30,8 +30,9 @@ from nas.genotype import Genotype
 from nas.loader import dump_yaml, to_dict
 from nas.network import build_network, check_network, count_flops, count_parameters
 from nas.runlog import Board, Progress, RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
-from nas.runtime import EpochMeter, Run
+from nas.runtime import EpochMeter, Run, removed_if_unsaved
 from nas.steps import autocast, backward_step, grad_scaler
+from nas.study import RESULTS, run_state
 
 
 def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:
@@ -79,7 +80,18 @@ def evaluate(model: nn.Module, batches: Batches, amp: Any = None,
 def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resume: Path | None = None,
               quiet: bool = False) -> dict[str, Any]:
     """Train ``genotype``'s network as ``cfg`` says (or continue the run in ``resume``); writes results.json in
-    the run directory and returns it, with the run directory added (run_dir)."""
+    the run directory and returns it, with the run directory added (run_dir). A finished run is left as it is; a
+    new one stopped before its first checkpoint leaves nothing behind."""
+    if resume is not None and run_state(resume, "train") == "done":
+        if not quiet and is_main_process():
+            print(f"{resume} has finished its {cfg.train.epochs} epochs; {RESULTS} is its result", flush=True)
+        return {**json.loads((resume / RESULTS).read_text()), "run_dir": str(resume)}
+    with removed_if_unsaved():
+        return train(cfg, genotype, name, resume, quiet)
+
+
+def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, quiet: bool) -> dict[str, Any]:
+    """run_train's setup and loop."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
     check_global_batch(cfg.data.batch_size)  # under torchrun: checked before anything is written
@@ -90,9 +102,6 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     t = cfg.train
-    if state is not None and state["epoch"] >= t.epochs and (run.dir / "results.json").exists():
-        log.print(f"{run.dir} has finished its {t.epochs} epochs; results.json is its result")
-        return {**json.loads((run.dir / "results.json").read_text()), "run_dir": str(run.dir)}
     if resume is None:
         log.write_text("genotype.json", genotype.to_json())
 

@@ -207,3 +207,31 @@ def test_every_method_resumes_identically(tmp_path: Path, method: list[str]) -> 
     a = load_checkpoint(killed / "checkpoint.pt", "search")["model"]
     b = load_checkpoint(full / "checkpoint.pt", "search")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+ZERO = ["--config", "configs/search/zc-train-nb201-small.yaml", "data.name=synthetic", "data.synthetic.train=256",
+        "data.image_size=8", "model.C=4", "search.score_batch=16", "search.final.cells=2", "search.final.epochs=1",
+        "search.final.average=1", "run.tensorboard=false", "run.threads=1"]  # no epochs: scores, then 2 short trainings
+
+
+def test_a_stop_before_the_first_checkpoint_leaves_nothing_behind(tmp_path: Path) -> None:
+    run_dir, log = tmp_path / "scoring", tmp_path / "out.txt"
+    proc = start("search.py", [*ZERO, "search.samples=100000", f"run.dir={run_dir}"], log)  # scoring for long
+    wait_for(log, "scoring 100000 random cells", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    text = log.read_text()
+    assert (f"stopped before the first checkpoint; removed what the run had written in {run_dir}; run the same "
+            "command to start it again") in text and "Traceback" not in text
+    assert not run_dir.exists()  # no config.yaml, log.txt or meta.json that --resume could not continue
+
+
+def test_resuming_a_finished_search_of_no_epochs_says_so_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "zero"
+    assert search_main([*ZERO, "search.samples=4", f"run.dir={run_dir}"]) == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert search_main(["--resume", str(run_dir)]) == 0
+    assert capsys.readouterr().out == f"{run_dir} has finished its 0 epochs; genotype.json is its result\n"
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # no log line, no session
