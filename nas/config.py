@@ -504,7 +504,8 @@ class StudyConfig:
 
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> C:
     """Read a YAML file (or start from defaults when path is None), apply ``a.b=value`` overrides, check."""
-    return load(cls, path, overrides, CONDITIONAL if cls in (SearchConfig, TrainConfig) else ())
+    # a study's search section serves methods with different mixers: only its data keys are conditional
+    return load(cls, path, overrides, CONDITIONAL if cls in (SearchConfig, TrainConfig) else CONDITIONAL[:1])
 
 
 # Keys that mean something only under a condition on another key: (keys, the key deciding, the values that give

@@ -131,6 +131,19 @@ def from_dict(cls: type[C], raw: dict[str, Any], prefix: str = "", root: type | 
     return cfg
 
 
+def _section_at(cls: type, dotted: str) -> bool:
+    """Whether ``dotted`` names a section (a nested config) of ``cls``."""
+    tp: Any = cls
+    for name in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return False
+        hints = typing.get_type_hints(tp)
+        if name not in hints:
+            return False
+        tp = hints[name]
+    return _is_section(tp)
+
+
 def _is_section(tp: Any) -> bool:
     """A nested config class (a section such as ``data``), as opposed to a plain key."""
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
@@ -326,6 +339,9 @@ def load(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str
     are refused, whatever their value, since they would do nothing."""
     raw: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
     given = parse_overrides(overrides)
+    for dotted in [k for k, v in given.items() if v is None and _section_at(cls, k)]:
+        pop_dotted(raw, dotted)  # section=null: the recipe's keys of that section are dropped (its defaults stay)
+        del given[dotted]
     _drop_what_an_override_switched_off(cls, raw, given, conditional)
     for dotted, value in given.items():
         set_dotted(raw, dotted, value)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from nas.cli import genotype_main, search_main
@@ -202,3 +203,18 @@ def test_a_library_module_run_directly_names_the_command_to_run(module: str, too
     r = run_cli("-m", module, "|nor_conv_3x3~0|")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == f"error: {module} is a library module, not a command; run: python -m nas {tool} --help\n"
+
+
+def test_the_quick_study_runs_on_an_image_folder_from_the_command_line(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from nas.cli import compare_main
+
+    data = make_image_folder(tmp_path / "images")
+    args = ["--config", "configs/compare/quick.yaml", "data.name=imagefolder", f"data.root={data}", "--plan"]
+    assert compare_main([*args, f"run.dir={tmp_path / 's'}"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the recipe's data.synthetic applies only to data.name=synthetic; dropped" in err
+    assert yaml.safe_load((tmp_path / "s" / "study.yaml").read_text())["data"]["name"] == "imagefolder"
+    assert compare_main(["--config", "configs/compare/quick.yaml", "data.synthetic=null", "--plan",
+                         f"run.dir={tmp_path / 't'}"]) == 0  # a section set to null: the recipe's keys dropped
+    assert yaml.safe_load((tmp_path / "t" / "study.yaml").read_text())["data"]["synthetic"]["noise"] != 0.3
