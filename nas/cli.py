@@ -404,8 +404,15 @@ def predict_main(argv: list[str] | None = None) -> int:
         from nas.runtime import resolve_device
 
         model = load_model(args.run_dir, resolve_device(args.device))
-        for path, name, prob in model.predict(args.images):
-            print(f"{path}\t{name}\t{100 * prob:.1f}%")
+        unreadable: dict[Path, str] = {}
+        results = model.predict(args.images, unreadable)
+        for path, name, prob in results:
+            print(f"{path}\t{name}\t{100 * prob:.1f}%", flush=True)
+        for path, why in unreadable.items():
+            print(f"cannot read image {path}: {why}", file=sys.stderr)
+        if unreadable:
+            raise UserError(f"{len(unreadable)} of {len(results) + len(unreadable)} images could not be read "
+                            "(listed above); the others are classified")
 
     return run_guarded(go)
 

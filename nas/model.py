@@ -24,7 +24,7 @@ from torch import nn
 from nas.errors import UserError
 from nas.files import replacing
 from nas.genotype import Genotype, from_dict
-from nas.study import MODEL, RESULTS
+from nas.study import MODEL, RESULTS, run_kind
 
 FORMAT = "nas-model/1"
 EXPORTS = {"torchscript": ".ts", "exported": ".pt2", "onnx": ".onnx"}
@@ -78,10 +78,15 @@ class TrainedModel:
         g = torch.Generator().manual_seed(0)
         return torch.rand(batch, self.channels, self.image_size, self.image_size, generator=g)
 
-    def predict(self, images: list[str | Path]) -> list[tuple[Path, str, float]]:
-        """(file, class name, probability) for each image file, or each image in the folders given."""
+    def predict(self, images: list[str | Path], unreadable: dict[Path, str] | None = None
+                ) -> list[tuple[Path, str, float]]:
+        """(file, class name, probability) for each image file, or each image in the folders given. A file that
+        cannot be read raises UserError, or, with ``unreadable``, is left out and recorded there with the reason."""
         paths = image_paths(images)
-        x = read_images(paths, self.image_size, self.channels)
+        x = read_images(paths, self.image_size, self.channels, unreadable)
+        paths = [p for p in paths if unreadable is None or p not in unreadable]
+        if not paths:
+            return []
         device = next(self.classifier.parameters()).device
         probs = self(x.to(device)).softmax(-1).cpu()
         p, k = probs.max(-1)
@@ -101,10 +106,12 @@ def model_file(source: str | Path) -> Path:
     if seeds:
         raise UserError(f"{str(source)!r} holds {len(seeds)} trainings ({', '.join(seeds)}); give one of them, for "
                         f"example {path / seeds[0]}")
+    if run_kind(path) == "search":
+        raise UserError(f"{str(source)!r} is a search run: it has a genotype, not trained weights; train its "
+                        f"genotype with python -m nas evaluate --genotype {source}, then use that run")
     why = ("its training has not finished" if not (path / RESULTS).exists() else
            "it was trained before evaluate.py wrote model files; train it again")
-    raise UserError(f"{str(source)!r} has no trained weights ({MODEL}): {why}. A search run has none either: "
-                    "train its genotype with python -m nas evaluate --genotype RUN_DIR")
+    raise UserError(f"{str(source)!r} has no trained weights ({MODEL}): {why}")
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -151,9 +158,11 @@ def image_paths(items: list[str | Path]) -> list[Path]:
     return out
 
 
-def read_images(paths: list[Path], size: int, channels: int) -> torch.Tensor:
+def read_images(paths: list[Path], size: int, channels: int, unreadable: dict[Path, str] | None = None
+                ) -> torch.Tensor:
     """(N, channels, size, size) float in [0, 1]: each file decoded, converted to RGB (or grey for one channel) and
-    resized bilinearly, as the image-folder reader does for training."""
+    resized bilinearly, as the image-folder reader does for training. A file that cannot be read raises UserError,
+    or, with ``unreadable``, is left out and recorded there."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -165,9 +174,14 @@ def read_images(paths: list[Path], size: int, channels: int) -> torch.Tensor:
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise UserError(f"cannot read image {path}: {e}") from None
+            if unreadable is None:
+                raise UserError(f"cannot read image {path}: {e}") from None
+            unreadable[path] = str(e)
+            continue
         a = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
         out.append(a.permute(2, 0, 1) if a.ndim == 3 else a[None])
+    if not out:
+        return torch.zeros(0, channels, size, size)
     return torch.stack(out).float() / 255
 
 

@@ -83,6 +83,19 @@ def check_resumable(overrides: Sequence[str], study: bool = False) -> None:
                         f"valid on resume: {', '.join(RESUMABLE)}")
 
 
+def run_kind(run_dir: Path) -> str | None:
+    """Which loop wrote the run in ``run_dir``: "search" or "train", read from its config.yaml (None: no run)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((run_dir / CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return "search" if "search" in raw else "train" if "train" in raw else None
+
+
 def run_state(run_dir: Path, kind: str) -> str:
     """Where the ``kind`` run ("search" or "train") in ``run_dir`` stands: "done" (its result file is written),
     "interrupted" (a config and a checkpoint: --resume continues it), "started" (a config but no checkpoint yet:

@@ -112,14 +112,23 @@ def test_errors(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     search_run = tmp_path / "search"
     search_run.mkdir()
     (search_run / "genotype.json").write_text("{}")
+    (search_run / "config.yaml").write_text("seed: 0\nsearch:\n  epochs: 0\n")
     assert export_main([str(search_run), "--format", "torchscript"]) == 2
-    assert "has no trained weights (model.pt)" in capsys.readouterr().err
+    assert f"{str(search_run)!r} is a search run: it has a genotype, not trained weights" in capsys.readouterr().err
+    (search_run / "config.yaml").write_text("seed: 0\ntrain:\n  epochs: 3\n")  # a training still running
+    assert predict_main([str(search_run), str(tmp_path)]) == 2
+    assert "has no trained weights (model.pt): its training has not finished" in capsys.readouterr().err
     assert predict_main([str(trained), str(tmp_path / "missing.png")]) == 2
     assert "image" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    assert predict_main([str(trained), str(bad)]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((8, 8, 3), 90, dtype=np.uint8)).save(good)
+    assert predict_main([str(trained), str(bad), str(good)]) == 2  # the good one is classified all the same
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}\t") and out.count("\n") == 1
+    assert err.splitlines() == [f"cannot read image {bad}: " + err.splitlines()[0].split(": ", 1)[1],
+                                "error: 1 of 2 images could not be read (listed above); the others are classified"]
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
