@@ -87,10 +87,11 @@ class ModelConfig:
         _check_network(self.space, layers=self.layers, stem_multiplier=self.stem_multiplier)
         if self.ops is not None:
             from nas.ops import check_op_name  # the registry is the authority on op names
+            from nas.spaces import space_ops
 
             for op in self.ops:
                 try:
-                    check_op_name(op, where=" in model.ops")
+                    check_op_name(op, space_ops(self.space), where=f" in model.ops of the {self.space} space")
                 except UserError as e:
                     raise ConfigError(str(e)) from None
             if len(set(self.ops)) != len(self.ops):

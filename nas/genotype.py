@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.ops import check_op_name, is_parameter_free, list_ops
-from nas.spaces import SearchSpace
+from nas.ops import check_op_name, is_parameter_free
+from nas.spaces import SearchSpace, space_ops
 
 Edge = tuple[str, int]          # (op name, global id of the input node)
 Node = tuple[Edge, ...]         # the edges kept into one intermediate node
@@ -105,13 +105,13 @@ def check_genotype(g: Genotype) -> Genotype:
                 raise GenotypeError(f"nb201 node {i} must have one edge from each of nodes 0..{i - 1} in order, "
                                     f"got inputs {srcs}")
             for op, _ in node:
-                _check_op(op, list_ops(), "")
+                _check_op(op, space_ops("nb201"), " in an nb201 cell")
         if tuple(g.normal_concat) != (3,):
             raise GenotypeError(f"an nb201 cell outputs node 3, got concat {list(g.normal_concat)}")
         return g
     if g.space != "darts":
         raise GenotypeError(f"unknown genotype space {g.space!r}; valid: darts, nb201")
-    valid_ops = [op for op in list_ops() if op != "none"]
+    valid_ops = [op for op in space_ops("darts") if op != "none"]
     for name, (nodes, concat) in g.cells().items():
         if not nodes:
             raise GenotypeError(f"the {name} cell has no nodes")

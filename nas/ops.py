@@ -40,6 +40,8 @@ def check_op_name(name: str, valid: list[str] | None = None, where: str = "") ->
     if name not in valid:
         near = difflib.get_close_matches(name, valid, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
+        if name in OPS and name != "none":  # registered, but not for this space (a DARTS cell keeps no none)
+            raise UserError(f"op {name!r}{where} is another space's op{hint}; valid: {', '.join(valid)}")
         raise UserError(f"unknown op {name!r}{where}{hint}; valid: {', '.join(valid)}")
 
 
@@ -203,6 +205,7 @@ for _k in (3, 5):
 for _k in (1, 3):
     _register_nor(_k)
 register_op("conv_7x1_1x7")(lambda C_in, C_out, s, a: Conv7x1x1x7(C_in, C_out, s, a))
+BUILTIN_OPS = frozenset(OPS)  # the ops this module defines; register_op adds a user's own
 
 
 def create_search_op(name: str, C: int, stride: int, *, pool_bn: bool) -> nn.Module:

@@ -97,7 +97,7 @@ def test_describe_lists_every_key_with_help() -> None:
     (["model.layers=2"], "model.layers=2 is too few for model.space=darts"),
     (["model.macro=gdas_frc", "model.C=6"], "model.C=6 does not suit model.macro=gdas_frc"),
     (["model.macro=frc"], "model.macro='frc' is not valid; valid: darts, gdas, gdas_frc"),
-    (["model.ops=[sep_conv_3x3, skip_conect]"], "unknown op 'skip_conect' in model.ops (did you mean 'skip_connect'?)"),
+    (["model.ops=[sep_conv_3x3, skip_conect]"], "unknown op 'skip_conect' in model.ops of the darts space (did you mean 'skip_connect'?)"),
     (["model.ops=[none]"], "model.ops needs at least one op other than none"),
     (["model.ops=[none, none]"], "lists an op twice"),
     (["search.mixer=darts", "search.tau_max=5"], "search.tau_max applies only to search.mixer=gdas or snas"),

@@ -164,6 +164,14 @@ def test_the_fixed_reduction_cell_round_trips_and_reads_the_official_notation() 
     ("|nor_conv_3x3~0|+|none~0|skip_connect1|+|none~0|none~1|none~2|", "not of the form op~input"),
     ("|nor_conv_3x3~0|+|none~0|skip_conect~1|+|none~0|none~1|none~2|", "did you mean 'skip_connect'"),
     ("nor_conv_3x3~0", "cannot read genotype"),
+    ("|sep_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", "op 'sep_conv_3x3' in an nb201 cell is another "
+     "space's op (did you mean 'nor_conv_3x3'?); valid: none, skip_connect, nor_conv_1x1, nor_conv_3x3, "
+     "avg_pool_3x3"),
+    ("|conv_9x9~0|+|none~0|none~1|+|none~0|none~1|none~2|", "valid: none, skip_connect, nor_conv_1x1, nor_conv_3x3, "
+     "avg_pool_3x3"),  # the space's own ops only
+    ("Genotype(normal=[('nor_conv_3x3', 0), ('skip_connect', 1)], normal_concat=[2], "
+     "reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])",
+     "op 'nor_conv_3x3' in the normal cell is another space's op"),
     ('{"space": "darts", "normal": [[["sep_conv_3x3", 0]]]', "genotype JSON is malformed"),
     ('{"space": "nasnet"}', "space 'nasnet'"),
     ('{"space": "nb201", "normal": [[["nor_conv_3x3", 0]]], "normal_concat": [3], "extra": 1}',
