@@ -337,12 +337,17 @@ class Budget:
                 f"{self.cost.network['image_size']}px images")
 
     def check(self, where: str = "search.budget.target") -> None:
-        """Refuse a target below the cheapest cell: nothing could fit."""
-        low = self.cost.extreme(min)
+        """Refuse a target below the cheapest cell (nothing could fit) or above the dearest (every cell fits: the
+        budget would change nothing)."""
+        low, high = self.cost.extreme(min), self.cost.extreme(max)
         if self.target < low:
             raise UserError(f"{where}={self.target:g} is below the cheapest cell, {fmt(low, self.metric)} (the network "
                             f"outside the cells costs {fmt(self.cost.base, self.metric)}); valid: "
-                            f"{low:.4g} to {self.cost.extreme(max):.4g}")
+                            f"{low:.4g} to {high:.4g}")
+        if self.target > high:
+            raise UserError(f"{where}={self.target:g} is above the dearest cell, {fmt(high, self.metric)}: every cell "
+                            f"fits and the budget would change nothing; valid: {low:.4g} to {high:.4g} (or "
+                            "search.budget.metric=off)")
 
     def repair(self, genotype: Genotype, alphas: dict[str, torch.Tensor]) -> tuple[Genotype, list[str]]:
         """``genotype`` brought under the target: while it costs more, the op of one kept edge is replaced by a

@@ -156,6 +156,10 @@ def test_an_impossible_budget_is_refused_and_leaves_nothing(tmp_path: Path,
     err = capsys.readouterr().err
     assert "search.budget.target=0.01 is below the cheapest cell, 0.073M params" in err and "valid: 0.07" in err
     assert not run.exists()
+    assert search_main([*SEARCH, "search.budget.target=50", f"run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "search.budget.target=50 is above the dearest cell" in err and "every cell fits" in err
+    assert "valid: 0.07" in err and not run.exists()
 
 
 def test_the_latency_tool_writes_a_table_searches_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,8 +169,10 @@ def test_the_latency_tool_writes_a_table_searches_read(tmp_path: Path, capsys: p
     assert latency_main([*small, "--out", str(table), "run.device=cpu"]) == 0
     assert "latency table written" in capsys.readouterr().out
     run = tmp_path / "run"
+    cost = load_costs(table, NB201)
+    middle = (cost.extreme(min) + cost.extreme(max)) / 2  # a target this machine's timings make meaningful
     assert search_main([*small, "search.epochs=1", "data.batch_size=16", f"search.budget.latency_table={table}",
-                        "run.tensorboard=false", f"run.dir={run}"]) == 0
+                        f"search.budget.target={middle}", "run.tensorboard=false", f"run.dir={run}"]) == 0
     assert json.loads((run / "budget.json").read_text())["metric"] == "latency"
     assert search_main([*small, "search.budget.latency_table=nope.json", f"run.dir={tmp_path / 'r2'}"]) == 2
     assert "search.budget.latency_table='nope.json' is not a file" in capsys.readouterr().err
