@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from nas.errors import ConfigError as ConfigError  # re-exported: nas.config.ConfigError
 from nas.errors import UserError as UserError
-from nas.loader import C, Conditional, load
+from nas.loader import C, Conditional, load, read_yaml
 from nas.loader import dump_yaml as dump_yaml  # re-exported with the schemas: what callers write and print
 from nas.loader import key as _key
 from nas.loader import key_table as key_table
@@ -503,8 +503,27 @@ class StudyConfig:
         # What each method's search and the eval recipe become is checked by nas.study.check_plan.
 
 
+# What kind of recipe a file is, by the sections only that kind has, and the tool that runs it
+RECIPE_KINDS = {"study": (("methods", "per_method", "seeds", "eval", "random"), "comparison study", "compare"),
+                "train": (("train",), "training", "evaluate"),
+                "search": (("search",), "search", "search")}
+
+
+def recipe_kind(raw: dict[str, Any]) -> str | None:
+    """"study", "train" or "search": the kind of recipe whose sections ``raw`` has (None: it has none of them)."""
+    return next((kind for kind, (keys, _, _) in RECIPE_KINDS.items() if any(k in raw for k in keys)), None)
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> C:
-    """Read a YAML file (or start from defaults when path is None), apply ``a.b=value`` overrides, check."""
+    """Read a YAML file (or start from defaults when path is None), apply ``a.b=value`` overrides, check. A recipe
+    of another kind (a training recipe given to a search) is refused, naming the tool that runs it."""
+    if path is not None:
+        kind = recipe_kind(read_yaml(Path(path)))
+        wanted = {SearchConfig: "search", TrainConfig: "train", StudyConfig: "study"}.get(cls)
+        if kind is not None and wanted is not None and kind != wanted:
+            _, what, tool = RECIPE_KINDS[kind]
+            raise ConfigError(f"{path} is a {what} recipe, not a {RECIPE_KINDS[wanted][1]} one; run it with "
+                              f"python -m nas {tool} --config {path}")
     # a study's search section serves methods with different mixers: only its data keys are conditional
     return load(cls, path, overrides, CONDITIONAL if cls in (SearchConfig, TrainConfig) else CONDITIONAL[:1])
 

@@ -342,15 +342,20 @@ def load(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str
     for dotted in [k for k, v in given.items() if v is None and _section_at(cls, k)]:
         pop_dotted(raw, dotted)  # section=null: the recipe's keys of that section are dropped (its defaults stay)
         del given[dotted]
-    _drop_what_an_override_switched_off(cls, raw, given, conditional)
+    notes = _drop_what_an_override_switched_off(cls, raw, given, conditional)
     for dotted, value in given.items():
         set_dotted(raw, dotted, value)
-    return from_dict(cls, raw)
+    cfg = from_dict(cls, raw)
+    for note in notes:  # only once the config holds: a refused one prints its error alone
+        print(note, file=sys.stderr)
+    return cfg
 
 
 def _drop_what_an_override_switched_off(cls: type, raw: dict[str, Any], given: dict[str, Any],
-                                        conditional: tuple[Conditional, ...]) -> None:
+                                        conditional: tuple[Conditional, ...]) -> list[str]:
+    """Drop the recipe's keys whose condition an override switched off; returns the notes that say so."""
     sections = {f.name for f in dataclasses.fields(cls)}
+    notes = []
     for keys, decider, meaningful in conditional:
         if decider.split(".")[0] not in sections:
             continue
@@ -367,5 +372,5 @@ def _drop_what_an_override_switched_off(cls: type, raw: dict[str, Any], given: d
                     raise ConfigError(f"{g} applies only to {need}; this run has {decider}={value}: drop {g}")
             if decider in given and get_dotted(raw, name) is not None:
                 pop_dotted(raw, name)
-                print(f"note: the recipe's {name} applies only to {need}; dropped, since {decider}={value}",
-                      file=sys.stderr)
+                notes.append(f"note: the recipe's {name} applies only to {need}; dropped, since {decider}={value}")
+    return notes

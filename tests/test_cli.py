@@ -141,6 +141,11 @@ def test_missing_cifar_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
     (["search.py", "data.name=imagefolder", "data.root=/nonexistent"], "data.root='/nonexistent' is not a folder"),
     (["-m", "nas", "genotype", "|nor_conv_3x3~0|+|bad|"], "NB201 edge 'bad' is not of the form op~input"),
     (["-m", "nas", "genotype", "Genotype(normal=[('sep_conv_3x3', 0)])"], "lacks normal_concat"),
+    (["search.py", "--config", "configs/eval/quick.yaml"], "configs/eval/quick.yaml is a training recipe, not a "
+                                                            "search one; run it with python -m nas evaluate --config"),
+    (["search.py", "--config", "configs/compare/quick.yaml"], "is a comparison study recipe, not a search one"),
+    (["search.py", "--config", "configs/quickstart.yaml", "search.mixer=gdsa"],  # no note on dropped tau keys first
+     "search.mixer='gdsa' is not valid (did you mean 'gdas'?)"),
 ])
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     extra = [f"run.dir={tmp_path / 'run'}"] if args[0] == "search.py" else []
