@@ -34,6 +34,7 @@ from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
 from nas.study import BUDGET, FINAL, GENOTYPE, run_state
 from nas.supernet import Supernet, build_supernet
+from nas.text import count
 from nas.unrolled import unrolled_alpha_backward
 
 RECORDS = ("metrics.jsonl", "genotypes.jsonl", "alpha.jsonl")  # one line per finished epoch
@@ -281,7 +282,7 @@ def setup_lines(cfg: SearchConfig, run: Run, d: SearchData, weights: list[nn.Par
              f"{d.classes} classes, {tuple(d.train.images.shape[1:])} per image; device {run.device}",
              f"{s.mixer} search in the {m.space} space{macro}: C={m.C}, layers={m.layers}, "
              f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} step{'s' * (steps != 1)} of 2 x "
-             f"{cfg.data.batch_size} images per epoch, {s.epochs} epochs"]
+             f"{cfg.data.batch_size} images per epoch, {count(s.epochs, 'epoch')}"]
     if run.dist.active:
         lines.append(run.dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
     return lines
@@ -352,7 +353,8 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     leaves nothing behind."""
     if resume is not None and run_state(resume, "search") == "done":
         if not quiet and is_main_process():
-            print(f"{resume} has finished its {cfg.search.epochs} epochs; {GENOTYPE} is its result", flush=True)
+            print(f"{resume} has finished its {count(cfg.search.epochs, 'epoch')}; {GENOTYPE} is its result",
+                  flush=True)
         return resume
     with removed_if_unsaved():
         return search(cfg, name, resume, quiet)
@@ -403,6 +405,11 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
                              weight_decay=s.arch_weight_decay)
     for line in [*setup_lines(cfg, run, d, weights, steps), *budget_notes, *([budget.describe()] if budget else [])]:
         log.print(line)
+
+    zero_cost = s.derive == "score" or s.prior > 0 or s.perturb_by == "score"
+    if zero_cost and s.score_batch > len(valid.labels):
+        log.print(f"search.score_batch={s.score_batch} is more than the {len(valid.labels)} images of the alpha half; "
+                  f"the zero-cost scores read all {len(valid.labels)}")
 
     def score_batch() -> tuple[torch.Tensor, torch.Tensor]:
         """The batch zero-cost scores read: the first images of the alpha half (a seeded shuffle), normalised."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from nas.data import Batches
 from nas.genotype import Genotype
+from nas.text import count
 from nas.zerocost import scoring_network
 
 RANKED_BY = {"tse": "training speed (the sum of the epochs' training losses)", "accuracy": "validation accuracy",
@@ -116,10 +117,10 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
                               weight_decay=weight_decay)
         finalists.append(Finalist(g, net, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)))
-    over = f" averaged over the last {average} epochs" if average > 1 and rank != "tse" else ""
-    say(f"final stage: {len(cells)} cells trained alone (C={C}, {layers} cell{'s' * (layers != 1)} per stage, "
+    over = f" averaged over the last {count(average, 'epoch')}" if average > 1 and rank != "tse" else ""
+    say(f"final stage: {count(len(cells), 'cell')} trained alone (C={C}, {layers} cell{'s' * (layers != 1)} per stage, "
         f"{train.num_images} images), ranked by {RANKED_BY[rank]}{over}; "
-        "rungs of " + ", ".join(f"{n} cells to epoch {e}" for n, e in plan))
+        "rungs of " + ", ".join(f"{count(n, 'cell')} to epoch {e}" for n, e in plan))
     alive = finalists
     start = time.perf_counter()
     for r, (n, until) in enumerate(plan, start=1):
@@ -135,7 +136,7 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
         for f in alive[keep:]:
             f.out_at = r
         best = alive[0]
-        say(f"  rung {r}/{len(plan)}: {n} cells to epoch {until}, {time.perf_counter() - start:.0f}s; best "
+        say(f"  rung {r}/{len(plan)}: {count(n, 'cell')} to epoch {until}, {time.perf_counter() - start:.0f}s; best "
             f"{describe(best, rank, average)}  {best.genotype}")
     winner = alive[0]
     for f in finalists:  # free the networks: only the records stay

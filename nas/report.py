@@ -39,6 +39,7 @@ from nas.study import (
     method_options,
     run_state,
 )
+from nas.text import count
 
 # ---------------------------------------------------------------------------------------------- reading
 
@@ -354,7 +355,7 @@ def _method_cells(row: dict[str, Any]) -> list[str]:
     common = [_mega(row["params"], ".3f"), _mega(row["flops"], ".1f")]
     if row["method"] == "random":
         median = f", median {acc['median']:.2f}, range {acc['min']:.2f}–{acc['max']:.2f}" if acc["n"] else ""
-        return [f"random ({row['cells']} cells)", _acc(acc) + median, *common, "", "", "", free,
+        return [f"random ({count(row['cells'], 'cell')})", _acc(acc) + median, *common, "", "", "", free,
                 _f(row["skip_connect"], ".1f")]
     valid = _f(s["mean"]) + (f" ± {s['std']:.2f}" if s["n"] > 1 else "")
     return [row["method"], _acc(acc), *common, _f(row["search_time_s"], ".0f", " s"),
@@ -377,8 +378,8 @@ def _scoring_line(scoring: dict[str, Any], b: dict[str, Any]) -> str:
                 f"and scored by its {_metric(scoring)} after the benchmark's {epochs}-epoch training, averaged over "
                 f"the benchmark's seeds{lacks}")
     return (f"- retraining (one recipe for every cell): C={b['eval']['C']}, layers={b['eval']['layers']}, "
-            f"{b['eval']['epochs']} epochs, batch {b['eval']['batch']}, seeds {b['eval']['seeds']}; the accuracy of a "
-            "training is its last epoch's on the test split")
+            f"{count(b['eval']['epochs'], 'epoch')}, batch {b['eval']['batch']}, seeds {b['eval']['seeds']}; the "
+            "accuracy of a training is its last epoch's on the test split")
 
 
 def _other_benchmark_tests(record: dict[str, Any], data: str) -> str:
@@ -433,10 +434,10 @@ def markdown(r: dict[str, Any]) -> str:
         "## Budget", "",
         f"- data: {b['data']}, {b['classes']} classes, images {b['image_shape']}; search: {imgs}{retraining}",
         f"- search: {b['supernet']['space']} supernet, C={b['supernet']['C']}, layers={b['supernet']['layers']}, "
-        f"{b['search_epochs']} epochs, batch {b['search_batch']}, seeds {b['search_seeds']}"
+        f"{count(b['search_epochs'], 'epoch')}, batch {b['search_batch']}, seeds {b['search_seeds']}"
         + (f"; per method: {json.dumps(b['per_method'])}" if b["per_method"] else ""),
         _scoring_line(r["scoring"], b),
-        f"- random baseline: {b['random_cells']} cells",
+        f"- random baseline: {count(b['random_cells'], 'cell')}",
         f"- compute: {b['search_time_s'] / 60:.1f} min of search ({b['search_cpu_s'] / 60:.1f} CPU-min), "
         f"{b['train_time_s'] / 60:.1f} min of training",
     ]

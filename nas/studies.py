@@ -45,6 +45,7 @@ from nas.study import (
     train_config,
     unscored,
 )
+from nas.text import count
 
 # ---------------------------------------------------------------------------------------------- prepare
 
@@ -129,7 +130,7 @@ def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
     except BenchmarkError as e:
         for cell in todo:
             failures[f"bench/{cell.id}"] = str(e)
-        log.print(f"FAILED the NAS-Bench-201 lookup of {len(todo)} cells: {e}")
+        log.print(f"FAILED the NAS-Bench-201 lookup of {count(len(todo), 'cell')}: {e}")
         return
     (lay.dir / "bench").mkdir(exist_ok=True)
     if hasattr(api, "distribution"):  # the table holds the whole space: its exact distribution, for the report
@@ -214,9 +215,10 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
     failures = read_failures(study_dir)
     slots = job_settings(cfg, jobs, nproc)
     n_search = sum(1 for p in todo if p.kind == "search")
-    scoring = f"{len(lay.cells)} cells looked up in NAS-Bench-201 ({cfg.eval.benchmark})" if cfg.eval.benchmark \
-        else f"{len(lay.cells)} cells x {len(cfg.eval.seeds)} training seeds"
-    log.print(f"study {study_dir}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds, "
+    cells = count(len(lay.cells), "cell")
+    scoring = f"{cells} looked up in NAS-Bench-201 ({cfg.eval.benchmark})" if cfg.eval.benchmark \
+        else f"{cells} x {count(len(cfg.eval.seeds), 'training seed')}"
+    log.print(f"study {study_dir}: {count(len(cfg.methods), 'method')} x {count(len(cfg.seeds), 'seed')}, "
               f"{cfg.random.samples} random cells, {scoring}; to run: {n_search} searches and "
               f"{len(todo) - n_search} trainings, {jobs} at a time"
               + (f", each on {nproc} processes" if nproc > 1 else "")

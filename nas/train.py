@@ -33,6 +33,7 @@ from nas.runlog import Board, Progress, RunLog, peak_memory_mib, prepare_run_dir
 from nas.runtime import EpochMeter, Run, removed_if_unsaved
 from nas.steps import autocast, backward_step, grad_scaler
 from nas.study import RESULTS, run_state
+from nas.text import count
 
 
 def check_genotype_fits(cfg: TrainConfig, genotype: Genotype) -> None:
@@ -84,7 +85,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     new one stopped before its first checkpoint leaves nothing behind."""
     if resume is not None and run_state(resume, "train") == "done":
         if not quiet and is_main_process():
-            print(f"{resume} has finished its {cfg.train.epochs} epochs; {RESULTS} is its result", flush=True)
+            print(f"{resume} has finished its {count(cfg.train.epochs, 'epoch')}; {RESULTS} is its result", flush=True)
         return {**json.loads((resume / RESULTS).read_text()), "run_dir": str(resume)}
     with removed_if_unsaved():
         return train(cfg, genotype, name, resume, quiet)
@@ -277,7 +278,7 @@ def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: st
         return summary
     RunLog(parent).write_json("summary.json", summary)
     final = summary["final_test_acc"]
-    print(f"{len(seeds)} runs: final test accuracy {final['mean']:.2f} ± {final['std']:.2f}% (sample std); "
+    print(f"{count(len(seeds), 'run')}: final test accuracy {final['mean']:.2f} ± {final['std']:.2f}% (sample std); "
           f"summary in {Path(parent) / 'summary.json'}", flush=True)
     return summary
 

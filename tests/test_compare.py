@@ -94,7 +94,7 @@ def test_tiny_study_writes_every_report_file_with_the_right_rows(study: Path) ->
     assert all((study / p).stat().st_size > 1000 for p in report["plots"])
     md = (study / "report.md").read_text()
     assert "| gdas | " in md and "| darts | " in md and "| random (3 cells) | " in md and "## Not finished" not in md
-    assert "search: nb201 supernet, C=4, layers=1, 1 epochs, batch 8, seeds [0]" in md  # the budget
+    assert "search: nb201 supernet, C=4, layers=1, 1 epoch, batch 8, seeds [0]" in md  # the budget
     assert r"\|" in md and "machine:" in md  # NB201 strings are escaped inside the table
 
 
@@ -103,7 +103,7 @@ def test_every_piece_of_a_study_is_an_ordinary_run_directory(study: Path,
     search = study / "search" / "gdas-s0"
     assert (search / "genotype.json").is_file() and (search / "config.yaml").is_file()
     assert search_main(["--resume", str(search)]) == 0
-    assert "has finished its 1 epochs" in capsys.readouterr().out
+    assert "has finished its 1 epoch;" in capsys.readouterr().out
     assert genotype_main([str(search), "--to", "text"]) == 0
     assert capsys.readouterr().out.strip() == str(load_genotype(str(search)))
     train_cfg = yaml.safe_load((study / "train" / "random-1-e0" / "config.yaml").read_text())

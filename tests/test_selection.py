@@ -161,6 +161,9 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
     if final.exists():
         record = json.loads(final.read_text())
         assert record["winner"] == str(g) and len(record["cells"]) == cfg.search.final.cells
+    log = (run_dir / "log.txt").read_text()  # 48 images in the alpha half, the default score batch is 64
+    assert "search.score_batch=64 is more than the 48 images of the alpha half; the zero-cost scores read all 48" in log
+    assert " 0 epochs" in log and "1 epochs" not in log and "1 cells" not in log
 
 
 @pytest.mark.parametrize("overrides,message", [
