@@ -461,14 +461,14 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
                 progress.step(epoch, step, step_postfix(meter, mixer.tau) if progress.wants_postfix(step) else None)
                 if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
                     checkpoint(epoch, step, meter.partial())
-                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search.py"))
+                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search"))
             w_sched.step()
             progress.end_epoch()
 
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
             record_epoch(cfg, model, meter, epoch, float(lr), steps, warm, bench, board, run)
             checkpoint(epoch + 1, 0, None)
-            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search.py"))
+            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search"))
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
     genotype, final = derive_genotype(cfg, model, d, score_batch, amp, memory_format, log)

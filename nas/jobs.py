@@ -88,7 +88,7 @@ def print_plan(todo: list[Piece], study_dir: Path, nproc: int = 1, benchmark: bo
         return
     print(f"# {len(todo)} runs: the first {free} can start at once; each of the other {len(todo) - free} trains a "
           "searched cell and needs its search's genotype.json. When they are done: "
-          f"python compare.py --report {study_dir}", file=sys.stderr)
+          f"python -m nas compare --report {study_dir}", file=sys.stderr)
 
 
 def job_settings(cfg: StudyConfig, jobs: int, nproc: int = 1) -> list[tuple[list[str], dict[str, str]]]:

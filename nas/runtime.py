@@ -119,8 +119,9 @@ class Run:
             with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                 self.dir.rmdir()
 
-    def resume_hint(self, script: str) -> str:
-        return f"python {script} --resume {self.dir}"
+    def resume_hint(self, tool: str) -> str:
+        """The command that continues this run, from any directory."""
+        return f"python -m nas {tool} --resume {self.dir}"
 
     def restore(self, objects: dict[str, Any], records: tuple[str, ...]) -> tuple[int, int, dict[str, Any] | None]:
         """Load the checkpoint's state into ``objects`` (name in the checkpoint -> anything with load_state_dict;

@@ -66,7 +66,7 @@ def study_dir_of(cfg: StudyConfig, name: str) -> Path:
         raise UserError(f"run.dir={str(study_dir)!r} holds a run ({CONFIG}), not a study; choose another run.dir")
     if (study_dir / STUDY_FILE).exists() and not cfg.run.overwrite:
         raise UserError(f"run.dir={str(study_dir)!r} already holds a study ({STUDY_FILE}); continue it with "
-                        f"python compare.py --resume {study_dir}, rebuild its report with --report, choose "
+                        f"python -m nas compare --resume {study_dir}, rebuild its report with --report, choose "
                         "another run.dir, or set run.overwrite=true to replace it")
     return study_dir
 
@@ -228,7 +228,7 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
         score_cells(lay, log, failures)
     write_failures(lay, failures)
     log.print(f"report: {write_report(lay, failures)}")
-    hint = f"python compare.py --resume {study_dir}"
+    hint = f"python -m nas compare --resume {study_dir}"
     if stopped is not None:
         raise Stopped(stopped, f"stopped the study; its runs checkpointed; continue with: {hint}")
     runs = pieces(lay)

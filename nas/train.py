@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                 progress.step(epoch, step, postfix)
                 if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
                     checkpoint(epoch, step, meter.partial())
-                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("evaluate.py"))
+                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("evaluate"))
             sched.step()
             elapsed = meter.elapsed()
             progress.end_epoch()
@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                       f"{record['images_per_s']:.0f} img/s")
             if board is not None:
                 board.scalars(record, epoch + 1, "train")
-            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("evaluate.py"))
+            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("evaluate"))
     if board is not None:
         board.close()
 

@@ -206,7 +206,8 @@ def test_ctrl_c_stops_the_study_with_checkpoints_and_a_resume_hint(tmp_path: Pat
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     text = log.read_text()
-    assert f"stopped the study; its runs checkpointed; continue with: python compare.py --resume {study_dir}" in text
+    assert ("stopped the study; its runs checkpointed; continue with: python -m nas compare --resume "
+            f"{study_dir}") in text
     assert "stopped search/gdas-s0 with a checkpoint" in text and "Traceback" not in text
     assert (study_dir / "search" / "gdas-s0" / "checkpoint.pt").exists() and (study_dir / "report.md").exists()
 
@@ -289,7 +290,7 @@ def test_bad_study_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: 
 def test_bad_study_directories_and_flags(study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = {k: v for k, v in digest(study).items() if k != ".lock"}
     cases = [
-        ([*TINY, f"run.dir={study}"], "already holds a study (study.yaml); continue it with python compare.py "
+        ([*TINY, f"run.dir={study}"], "already holds a study (study.yaml); continue it with python -m nas compare "
                                       f"--resume {study}"),
         (["--resume", str(tmp_path / "nowhere")], "is not a directory"),
         (["--resume", str(study / "search" / "gdas-s0")], "is not a study directory: it has no study.yaml (it is a "

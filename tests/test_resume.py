@@ -92,7 +92,7 @@ def test_signals_checkpoint_and_exit_with_a_resume_hint(uninterrupted: Path, tmp
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == code
     text = log.read_text()
-    assert f"resume with: python search.py --resume {run_dir}" in text and "Traceback" not in text
+    assert f"resume with: python -m nas search --resume {run_dir}" in text and "Traceback" not in text
     state = load_checkpoint(run_dir / "checkpoint.pt", "search")
     assert state["epoch"] == 1 and state["step"] >= 3  # mid-epoch 2: it finished the step it was in
     assert run("search.py", "--resume", str(run_dir)).returncode == 0
