@@ -474,11 +474,13 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     genotype, final = derive_genotype(cfg, model, d, score_batch, amp, memory_format, log)
     if final is not None:
         log.write_text(FINAL, json.dumps(final, indent=2) + "\n")
+    derived, repaired = genotype, []
     if model.budget is not None:
         genotype, record = fit_budget(model, genotype, log)
         log.write_text(BUDGET, json.dumps(record, indent=2) + "\n")
+        repaired = record["repaired"]
     log.write_text("genotype.json", genotype.to_json())
-    warning = dominance_warning(genotype)
+    warning = dominance_warning(genotype, derived, len(repaired))
     if warning:
         log.print(warning)
     from nas.plot import draw_cells

@@ -14,6 +14,7 @@ import torch
 
 from nas.genotype import Genotype
 from nas.ops import is_parameter_free
+from nas.text import count
 
 # The warning fires when more than this share of the normal cell's edges is parameter-free: 4 or more of 6 in
 # NAS-Bench-201, 6 or more of 8 in the DARTS space. The line sits just above the published cells that retrain
@@ -73,11 +74,15 @@ WHY = ("The warning fires when more than 65% of a normal cell's edges are none, 
        f"tends to retrain below random cells. Remedies: {REMEDIES}.")
 
 
-def dominance_warning(genotype: Genotype) -> str | None:
+def dominance_warning(genotype: Genotype, derived: Genotype | None = None, repaired: int = 0) -> str | None:
     """One short line when the normal cell is dominated by parameter-free edges, else None (the study report
-    and docs/collapse.md say more)."""
+    and docs/collapse.md say more). ``derived`` is the cell before a budget's repair replaced ``repaired`` ops:
+    when the repair made it so, the line says the budget did, not a collapse of the search."""
     if not dominated(genotype):
         return None
+    if repaired and derived is not None and not dominated(derived):
+        return (f"note: the budget's repair left the normal cell mostly parameter-free ({count(repaired, 'op')} "
+                "replaced by cheaper ones to fit); a larger search.budget.target keeps more of its convolutions")
     free, edges = normal_free(genotype)
     live = edges - free
     learns = ("none of them learns anything" if live == 0 else

@@ -38,6 +38,11 @@ def test_the_warning_fires_on_parameter_free_cells_and_not_on_convolutional_ones
     assert text is not None and "5 of its 6 edges are none, skip_connect or pooling, so only 1 learn" in text
     assert text.endswith("the search may have collapsed (remedies: docs/collapse.md)") and "\n" not in text
     assert len(text) <= 200 and (Path(__file__).parents[1] / "docs" / "collapse.md").is_file()
+    # a budget's repair that turned a convolutional cell into this one: the budget is named, not a collapse
+    note = dominance_warning(collapsed, derived=conv, repaired=2)
+    assert note is not None and note.startswith("note: the budget's repair left the normal cell mostly "
+                                                "parameter-free (2 ops replaced") and "collapsed" not in note
+    assert dominance_warning(collapsed, derived=collapsed, repaired=1) == text  # it had collapsed before the repair
 
 
 @pytest.mark.parametrize("ops,fires", [("[skip_connect,avg_pool_3x3,none]", True),
