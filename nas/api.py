@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
+from nas.files import BUDGET, GENOTYPE, METRICS, REPORT_JSON, REPORT_MD
 from nas.genotype import Genotype, load_genotype, read_genotype
 from nas.loader import from_dict, parse_overrides, set_dotted, to_dict
 from nas.model import TrainedModel, load_model
-from nas.study import BUDGET, GENOTYPE, METRICS
 
 C = TypeVar("C")
 Config = str | Path | Mapping[str, Any] | SearchConfig | TrainConfig | StudyConfig | None
@@ -120,4 +120,4 @@ def compare(config: Config = None, overrides: Mapping[str, Any] | None = None, *
 
     cfg = check_plan(make_config(StudyConfig, config, overrides, **keys))
     study_dir = run_study(cfg, _name(config, "compare"), jobs=jobs, quiet=quiet)
-    return StudyResult(study_dir, study_dir / "report.md", json.loads((study_dir / "report.json").read_text()))
+    return StudyResult(study_dir, study_dir / REPORT_MD, json.loads((study_dir / REPORT_JSON).read_text()))

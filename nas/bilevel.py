@@ -25,6 +25,7 @@ from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_st
 from nas.datasets import ImageSet
 from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
 from nas.errors import UserError
+from nas.files import ALPHA, BUDGET, FINAL, GENOTYPE, GENOTYPES, METRICS, is_finished
 from nas.genotype import Genotype, alpha_rule
 from nas.loader import dump_yaml
 from nas.mixing import Mixer, create_mixer, mixer_options
@@ -32,12 +33,11 @@ from nas.runlog import Board, Progress, peak_memory_mib
 from nas.runtime import EpochMeter, Run, removed_if_unsaved, resolve_device
 from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
-from nas.study import BUDGET, FINAL, GENOTYPE, run_state
 from nas.supernet import Supernet, build_supernet
 from nas.text import count
 from nas.unrolled import unrolled_alpha_backward
 
-RECORDS = ("metrics.jsonl", "genotypes.jsonl", "alpha.jsonl")  # one line per finished epoch
+RECORDS = (METRICS, GENOTYPES, ALPHA)  # one line per finished epoch
 NO_AMP = contextlib.nullcontext()
 ONE = Dist()  # a single process: no communication
 
@@ -139,10 +139,10 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
               "valid_loss": v_loss / n_a, "valid_acc": 100 * v_correct / n_a, "tau": mixer.tau,
               "lr": lr, "time_s": elapsed, "images_per_s": (n_w + n_a) / elapsed, "steps": steps,
               "peak_mib": peak_memory_mib(run.device), **stats, **truth, **cost}
-    log.append("metrics.jsonl", record)
+    log.append(METRICS, record)
     if genotype is not None:
-        log.append("genotypes.jsonl", {"epoch": epoch + 1, "genotype": genotype.to_dict()})
-        log.append("alpha.jsonl", {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
+        log.append(GENOTYPES, {"epoch": epoch + 1, "genotype": genotype.to_dict()})
+        log.append(ALPHA, {"epoch": epoch + 1, **{t: a.detach().cpu().tolist()
                                                           for t, a in model.alpha.items()}})
     tau = "" if mixer.tau is None else f"  tau {mixer.tau:.2f}"
     log.print(f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.3f} acc "
@@ -351,7 +351,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result). A finished run is left as it is; a new one stopped before its first checkpoint
     leaves nothing behind."""
-    if resume is not None and run_state(resume, "search") == "done":
+    if resume is not None and is_finished(resume, "search"):
         if not quiet and is_main_process():
             print(f"{resume} has finished its {count(cfg.search.epochs, 'epoch')}; {GENOTYPE} is its result",
                   flush=True)
@@ -479,7 +479,7 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
         genotype, record = fit_budget(model, genotype, log)
         log.write_text(BUDGET, json.dumps(record, indent=2) + "\n")
         repaired = record["repaired"]
-    log.write_text("genotype.json", genotype.to_json())
+    log.write_text(GENOTYPE, genotype.to_json())
     warning = dominance_warning(genotype, derived, len(repaired))
     if warning:
         log.print(warning)
@@ -490,7 +490,7 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     if board is not None:
         board.close()
     run.finish()
-    log.print(f"done: genotype written to {run.dir / 'genotype.json'}; cell drawings in {run.dir / 'cells'}")
+    log.print(f"done: genotype written to {run.dir / GENOTYPE}; cell drawings in {run.dir / 'cells'}")
     return run.dir
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from nas.errors import UserError
+from nas.files import CHECKPOINT as CHECKPOINT  # re-exported: a run's checkpoint file, named with the others
 from nas.files import atomic_write_text, replacing
-from nas.study import CHECKPOINT as CHECKPOINT  # re-exported: a run's checkpoint file, named with the others
 
 VERSION = 1
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.errors import UserError
-from nas.study import CHECKPOINT, CONFIG, check_resumable, load_plan, run_state
+from nas.files import CHECKPOINT, CONFIG, GENOTYPE, is_finished
+from nas.study import check_resumable, load_plan
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -82,7 +83,7 @@ def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> A
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"--resume {run_dir!r} is not a directory")
-    if (path / CONFIG).is_file() and not (path / CHECKPOINT).is_file() and run_state(path, kind) == "done":
+    if (path / CONFIG).is_file() and not (path / CHECKPOINT).is_file() and is_finished(path, kind):
         check_resumable(overrides)  # a finished run with no checkpoint (a search of no epochs): nothing to do
         return load_config(cls, path / CONFIG, overrides)
     if not (path / CONFIG).is_file() or not (path / CHECKPOINT).is_file():
@@ -213,7 +214,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                 raise UserError("--resume continues with the run directory's own config.yaml and genotype.json; "
                                 "drop --config, --genotype, --seeds and --summary")
             cfg = resume_config(TrainConfig, args.resume, args.overrides, "train")
-            run_train(cfg, read_genotype(Path(args.resume) / "genotype.json"), resume=Path(args.resume),
+            run_train(cfg, read_genotype(Path(args.resume) / GENOTYPE), resume=Path(args.resume),
                       quiet=args.quiet)
             return
         cfg = load_config(TrainConfig, args.config, args.overrides)

@@ -1,7 +1,8 @@
-"""Files that several processes may write at once (torchrun ranks, a study's jobs, two runs sharing a cache): each is
-written under a temporary name of its own beside the target, flushed to disk, then renamed over it, so that a reader
-sees the old file or the new one and two writers never share a temporary file; and a lock file for work that one
-process does while the others wait (timing a latency table)."""
+"""What runs and studies are on disk, defined once: the names of their files, where a run stands and whether it has
+finished, and which loop wrote it (every other module asks here). And files that several processes may write at once
+(torchrun ranks, a study's jobs, two runs sharing a cache): each is written under a temporary name of its own beside
+the target, flushed to disk, then renamed over it, so that a reader sees the old file or the new one and two writers
+never share a temporary file; and a lock file for work that one process does while the others wait."""
 
 from __future__ import annotations
 
@@ -55,3 +56,64 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------- run files
+
+CONFIG = "config.yaml"          # the resolved config: written first, so its presence means the run has started
+METRICS = "metrics.jsonl"       # one record per finished epoch
+GENOTYPES = "genotypes.jsonl"   # a search's genotype per epoch
+ALPHA = "alpha.jsonl"           # a search's alpha per epoch
+GENOTYPE = "genotype.json"      # a search's result (a training's copy of the cell it trains)
+RESULTS = "results.json"        # a training's result
+SUMMARY = "summary.json"        # the mean ± std of repeated trainings
+CHECKPOINT = "checkpoint.pt"    # the last checkpoint, written atomically
+META = "meta.json"              # the sessions of a run: command, versions, device, times
+LOG = "log.txt"                 # every line the run printed
+MODEL = "model.pt"              # a training's trained network: weights, genotype, settings (nas.load_model)
+BUDGET = "budget.json"          # a budgeted search's cell cost against its target, and any repair
+FINAL = "final.json"            # a search's final stage: every short-listed cell's training record
+# Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
+RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG, BUDGET, FINAL,
+             MODEL)
+RUN_DIRS = ("tb", "cells")
+RESULT = {"search": GENOTYPE, "train": RESULTS}  # the file whose presence means a run of that kind is done
+
+STUDY_FILE = "study.yaml"
+SPACE = "space.json"            # bench/: the whole space's distribution on each data set (the table only)
+BASELINES = "baselines.json"    # bench/: the records of the ResNet cell and of every convolution-only cell
+FAILURES = "failures.json"      # run or lookup name -> why it failed
+LOCK = ".lock"
+REPORT_MD = "report.md"         # a study's report, and report.json its figures
+REPORT_JSON = "report.json"
+STUDY_FILES = (STUDY_FILE, REPORT_MD, REPORT_JSON, LOG, META, FAILURES, LOCK)
+STUDY_DIRS = ("configs", "search", "random", "train", "bench", "plots")
+
+
+def run_kind(run_dir: Path) -> str | None:
+    """Which loop wrote the run in ``run_dir``: "search" or "train", read from its config.yaml (None: no run)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((run_dir / CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return "search" if "search" in raw else "train" if "train" in raw else None
+
+
+def run_state(run_dir: Path, kind: str) -> str:
+    """Where the ``kind`` run ("search" or "train") in ``run_dir`` stands: "done" (its result file is written),
+    "interrupted" (a config and a checkpoint: --resume continues it), "started" (a config but no checkpoint yet:
+    it starts again) or "not started"."""
+    if (run_dir / RESULT[kind]).exists():
+        return "done"
+    if not (run_dir / CONFIG).exists():
+        return "not started"
+    return "interrupted" if (run_dir / CHECKPOINT).exists() else "started"
+
+
+def is_finished(run_dir: Path, kind: str) -> bool:
+    """Whether the ``kind`` run ("search" or "train") in ``run_dir`` has finished: its result file is written."""
+    return run_state(run_dir, kind) == "done"

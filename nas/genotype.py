@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
+from nas.files import GENOTYPE
 from nas.ops import check_op_name, is_parameter_free
 from nas.spaces import SearchSpace, space_ops
 
@@ -529,9 +530,9 @@ def load_genotype(source: str) -> Genotype:
         return parse_genotype(s)
     p = Path(source)
     if p.is_dir():
-        if not (p / "genotype.json").is_file():
+        if not (p / GENOTYPE).is_file():
             raise GenotypeError(f"run directory {source!r} has no genotype.json (has its search finished?)")
-        return read_genotype(p / "genotype.json")
+        return read_genotype(p / GENOTYPE)
     if p.is_file():
         return read_genotype(p)
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", s):  # looks like a name, not a path

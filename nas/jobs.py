@@ -244,7 +244,7 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[tuple[list[str], dict[s
 def study_lock(study_dir: Path) -> Iterator[None]:
     """An exclusive lock on the study while it runs, so that two compare.py never start the same run (POSIX;
     elsewhere no lock)."""
-    from nas.study import LOCK
+    from nas.files import LOCK
 
     try:
         import fcntl

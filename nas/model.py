@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
-from nas.files import replacing
+from nas.files import MODEL, is_finished, replacing, run_kind
 from nas.genotype import Genotype, from_dict
-from nas.study import MODEL, RESULTS, run_kind
 
 FORMAT = "nas-model/1"
 EXPORTS = {"torchscript": ".ts", "exported": ".pt2", "onnx": ".onnx"}
@@ -109,7 +108,7 @@ def model_file(source: str | Path) -> Path:
     if run_kind(path) == "search":
         raise UserError(f"{str(source)!r} is a search run: it has a genotype, not trained weights; train its "
                         f"genotype with python -m nas evaluate --genotype {source}, then use that run")
-    why = ("its training has not finished" if not (path / RESULTS).exists() else
+    why = ("its training has not finished" if not is_finished(path, "train") else
            "it was trained before evaluate.py wrote model files; train it again")
     raise UserError(f"{str(source)!r} has no trained weights ({MODEL}): {why}")
 

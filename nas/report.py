@@ -20,25 +20,23 @@ import numpy as np
 from nas.bench201 import BENCH_DATA, DATASETS, LABELS, ordinal, recipe, score, split_of  # reading records only
 from nas.collapse import WHY, dominated, normal_free
 from nas.config import to_dict
-from nas.genotype import Genotype, op_counts, read_genotype
-from nas.runlog import atomic_write_text, read_jsonl
-from nas.study import (
+from nas.files import (
     ALPHA,
     BASELINES,
     GENOTYPE,
     GENOTYPES,
     META,
     METRICS,
+    REPORT_JSON,
+    REPORT_MD,
     RESULTS,
     SPACE,
-    Cell,
-    SearchRun,
-    StudyLayout,
-    benchmark_data,
-    lookup_record,
-    method_options,
+    is_finished,
     run_state,
 )
+from nas.genotype import Genotype, op_counts, read_genotype
+from nas.runlog import atomic_write_text, read_jsonl
+from nas.study import Cell, SearchRun, StudyLayout, benchmark_data, lookup_record, method_options
 from nas.text import count
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -82,7 +80,7 @@ def op_shares(genotype: dict[str, Any], ops: tuple[str, ...]) -> dict[str, dict[
 
 def read_search(run: SearchRun, ops: tuple[str, ...]) -> dict[str, Any]:
     metrics = read_jsonl(run.dir / METRICS)
-    done = run_state(run.dir, "search") == "done"
+    done = is_finished(run.dir, "search")
     times = np.cumsum([m["time_s"] for m in metrics]).tolist()
     sessions = (_json(run.dir / META) or {}).get("sessions", [])
     costs = [x for x in sessions if "cpu_s" in x]  # the sessions that finished (an interrupted one records none)
@@ -208,9 +206,9 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
     from nas.report_plots import draw_plots
 
     report["plots"] = [str(p.relative_to(lay.dir)) for p in draw_plots(lay.dir / "plots", report, ops)]
-    atomic_write_text(lay.dir / "report.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(lay.dir / "report.md", markdown(report))
-    return lay.dir / "report.md"
+    atomic_write_text(lay.dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(lay.dir / REPORT_MD, markdown(report))
+    return lay.dir / REPORT_MD
 
 
 def _unfinished(lay: StudyLayout, failures: dict[str, str], cells: list[dict[str, Any]]) -> list[dict[str, str]]:

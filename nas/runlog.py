@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
+from nas.files import LOG, META, RUN_DIRS, RUN_FILES, temp_path
 from nas.files import atomic_write_text as atomic_write_text  # re-exported: runs write their JSON files by it
-from nas.files import temp_path
-from nas.study import RUN_DIRS, RUN_FILES  # the files and folders that mark a directory as holding a run
 
 
 def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
@@ -88,7 +87,7 @@ class RunLog:
             return
         minutes, seconds = divmod(int(time.time() - self.start), 60)  # whole seconds: never "2:60"
         line = f"[{minutes:3d}:{seconds:02d}] {message}"
-        with (self.dir / "log.txt").open("a") as f:
+        with (self.dir / LOG).open("a") as f:
             f.write(line + "\n")
         if self.quiet:
             return
@@ -254,7 +253,7 @@ def peak_memory_mib(device: torch.device) -> float:
 
 def record_data(run_dir: Path, info: dict[str, Any]) -> None:
     """Note in meta.json what data the run reads (images per split, classes, image shape)."""
-    path = run_dir / "meta.json"
+    path = run_dir / META
     meta = json.loads(path.read_text()) if path.exists() else {"sessions": []}
     meta["data"] = info
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
@@ -270,7 +269,7 @@ def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
         vision = version("torchvision")  # not imported: that takes seconds (it loads torch._dynamo)
     except PackageNotFoundError:
         vision = None
-    path = run_dir / "meta.json"
+    path = run_dir / META
     meta = json.loads(path.read_text()) if path.exists() else {"sessions": []}
     dev = {"type": device.type}
     if device.type == "cuda":

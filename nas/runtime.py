@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
+from nas.files import CONFIG, META
 from nas.runlog import RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
 
 
@@ -74,7 +75,7 @@ class Run:
         self.dir, self.state = Path(found[0]), found[1]
         self.log = RunLog(self.dir, quiet, writes=main)
         if resume is None:
-            self.log.write_text("config.yaml", config_yaml)
+            self.log.write_text(CONFIG, config_yaml)
         if main:
             record_session(self.dir, self.device, resumed=resume is not None)
         self.checkpoint_path = self.dir / CHECKPOINT
@@ -85,7 +86,7 @@ class Run:
         the process's start, imports and data loading included): what the run cost. Rank 0 notes its own."""
         if not self.dist.main:
             return
-        path = self.dir / "meta.json"
+        path = self.dir / META
         meta = json.loads(path.read_text())
         meta["sessions"][-1].update(wall_s=time.perf_counter() - self.started, cpu_s=time.process_time())
         atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
@@ -107,7 +108,7 @@ class Run:
         when the run created it."""
         import shutil
 
-        from nas.study import RUN_DIRS, RUN_FILES
+        from nas.files import RUN_DIRS, RUN_FILES
 
         if not self.dist.main:
             return

@@ -24,16 +24,8 @@ from typing import Any
 
 from nas.config import StudyConfig, dump_yaml
 from nas.errors import RunsFailed, UserError
+from nas.files import BASELINES, CONFIG, FAILURES, GENOTYPE, LOCK, SPACE, STUDY_DIRS, STUDY_FILE, STUDY_FILES
 from nas.study import (
-    BASELINES,
-    CONFIG,
-    FAILURES,
-    GENOTYPE,
-    LOCK,
-    SPACE,
-    STUDY_DIRS,
-    STUDY_FILE,
-    STUDY_FILES,
     Piece,
     StudyLayout,
     check_plan,

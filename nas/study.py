@@ -35,36 +35,14 @@ from nas.config import (
     load_config,
 )
 from nas.errors import ConfigError, UserError
+from nas.files import (  # the run files, named once
+    CONFIG,
+    FAILURES,
+    GENOTYPE,
+    STUDY_FILE,
+    run_state,
+)
 from nas.loader import from_dict, to_dict
-
-# ---------------------------------------------------------------------------------------------- run files
-
-CONFIG = "config.yaml"          # the resolved config: written first, so its presence means the run has started
-METRICS = "metrics.jsonl"       # one record per finished epoch
-GENOTYPES = "genotypes.jsonl"   # a search's genotype per epoch
-ALPHA = "alpha.jsonl"           # a search's alpha per epoch
-GENOTYPE = "genotype.json"      # a search's result (a training's copy of the cell it trains)
-RESULTS = "results.json"        # a training's result
-SUMMARY = "summary.json"        # the mean ± std of repeated trainings
-CHECKPOINT = "checkpoint.pt"    # the last checkpoint, written atomically
-META = "meta.json"              # the sessions of a run: command, versions, device, times
-LOG = "log.txt"                 # every line the run printed
-MODEL = "model.pt"              # a training's trained network: weights, genotype, settings (nas.load_model)
-BUDGET = "budget.json"          # a budgeted search's cell cost against its target, and any repair
-FINAL = "final.json"            # a search's final stage: every short-listed cell's training record
-# Files that mark a directory as holding a run; run.overwrite=true removes exactly these (and tb/, cells/).
-RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG, BUDGET, FINAL,
-             MODEL)
-RUN_DIRS = ("tb", "cells")
-RESULT = {"search": GENOTYPE, "train": RESULTS}  # the file whose presence means a run of that kind is done
-
-STUDY_FILE = "study.yaml"
-SPACE = "space.json"            # bench/: the whole space's distribution on each data set (the table only)
-BASELINES = "baselines.json"    # bench/: the records of the ResNet cell and of every convolution-only cell
-FAILURES = "failures.json"      # run or lookup name -> why it failed
-LOCK = ".lock"
-STUDY_FILES = (STUDY_FILE, "report.md", "report.json", LOG, META, FAILURES, LOCK)
-STUDY_DIRS = ("configs", "search", "random", "train", "bench", "plots")
 
 # The keys that may change when a run or a study continues: how it runs, never what it computes.
 RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
@@ -81,30 +59,6 @@ def check_resumable(overrides: Sequence[str], study: bool = False) -> None:
                             f"settings); valid when continuing: {', '.join(RESUMABLE)}")
         raise UserError(f"{key!r} cannot change when resuming (the run must continue as it started); "
                         f"valid on resume: {', '.join(RESUMABLE)}")
-
-
-def run_kind(run_dir: Path) -> str | None:
-    """Which loop wrote the run in ``run_dir``: "search" or "train", read from its config.yaml (None: no run)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load((run_dir / CONFIG).read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(raw, dict):
-        return None
-    return "search" if "search" in raw else "train" if "train" in raw else None
-
-
-def run_state(run_dir: Path, kind: str) -> str:
-    """Where the ``kind`` run ("search" or "train") in ``run_dir`` stands: "done" (its result file is written),
-    "interrupted" (a config and a checkpoint: --resume continues it), "started" (a config but no checkpoint yet:
-    it starts again) or "not started"."""
-    if (run_dir / RESULT[kind]).exists():
-        return "done"
-    if not (run_dir / CONFIG).exists():
-        return "not started"
-    return "interrupted" if (run_dir / CHECKPOINT).exists() else "started"
 
 
 # ---------------------------------------------------------------------------------------------- the plan

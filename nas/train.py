@@ -26,13 +26,13 @@ from nas.config import TrainConfig
 from nas.data import Batches, batch_notes, channel_stats, data_notes, dataset_info, load_dataset
 from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
 from nas.errors import UserError
+from nas.files import GENOTYPE, METRICS, RESULTS, SUMMARY, is_finished
 from nas.genotype import Genotype
 from nas.loader import dump_yaml, to_dict
 from nas.network import build_network, check_network, count_flops, count_parameters
 from nas.runlog import Board, Progress, RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
 from nas.runtime import EpochMeter, Run, removed_if_unsaved
 from nas.steps import autocast, backward_step, grad_scaler
-from nas.study import RESULTS, run_state
 from nas.text import count
 
 
@@ -83,7 +83,7 @@ def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resu
     """Train ``genotype``'s network as ``cfg`` says (or continue the run in ``resume``); writes results.json in
     the run directory and returns it, with the run directory added (run_dir). A finished run is left as it is; a
     new one stopped before its first checkpoint leaves nothing behind."""
-    if resume is not None and run_state(resume, "train") == "done":
+    if resume is not None and is_finished(resume, "train"):
         if not quiet and is_main_process():
             print(f"{resume} has finished its {count(cfg.train.epochs, 'epoch')}; {RESULTS} is its result", flush=True)
         return {**json.loads((resume / RESULTS).read_text()), "run_dir": str(resume)}
@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
     device, log, state, dist = run.device, run.log, run.state, run.dist
     t = cfg.train
     if resume is None:
-        log.write_text("genotype.json", genotype.to_json())
+        log.write_text(GENOTYPE, genotype.to_json())
 
     notes = data_notes(cfg.data, train_set)
     mean, std = channel_stats(train_set.images)
@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
     progress_state: dict[str, Any] = {"test": [float("nan"), float("nan")], "train_time": 0.0, "seen": 0,
                                       "wall": 0.0}
     start_epoch, start_step, partial = run.restore(
-        {"model": model, "opt": opt, "sched": sched, "scaler": scaler}, ("metrics.jsonl",))
+        {"model": model, "opt": opt, "sched": sched, "scaler": scaler}, (METRICS,))
     if state is not None:
         progress_state = state["progress"]
 
@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                 test_loss, test_acc = evaluate(net, test, amp, memory_format, dist)
                 progress_state["test"] = [test_loss, test_acc]
                 record.update(test_loss=test_loss, test_acc=test_acc)
-            log.append("metrics.jsonl", record)
+            log.append(METRICS, record)
             checkpoint(epoch + 1, 0, None)
             tested = f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.2f}%" if "test_acc" in record \
                 else ""
@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
 
     test_loss, test_acc = progress_state["test"]
     # every epoch's peak, earlier sessions' included (rank 0 holds the records; the others only their own)
-    peaks = [r["peak_mib"] for r in read_jsonl(run.dir / "metrics.jsonl")] if dist.main else [peak_memory_mib(device)]
+    peaks = [r["peak_mib"] for r in read_jsonl(run.dir / METRICS)] if dist.main else [peak_memory_mib(device)]
     # The result is the last epoch's test accuracy: picking the best epoch by test accuracy would select on the
     # test set (the curve stays in metrics.jsonl).
     results = {"final_test_acc": test_acc, "final_test_loss": test_loss, "params": params, "flops": flops,
@@ -240,17 +240,17 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                "wall_time_s": progress_state["wall"] + time.perf_counter() - start,
                "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
-    log.write_json("results.json", results)
+    log.write_json(RESULTS, results)
     if dist.main:
+        from nas.files import MODEL
         from nas.model import save_model
-        from nas.study import MODEL
 
         settings = {"C": cfg.model.C, "layers": cfg.model.layers, "num_classes": num_classes,
                     "in_channels": in_channels, "auxiliary": aux_weight > 0,
                     "stem_multiplier": cfg.model.stem_multiplier}
         save_model(run.dir / MODEL, model, genotype, settings, classes, mean, std, size)
     run.finish()
-    log.print(f"done: test accuracy {test_acc:.2f}% after the last epoch; results in {run.dir / 'results.json'}")
+    log.print(f"done: test accuracy {test_acc:.2f}% after the last epoch; results in {run.dir / RESULTS}")
     return {**results, "run_dir": str(run.dir)}
 
 
@@ -276,10 +276,10 @@ def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: st
                "genotype": genotype.to_dict()}
     if not is_main_process():
         return summary
-    RunLog(parent).write_json("summary.json", summary)
+    RunLog(parent).write_json(SUMMARY, summary)
     final = summary["final_test_acc"]
     print(f"{count(len(seeds), 'run')}: final test accuracy {final['mean']:.2f} ± {final['std']:.2f}% (sample std); "
-          f"summary in {Path(parent) / 'summary.json'}", flush=True)
+          f"summary in {Path(parent) / SUMMARY}", flush=True)
     return summary
 
 

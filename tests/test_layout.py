@@ -120,3 +120,16 @@ def test_the_door_and_the_layout_page_name_every_tool() -> None:
     page = " ".join((NAS.parent / "docs" / "layout.md").read_text().split())
     listed = "search, evaluate, compare, genotype, plot, bench201, config, latency, export, predict"
     assert listed.split(", ") == list(TOOLS) and listed in door and listed in page
+
+
+def test_run_file_names_are_written_only_in_their_one_module() -> None:
+    """nas/files.py names every file of a run and a study; the other modules use its names, never the literals."""
+    from nas import files
+
+    names = {v for k, v in vars(files).items() if k.isupper() and isinstance(v, str) and "." in v[1:]}
+    assert {"config.yaml", "genotype.json", "results.json", "checkpoint.pt", "report.md"} <= names
+    found = [(p.name, node.value) for p in NAS.glob("*.py") if p.name != "files.py"
+             for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
+    assert found == []
+    assert "study" not in graph()["runlog"] and "study" not in graph()["checkpoint"]  # a run needs no study plan
