@@ -19,6 +19,7 @@ from torch import nn
 from nas.errors import UserError
 from nas.genotype import Genotype, Node
 from nas.ops import FactorizedReduce, FixedReductionCell, ReLUConvBN, ResBlock, create_op, drop_path
+from nas.spaces import darts_skeleton
 
 
 class DartsCell(nn.Module):
@@ -83,33 +84,28 @@ class DartsNetwork(nn.Module):
         self.register_buffer("drop_prob", torch.zeros(()), persistent=False)
         self.use_drop_path = False
         self.aux_index = 2 * layers // 3
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        C_aux = C_p
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+
+        def width(reduction: bool) -> int:  # the nodes a cell concatenates (the fixed reduction cell: 4)
             if reduction:
-                C_curr *= 2
+                return 4 if genotype.reduce_fixed else len(genotype.reduce_concat)
+            return len(genotype.normal_concat)
+
+        stem, places, outs = darts_skeleton(C, layers, stem_multiplier, width)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem))
+        self.cells = nn.ModuleList()
+        for p in places:
             cell: nn.Module
-            if reduction and genotype.reduce_fixed:
-                cell = FixedReductionCell(C_pp, C_p, C_curr, reduction_prev)
-                width = 4
+            if p.reduction and genotype.reduce_fixed:
+                cell = FixedReductionCell(p.C_pp, p.C_p, p.C, p.reduction_prev)
             else:
-                nodes, concat = (genotype.reduce, genotype.reduce_concat) if reduction else \
+                nodes, concat = (genotype.reduce, genotype.reduce_concat) if p.reduction else \
                     (genotype.normal, genotype.normal_concat)
-                cell = DartsCell(nodes, concat, C_pp, C_p, C_curr, reduction, reduction_prev)
-                width = len(concat)
+                cell = DartsCell(nodes, concat, p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev)
             self.cells.append(cell)
-            reduction_prev = reduction
-            C_pp, C_p = C_p, width * C_curr
-            if i == self.aux_index:
-                C_aux = C_p
+        C_aux = outs[self.aux_index] if self.aux_index < layers else stem
         self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_p, num_classes)
+        self.classifier = nn.Linear(outs[-1], num_classes)
 
     @property
     def drop_path_prob(self) -> float:

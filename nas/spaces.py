@@ -12,6 +12,7 @@ nodes. Edges are ordered by destination node, then by source: the row order of a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -94,3 +95,36 @@ def search_space(name: str, ops: tuple[str, ...] | None = None, macro: str = "da
     if macro == "gdas_frc":
         space = dataclasses.replace(space, cell_types=("normal",))
     return space
+
+
+@dataclass(frozen=True)
+class CellPlace:
+    """One cell of the DARTS macro skeleton: the channels of its two inputs, its own channels (C), and whether it
+    and the cell before it reduce."""
+
+    C_pp: int
+    C_p: int
+    C: int
+    reduction: bool
+    reduction_prev: bool
+
+
+def darts_skeleton(C: int, layers: int, stem_multiplier: int, width: Callable[[bool], int]
+                   ) -> tuple[int, list[CellPlace], list[int]]:
+    """The DARTS macro skeleton (Liu et al. 2019), which the search network, the trained network and a budget's cost
+    network all follow: a stem of stem_multiplier * C channels, then ``layers`` cells, reductions at a third and two
+    thirds of the depth, each doubling C; a cell's output has width(reduction) * its C channels (the nodes it
+    concatenates). Returns the stem's channels, each cell's place, and each cell's output channels."""
+    stem = stem_multiplier * C
+    C_pp, C_p, C_curr = stem, stem, C
+    places, outs = [], []
+    reduction_prev = False
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_curr *= 2
+        places.append(CellPlace(C_pp, C_p, C_curr, reduction, reduction_prev))
+        reduction_prev = reduction
+        C_pp, C_p = C_p, width(reduction) * C_curr
+        outs.append(C_p)
+    return stem, places, outs

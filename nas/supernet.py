@@ -29,7 +29,7 @@ from nas.ops import (
     sole_avg_pool,
     split_final_bn,
 )
-from nas.spaces import SearchSpace, search_space
+from nas.spaces import SearchSpace, darts_skeleton, search_space
 
 
 class MixedEdge(nn.Module):
@@ -208,25 +208,20 @@ class DartsSupernet(Supernet):
     def __init__(self, space: SearchSpace, mixer: Mixer, *, C: int, layers: int, num_classes: int,
                  in_channels: int = 3, stem_multiplier: int = 3, macro: str = "darts"):
         super().__init__(space, mixer)
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
+        fixed = "reduce" not in space.cell_types  # GDAS-FRC: the fixed reduction cell (4 nodes out)
+        stem, places, outs = darts_skeleton(C, layers, stem_multiplier,
+                                            lambda reduction: 4 if reduction and fixed else len(space.concat))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem))
         self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
+        for p in places:
             cell: nn.Module
-            if reduction and "reduce" not in space.cell_types:
-                cell, width = FixedReductionCell(C_pp, C_p, C_curr, reduction_prev, affine=False), 4
+            if p.reduction and fixed:
+                cell = FixedReductionCell(p.C_pp, p.C_p, p.C, p.reduction_prev, affine=False)
             else:
-                cell = DartsSearchCell(space, C_pp, C_p, C_curr, reduction, reduction_prev, pool_bn=macro == "darts")
-                width = len(space.concat)
+                cell = DartsSearchCell(space, p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev,
+                                       pool_bn=macro == "darts")
             self.cells.append(cell)
-            reduction_prev = reduction
-            C_pp, C_p = C_p, width * C_curr
+        C_p = outs[-1]
         self.lastact: nn.Module = (nn.Sequential(nn.BatchNorm2d(C_p), nn.ReLU(inplace=True)) if macro != "darts"
                                    else nn.Identity())
         self.pool = nn.AdaptiveAvgPool2d(1)
