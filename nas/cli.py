@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import textwrap
@@ -434,8 +435,19 @@ TOOLS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m nas TOOL [arguments]: the one door to every tool."""
-    args = sys.argv[1:] if argv is None else argv
+    """python -m nas TOOL [arguments]: the one door to every tool. A reader that goes away (``| head``) ends the
+    tool quietly, with the status a shell gives a process killed by SIGPIPE."""
+    try:
+        code = run_tool(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return 141
+
+
+def run_tool(args: list[str]) -> int:
+    """The tool that ``args[0]`` names, run with the rest."""
     usage = "usage: python -m nas TOOL [arguments]  (python -m nas TOOL --help for a tool's own)\n\ntools:\n" + \
         "\n".join(f"  {name:<10} {line}" for name, (_, line) in TOOLS.items())
     if not args or args[0] in ("-h", "--help"):

@@ -223,3 +223,12 @@ def test_the_quick_study_runs_on_an_image_folder_from_the_command_line(tmp_path:
     assert compare_main(["--config", "configs/compare/quick.yaml", "data.synthetic=null", "--plan",
                          f"run.dir={tmp_path / 't'}"]) == 0  # a section set to null: the recipe's keys dropped
     assert yaml.safe_load((tmp_path / "t" / "study.yaml").read_text())["data"]["synthetic"]["noise"] != 0.3
+
+
+def test_a_reader_that_goes_away_ends_a_tool_quietly() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "config", "search"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head` does once it has read enough
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
