@@ -406,8 +406,7 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     for line in [*setup_lines(cfg, run, d, weights, steps), *budget_notes, *([budget.describe()] if budget else [])]:
         log.print(line)
 
-    zero_cost = s.derive == "score" or s.prior > 0 or s.perturb_by == "score"
-    if zero_cost and s.score_batch > len(valid.labels):
+    if s.zero_cost and s.score_batch > len(valid.labels):
         log.print(f"search.score_batch={s.score_batch} is more than the {len(valid.labels)} images of the alpha half; "
                   f"the zero-cost scores read all {len(valid.labels)}")
 

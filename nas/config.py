@@ -259,6 +259,11 @@ class SearchOptions(SGDOptions):
     arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
     budget: BudgetOptions = _key(BudgetOptions(), "a budget on the cost of the network the cell will be trained in")
 
+    @property
+    def zero_cost(self) -> bool:
+        """Whether a zero-cost rule runs: search.derive=score, search.prior > 0 or search.perturb_by=score."""
+        return self.derive == "score" or self.prior > 0 or self.perturb_by == "score"
+
     def check(self) -> None:
         from nas.mixing import check_mixer_name  # the registry is the authority on mixer names, as on op names
 
@@ -281,7 +286,7 @@ class SearchOptions(SGDOptions):
         if self.mixer == "random" and self.derive not in ("sample", "score"):
             raise ConfigError(f"search.mixer=random never steps alpha, so search.derive={self.derive!r} would read "
                               "untrained logits; valid: search.derive=sample or score")
-        zero_cost = self.derive == "score" or self.prior > 0 or self.perturb_by == "score"
+        zero_cost = self.zero_cost
         if self.epochs == 0 and not zero_cost:
             raise ConfigError(f"search.epochs=0 trains nothing, which only the zero-cost rules can use "
                               f"(search.derive=score, search.prior > 0 or search.perturb_by=score); got "

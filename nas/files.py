@@ -117,3 +117,15 @@ def run_state(run_dir: Path, kind: str) -> str:
 def is_finished(run_dir: Path, kind: str) -> bool:
     """Whether the ``kind`` run ("search" or "train") in ``run_dir`` has finished: its result file is written."""
     return run_state(run_dir, kind) == "done"
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Remove the files and folders that mark ``run_dir`` as holding a run (RUN_FILES, RUN_DIRS), and nothing else;
+    an OSError is the caller's to report."""
+    import shutil
+
+    for f in RUN_FILES:
+        (run_dir / f).unlink(missing_ok=True)
+    for d in RUN_DIRS:
+        if (run_dir / d).is_dir():
+            shutil.rmtree(run_dir / d)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.files import LOG, META, RUN_DIRS, RUN_FILES, temp_path
+from nas.files import LOG, META, RUN_FILES, remove_run_files, temp_path
 from nas.files import atomic_write_text as atomic_write_text  # re-exported: runs write their JSON files by it
 
 
@@ -34,12 +34,8 @@ def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
                         "with --resume, or set run.overwrite=true to replace it")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for f in existing:
-            (run_dir / f).unlink()
-        for d in RUN_DIRS:
-            if overwrite and (run_dir / d).is_dir():
-                for p in sorted((run_dir / d).rglob("*"), reverse=True):
-                    p.unlink() if p.is_file() else p.rmdir()
+        if overwrite:
+            remove_run_files(run_dir)
         probe = temp_path(run_dir / "write-test")
         probe.write_text("")
         probe.unlink()

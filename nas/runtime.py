@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.files import CONFIG, META
+from nas.files import CONFIG, META, remove_run_files
 from nas.runlog import RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
 
 
@@ -106,16 +106,10 @@ class Run:
     def discard(self) -> None:
         """Remove what this new run has written (rank 0; the others wrote nothing): its run files, and its folder
         when the run created it."""
-        import shutil
-
-        from nas.files import RUN_DIRS, RUN_FILES
-
         if not self.dist.main:
             return
-        for f in RUN_FILES:
-            (self.dir / f).unlink(missing_ok=True)
-        for d in RUN_DIRS:
-            shutil.rmtree(self.dir / d, ignore_errors=True)
+        with contextlib.suppress(OSError):  # what cannot be removed stays; the stop goes on
+            remove_run_files(self.dir)
         if self.created:
             with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                 self.dir.rmdir()

@@ -67,8 +67,6 @@ def prepare_study(cfg: StudyConfig, study_dir: Path) -> None:
     """Create the checked study directory (study_dir_of): the resolved config, one recipe file per method and one
     for training, and the random cells; with run.overwrite, first remove the study it holds. The caller holds
     the study's lock (jobs.study_lock), so that no other compare is running the study it replaces."""
-    import shutil
-
     from nas.genotype import alpha_rule, random_genotype
     from nas.plot import draw_cells
     from nas.runlog import atomic_write_text
