@@ -18,19 +18,18 @@ from torch import nn
 
 from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
 from nas.budget import fmt, make_budget
-from nas.checkpoint import GracefulStop, NumericalFault, rng_state
 from nas.collapse import describe, dominance_warning, edge_stats
 from nas.config import SearchConfig, SearchOptions
 from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.datasets import ImageSet
-from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
+from nas.distributed import Dist, check_global_batch, use_global_batchnorm
 from nas.errors import UserError
-from nas.files import ALPHA, BUDGET, FINAL, GENOTYPE, GENOTYPES, METRICS, is_finished
+from nas.files import ALPHA, BUDGET, FINAL, GENOTYPE, GENOTYPES, METRICS
 from nas.genotype import Genotype, alpha_rule
 from nas.loader import dump_yaml
 from nas.mixing import Mixer, create_mixer, mixer_options
-from nas.runlog import Board, Progress, peak_memory_mib
-from nas.runtime import EpochMeter, Run, removed_if_unsaved, resolve_device
+from nas.runlog import Board, peak_memory_mib
+from nas.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved, resolve_device
 from nas.spaces import search_space
 from nas.steps import autocast, backward_step, grad_scaler
 from nas.supernet import Supernet, build_supernet
@@ -351,10 +350,7 @@ def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None =
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result). A finished run is left as it is; a new one stopped before its first checkpoint
     leaves nothing behind."""
-    if resume is not None and is_finished(resume, "search"):
-        if not quiet and is_main_process():
-            print(f"{resume} has finished its {count(cfg.search.epochs, 'epoch')}; {GENOTYPE} is its result",
-                  flush=True)
+    if resume is not None and finished(resume, "search", cfg.search.epochs, quiet):
         return resume
     with removed_if_unsaved():
         return search(cfg, name, resume, quiet)
@@ -418,31 +414,19 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
     if state is None and s.prior:  # a new run: alpha starts from the zero-cost prior of the user's images
         set_prior(cfg, model, score_batch(), d.classes, memory_format, log)
-    start_epoch, start_step, partial = run.restore(
-        {"model": model, "w_opt": w_opt, "a_opt": a_opt, "w_sched": w_sched, "scaler": scaler}, RECORDS)
-
-    def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
-        """State after ``step`` steps of ``epoch`` (0-based): resuming runs step + 1 next."""
-        run.save({
-            "kind": "search", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
-            "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(), "w_sched": w_sched.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state()})
-
-    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard and dist.main else None
-    progress = Progress(log, s.epochs, steps, cfg.run.log_every, start_epoch)
+    objects = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "w_sched": w_sched, "scaler": scaler}
+    frame = Loop(run, cfg.run, s.epochs, steps, objects, RECORDS)
 
     # ---- the bilevel loop
-    with GracefulStop() as stop, progress:
-        for epoch in range(start_epoch, s.epochs):
+    with frame:
+        for epoch in frame.epochs():
             warm = epoch < s.warmup_epochs  # weights only; alpha and the tau schedule start after the warm-up
             frozen = warm or not mixer.learns_alpha  # alpha's batch is then only measured
             mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
             model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
             lr = w_sched.get_last_lr()[0]
-            first = start_step if epoch == start_epoch else 0
             # train loss sum, train correct, valid loss sum, valid correct; weight images, alpha images
-            meter = EpochMeter(4, 2, device, dist, partial if first else None)
-            progress.start_epoch(epoch, first)
+            meter, first = frame.start_epoch(epoch, sums=4, streams=2)
             batches = zip(train.epoch(epoch, first), valid.epoch(epoch, first), strict=False)
             for step, ((xw, yw), (xa, ya)) in enumerate(batches, start=first + 1):
                 model.generator.manual_seed(batch_seed(cfg.seed, epoch, step, 1))  # this step's samples
@@ -451,23 +435,16 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
                     model, (xw, yw), (xa, ya), w_opt, a_opt, weights, order=s.order, grad_clip=s.grad_clip, amp=amp,
                     scaler=scaler, frozen=frozen, xi=float(lr) if s.unrolled else None, unsampled=s.unsampled_grads,
                     dist=dist)
-                if dist.agree(stop, w_loss + a_loss):  # every process stops, or fails, at the same step
-                    last = "none yet" if not run.checkpoint_path.exists() else str(run.checkpoint_path)
-                    raise NumericalFault(
-                        f"the loss is not finite (weight step {w_loss.item()}, alpha step {a_loss.item()}) at "
-                        f"epoch {epoch + 1} step {step}; the last good checkpoint is kept: {last}")
+                frame.check(w_loss + a_loss, epoch, step,
+                            lambda: f"weight step {w_loss.item()}, alpha step {a_loss.item()}")  # noqa: B023
                 meter.add([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct], len(yw), len(ya))
-                progress.step(epoch, step, step_postfix(meter, mixer.tau) if progress.wants_postfix(step) else None)
-                if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
-                    checkpoint(epoch, step, meter.partial())
-                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("search"))
+                frame.stepped(epoch, step, lambda m: step_postfix(m, mixer.tau))
             w_sched.step()
-            progress.end_epoch()
+            frame.end_epoch()
 
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
-            record_epoch(cfg, model, meter, epoch, float(lr), steps, warm, bench, board, run)
-            checkpoint(epoch + 1, 0, None)
-            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("search"))
+            record_epoch(cfg, model, meter, epoch, float(lr), steps, warm, bench, frame.board, run)
+            frame.epoch_done(epoch)
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
     genotype, final = derive_genotype(cfg, model, d, score_batch, amp, memory_format, log)
@@ -486,8 +463,6 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
 
     if dist.main:
         draw_cells(genotype, run.dir / "cells")
-    if board is not None:
-        board.close()
     run.finish()
     log.print(f"done: genotype written to {run.dir / GENOTYPE}; cell drawings in {run.dir / 'cells'}")
     return run.dir

@@ -1,6 +1,8 @@
 """What every run starts with and goes through: its device, process group, threads, determinism and seeds, its
-directory and checkpoint (Run), the per-epoch sums of its loop (EpochMeter) and resuming from a checkpoint
-(Run.restore). Both loops, search and training, run in this frame; nas/runlog.py is what a run writes and shows."""
+directory and checkpoint (Run), resuming from a checkpoint (Run.restore), the frame of its loop (Loop: epochs still to
+run, progress, the graceful stop, the per-step agreement on faults and signals, checkpoints) and the per-epoch sums of
+that loop (EpochMeter). Both loops, search and training, run in this frame; nas/runlog.py is what a run writes and
+shows."""
 
 from __future__ import annotations
 
@@ -8,15 +10,18 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nas.errors import UserError
-from nas.files import CONFIG, META, remove_run_files
-from nas.runlog import RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
+from nas.files import CONFIG, META, RESULT, is_finished, remove_run_files
+from nas.runlog import Board, Progress, RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
+from nas.text import count
+
+TOOL = {"search": "search", "train": "evaluate"}  # the tool that runs, and resumes, each kind of run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,6 +59,7 @@ class Run:
         from nas.distributed import setup
 
         self.started = time.perf_counter()
+        self.kind = kind
         self.dist, self.device = setup(resolve_device(run_cfg.device))
         if run_cfg.amp == "fp16" and self.device.type != "cuda":
             raise UserError(f"run.amp=fp16 needs a CUDA device, and this run is on {self.device.type}; "
@@ -114,9 +120,9 @@ class Run:
             with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                 self.dir.rmdir()
 
-    def resume_hint(self, tool: str) -> str:
+    def resume_hint(self) -> str:
         """The command that continues this run, from any directory."""
-        return f"python -m nas {tool} --resume {self.dir}"
+        return f"python -m nas {TOOL[self.kind]} --resume {self.dir}"
 
     def restore(self, objects: dict[str, Any], records: tuple[str, ...]) -> tuple[int, int, dict[str, Any] | None]:
         """Load the checkpoint's state into ``objects`` (name in the checkpoint -> anything with load_state_dict;
@@ -136,6 +142,115 @@ class Run:
             truncate_jsonl(self.dir / f, state["epoch"])
         self.log.print(f"resuming at epoch {state['epoch'] + 1}, step {state['step']}")
         return state["epoch"], state["step"], state["partial"]
+
+
+def finished(resume: Path, kind: str, epochs: int, quiet: bool) -> bool:
+    """Whether ``resume`` holds a finished ``kind`` run; if so it says so and the run is left as it is (resuming it
+    writes nothing)."""
+    from nas.distributed import is_main_process
+
+    if not is_finished(resume, kind):
+        return False
+    if not quiet and is_main_process():
+        print(f"{resume} has finished its {count(epochs, 'epoch')}; {RESULT[kind]} is its result", flush=True)
+    return True
+
+
+class Loop:
+    """The frame both loops run in, search and training alike, so that each loop shows only its own steps:
+
+        with Loop(run, cfg.run, epochs, steps, {"model": model, "opt": opt, ...}, records) as loop:
+            for epoch in loop.epochs():
+                meter, first = loop.start_epoch(epoch, sums=2, streams=1)
+                for step, batch in enumerate(batches.epoch(epoch, first), start=first + 1):
+                    loss = ...                                 # the loop's own step
+                    loop.check(loss, epoch, step)              # a fault or a signal on any process, on all
+                    meter.add(...)
+                    loop.stepped(epoch, step, postfix)         # progress; checkpoint when due; stop when asked
+                loop.end_epoch()
+                ...                                            # the loop's own records of the epoch
+                loop.epoch_done(epoch)                         # checkpoint; stop when asked
+
+    It restores the checkpoint's state into ``objects`` (Run.restore) and writes them back in every checkpoint,
+    with the random generators and ``extra()``; it owns the progress bars or lines and the TensorBoard writer
+    (``board``, rank 0 with run.tensorboard). Every process reaches each of its collectives at the same step: the
+    agreement on a fault or a signal (Dist.agree) at every step, the meter's sums when a checkpoint is due."""
+
+    def __init__(self, run: Run, run_cfg: Any, epochs: int, steps: int, objects: dict[str, Any],
+                 records: tuple[str, ...], extra: Callable[[], dict[str, Any]] = dict):
+        from nas.checkpoint import GracefulStop
+
+        self.run, self.epochs_total, self.steps, self.objects, self.extra = run, epochs, steps, objects, extra
+        self.every = run_cfg.checkpoint_every
+        self.first_epoch, self.first_step, self.partial = run.restore(objects, records)
+        self.board = Board(run.dir, first_step=self.first_epoch + 1) if run_cfg.tensorboard and run.dist.main \
+            else None
+        self.progress = Progress(run.log, epochs, steps, run_cfg.log_every, self.first_epoch)
+        self.stop = GracefulStop()
+        self.meter: EpochMeter | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Loop:
+        self._stack.enter_context(self.stop)
+        self._stack.enter_context(self.progress)
+        if self.board is not None:
+            self._stack.callback(self.board.close)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def epochs(self) -> range:
+        """The epochs still to run (0-based)."""
+        return range(self.first_epoch, self.epochs_total)
+
+    def start_epoch(self, epoch: int, sums: int, streams: int) -> tuple[EpochMeter, int]:
+        """The meter of ``epoch`` (``sums`` running sums, the images of ``streams`` batch streams), carried on from a
+        checkpoint taken in its middle, and the number of its steps already done."""
+        first = self.first_step if epoch == self.first_epoch else 0
+        self.meter = EpochMeter(sums, streams, self.run.device, self.run.dist, self.partial if first else None)
+        self.progress.start_epoch(epoch, first)
+        return self.meter, first
+
+    def check(self, loss: torch.Tensor, epoch: int, step: int, losses: Callable[[], str] | None = None) -> None:
+        """Once per step, on every process: agree on a signal (stop at this step, all alike) and on a loss that is not
+        finite anywhere, which stops every process with NumericalFault, the last good checkpoint kept. ``losses``
+        says what the loss was made of."""
+        from nas.checkpoint import NumericalFault
+
+        if self.run.dist.agree(self.stop, loss):
+            path = self.run.checkpoint_path
+            last = str(path) if path.exists() else "none yet"
+            what = losses() if losses is not None else str(loss.item())
+            raise NumericalFault(f"the loss is not finite ({what}) at epoch {epoch + 1} step {step}; the last good "
+                                 f"checkpoint is kept: {last}")
+
+    def stepped(self, epoch: int, step: int, postfix: Callable[[EpochMeter], dict[str, str]]) -> None:
+        """After a step: the progress (``postfix(meter)``, figures read from the device, only when shown), a checkpoint
+        every run.checkpoint_every steps or when a signal asked to stop, and the stop."""
+        assert self.meter is not None, "start_epoch comes first"
+        self.progress.step(epoch, step, postfix(self.meter) if self.progress.wants_postfix(step) else None)
+        if self.stop.checkpoint_due(step, self.steps, self.every):  # the sums leave the device only here
+            self.save(epoch, step, self.meter.partial())
+        self.stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", self.run.resume_hint())
+
+    def end_epoch(self) -> None:
+        """The epoch's steps are done: its progress bar closes before its line is printed."""
+        self.progress.end_epoch()
+
+    def epoch_done(self, epoch: int) -> None:
+        """After the epoch's records: a checkpoint, then the stop if a signal asked for one."""
+        self.save(epoch + 1, 0, None)
+        self.stop.stop_if_asked(f"after epoch {epoch + 1}", self.run.resume_hint())
+
+    def save(self, epoch: int, step: int, partial: dict[str, Any] | None) -> None:
+        """The checkpoint after ``step`` steps of ``epoch`` (0-based; resuming runs step + 1 next): the state of every
+        object, the random generators, the meter's sums in the middle of an epoch, and ``extra()``."""
+        from nas.checkpoint import rng_state
+
+        self.run.save({"kind": self.run.kind, "epoch": epoch, "step": step, "partial": partial,
+                       **{name: obj.state_dict() if obj is not None else None for name, obj in self.objects.items()},
+                       "rng": rng_state(), **self.extra()})
 
 
 _STARTED: list[Run] = []  # the runs this process has started inside removed_if_unsaved, innermost last

@@ -17,21 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.checkpoint import (
-    GracefulStop,
-    NumericalFault,
-    rng_state,
-)
 from nas.config import TrainConfig
 from nas.data import Batches, batch_notes, channel_stats, data_notes, dataset_info, load_dataset
 from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
 from nas.errors import UserError
-from nas.files import GENOTYPE, METRICS, RESULTS, SUMMARY, is_finished
+from nas.files import GENOTYPE, METRICS, RESULTS, SUMMARY
 from nas.genotype import Genotype
 from nas.loader import dump_yaml, to_dict
 from nas.network import build_network, check_network, count_flops, count_parameters
-from nas.runlog import Board, Progress, RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
-from nas.runtime import EpochMeter, Run, removed_if_unsaved
+from nas.runlog import RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
+from nas.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved
 from nas.steps import autocast, backward_step, grad_scaler
 from nas.text import count
 
@@ -78,14 +73,19 @@ def evaluate(model: nn.Module, batches: Batches, amp: Any = None,
     return loss / batches.num_images, 100 * correct / batches.num_images
 
 
+def step_postfix(meter: EpochMeter) -> dict[str, str]:
+    """The progress line's figures so far in this epoch (this process's share)."""
+    (loss_sum, correct), (n,) = meter.local(), meter.images
+    return {"loss": f"{loss_sum / n:.3f}", "acc": f"{100 * correct / n:.1f}%",
+            "img/s": f"{n / max(meter.elapsed(), 1e-9):.0f}"}
+
+
 def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resume: Path | None = None,
               quiet: bool = False) -> dict[str, Any]:
     """Train ``genotype``'s network as ``cfg`` says (or continue the run in ``resume``); writes results.json in
     the run directory and returns it, with the run directory added (run_dir). A finished run is left as it is; a
     new one stopped before its first checkpoint leaves nothing behind."""
-    if resume is not None and is_finished(resume, "train"):
-        if not quiet and is_main_process():
-            print(f"{resume} has finished its {count(cfg.train.epochs, 'epoch')}; {RESULTS} is its result", flush=True)
+    if resume is not None and finished(resume, "train", cfg.train.epochs, quiet):
         return {**json.loads((resume / RESULTS).read_text()), "run_dir": str(resume)}
     with removed_if_unsaved():
         return train(cfg, genotype, name, resume, quiet)
@@ -149,66 +149,41 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
         log.print(dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
 
     # ---- resume: every state the next step depends on; records after the checkpoint are redone
-    progress_state: dict[str, Any] = {"test": [float("nan"), float("nan")], "train_time": 0.0, "seen": 0,
-                                      "wall": 0.0}
-    start_epoch, start_step, partial = run.restore(
-        {"model": model, "opt": opt, "sched": sched, "scaler": scaler}, (METRICS,))
-    if state is not None:
-        progress_state = state["progress"]
-
-    def checkpoint(epoch: int, step: int, partial: dict[str, Any] | None) -> None:
-        run.save({
-            "kind": "train", "epoch": epoch, "step": step, "partial": partial, "model": model.state_dict(),
-            "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "progress": {**progress_state, "wall": progress_state["wall"] + time.perf_counter() - start}})
-
-    board = Board(run.dir, first_step=start_epoch + 1) if cfg.run.tensorboard and dist.main else None
-    if board is not None and state is None:
-        board.genotype(genotype, 0)
-    steps = len(train)
-    progress = Progress(log, t.epochs, steps, cfg.run.log_every, start_epoch)
+    progress_state: dict[str, Any] = state["progress"] if state is not None else \
+        {"test": [float("nan"), float("nan")], "train_time": 0.0, "seen": 0, "wall": 0.0}
+    start = time.perf_counter()
+    objects = {"model": model, "opt": opt, "sched": sched, "scaler": scaler}
+    frame = Loop(run, cfg.run, t.epochs, len(train), objects, (METRICS,), extra=lambda: {"progress": {
+        **progress_state, "wall": progress_state["wall"] + time.perf_counter() - start}})
 
     # ---- the training loop
-    start = time.perf_counter()
-    with GracefulStop() as stop, progress:
-        for epoch in range(start_epoch, t.epochs):
+    with frame:
+        if frame.board is not None and state is None:
+            frame.board.genotype(genotype, 0)
+        for epoch in frame.epochs():
             drop_prob = cfg.model.drop_path * epoch / t.epochs  # grows linearly from 0
             model.drop_path_prob = drop_prob  # type: ignore[assignment]
             lr = sched.get_last_lr()[0]
-            first = start_step if epoch == start_epoch else 0
-            meter = EpochMeter(2, 1, device, dist, partial if first else None)  # loss sum, correct; images
-            progress.start_epoch(epoch, first)
+            meter, first = frame.start_epoch(epoch, sums=2, streams=1)  # loss sum, correct; images
             for step, (x, y) in enumerate(train.epoch(epoch, first), start=first + 1):
                 with amp:
                     logits, aux = net(x.contiguous(memory_format=memory_format))
                     loss = F.cross_entropy(logits, y)
                     total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux, y)
-                if dist.agree(stop, total.detach()):  # every process stops, or fails, at the same step
-                    last = str(run.checkpoint_path) if run.checkpoint_path.exists() else "none yet"
-                    raise NumericalFault(f"the loss is not finite ({total.item()}) at epoch {epoch + 1} step "
-                                         f"{step}; the last good checkpoint is kept: {last}")
+                frame.check(total.detach(), epoch, step)
                 backward_step(total, opt, scaler, model.parameters(), t.grad_clip, reduce=dist.average_gradients)
                 if scaler is not None:
                     scaler.update()
                 meter.add([loss.detach() * len(y), (logits.argmax(1) == y).sum()], len(y))
-                postfix = None
-                if progress.wants_postfix(step):
-                    (loss_sum, correct), (n,) = meter.local(), meter.images
-                    postfix = {"loss": f"{loss_sum / n:.3f}", "acc": f"{100 * correct / n:.1f}%",
-                               "img/s": f"{n / max(meter.elapsed(), 1e-9):.0f}"}
-                progress.step(epoch, step, postfix)
-                if stop.checkpoint_due(step, steps, cfg.run.checkpoint_every):  # sums leave the device only here
-                    checkpoint(epoch, step, meter.partial())
-                stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", run.resume_hint("evaluate"))
+                frame.stepped(epoch, step, step_postfix)
             sched.step()
+            frame.end_epoch()
+
+            # ---- end of epoch: test (every eval_every epochs and at the last), metrics, checkpoint
             elapsed = meter.elapsed()
-            progress.end_epoch()
             (loss_sum, correct), (n,) = meter.totals()
             progress_state["train_time"] += elapsed
             progress_state["seen"] += n
-
-            # ---- end of epoch: test (every eval_every epochs and at the last), metrics, checkpoint
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": 100 * correct / n,
                                       "lr": lr, "drop_path": drop_prob, "time_s": elapsed,
                                       "images_per_s": n / elapsed, "peak_mib": peak_memory_mib(device)}
@@ -218,17 +193,14 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                 progress_state["test"] = [test_loss, test_acc]
                 record.update(test_loss=test_loss, test_acc=test_acc)
             log.append(METRICS, record)
-            checkpoint(epoch + 1, 0, None)
             tested = f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.2f}%" if "test_acc" in record \
                 else ""
             log.print(f"epoch {epoch + 1}/{t.epochs}  train loss {record['train_loss']:.3f} acc "
                       f"{record['train_acc']:.2f}%{tested}  lr {lr:.4f}  {elapsed:.1f}s  "
                       f"{record['images_per_s']:.0f} img/s")
-            if board is not None:
-                board.scalars(record, epoch + 1, "train")
-            stop.stop_if_asked(f"after epoch {epoch + 1}", run.resume_hint("evaluate"))
-    if board is not None:
-        board.close()
+            if frame.board is not None:
+                frame.board.scalars(record, epoch + 1, "train")
+            frame.epoch_done(epoch)
 
     test_loss, test_acc = progress_state["test"]
     # every epoch's peak, earlier sessions' included (rank 0 holds the records; the others only their own)
