@@ -19,8 +19,8 @@ import statistics
 from pathlib import Path
 
 from nas.bench201 import arch_of_key, load_benchmark
-from nas.genotype import read_genotype
-from nas.study import load_study, method_options
+from nas.space.genotype import read_genotype
+from nas.study.plan import load_study, method_options
 
 
 def main(argv: list[str] | None = None) -> int:

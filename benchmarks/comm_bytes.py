@@ -1,5 +1,5 @@
 """What one data-parallel search step communicates: the gradient bytes a weight step and an alpha step all-reduce
-(nas.distributed.Dist.average_gradients reduces exactly the gradients that exist), against what reducing the whole
+(nas.run.distributed.Dist.average_gradients reduces exactly the gradients that exist), against what reducing the whole
 supernet would cost, for a recipe's supernet. Counted in one process from real backward passes; no network needed.
 
     python benchmarks/comm_bytes.py --config configs/search/gdas-darts-cifar10.yaml --samples 20
@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas.bilevel import search_mixer  # noqa: E402
 from nas.config import SearchConfig, load_config  # noqa: E402
-from nas.spaces import search_space  # noqa: E402
-from nas.supernet import build_supernet  # noqa: E402
+from nas.searching.bilevel import search_mixer  # noqa: E402
+from nas.searching.supernet import build_supernet  # noqa: E402
+from nas.space.spaces import search_space  # noqa: E402
 
 
 def main() -> None:

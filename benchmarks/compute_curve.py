@@ -31,8 +31,8 @@ def point_dir(out: Path, point: tuple[int, int, int], bn: bool) -> Path:
 
 
 def run_point(out: Path, point: tuple[int, int, int], bn: bool, data: str, jobs: int, seeds: str) -> None:
-    from nas.studies import run_study
-    from nas.study import load_plan
+    from nas.study.plan import load_plan
+    from nas.study.run import run_study
 
     study = point_dir(out, point, bn)
     if (study / "study.yaml").exists():

@@ -5,10 +5,10 @@ CIFAR-100 and ImageNet16-120 (the [bench] extra's table).
     python benchmarks/score_correlation.py --data ~/cifar10-images [--cells 1000] [--subset-seeds 0,1,2] \\
         [--cache scores.jsonl]
 
-Prints, per score and per ensemble of scores (the log-rank sum and the vote of nas/zerocost.py): cells scored per
-CPU-second; Kendall's tau and Spearman's rho against the table over all the cells drawn and within those in the
-space's top 10% on that data set; and the pick of 100: the mean table accuracy of the best-scored cell of each
-group of 100 cells drawn (what a search that scores 100 random cells would find). The scores never read the table.
+Prints, per score and per ensemble of scores (the log-rank sum and the vote of nas/searching/zerocost.py): cells scored
+per CPU-second; Kendall's tau and Spearman's rho against the table over all the cells drawn and within those in the
+space's top 10% on that data set; and the pick of 100: the mean table accuracy of the best-scored cell of each group of
+100 cells drawn (what a search that scores 100 random cells would find). The scores never read the table.
 With --cache, every cell's scores are kept in a JSON-lines file and read back on the next run (a run can stop and
 go on, and new ensembles cost nothing).
 """
@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from nas.bench201 import DATASETS, RESNET_CELL, load_benchmark
-from nas.data import channel_stats
-from nas.datasets import load_image_folder
-from nas.genotype import from_nb201_string, random_genotype, to_nb201_string
-from nas.scores import get_score, score_names
-from nas.spaces import get_space
-from nas.zerocost import aggregate, kendall_tau, scoring_network, spearman
+from nas.data.datasets import load_image_folder
+from nas.data.pipeline import channel_stats
+from nas.searching.scores import get_score, score_names
+from nas.searching.zerocost import aggregate, kendall_tau, scoring_network, spearman
+from nas.space.genotype import from_nb201_string, random_genotype, to_nb201_string
+from nas.space.spaces import get_space
 
 DEFAULT_SCORES = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "zico", "ntk", "params", "flops")
 DEFAULT_ENSEMBLES = ("naswot+synflow", "naswot+zico", "synflow+zico", "naswot+synflow+zico",

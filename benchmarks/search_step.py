@@ -1,5 +1,5 @@
-"""Time a full search step (weight step + alpha step, as nas.bilevel's loop does it) for GDAS and DARTS mixing,
-and the same work for the child, and print one JSON object of medians and ratios.
+"""Time a full search step (weight step + alpha step, as nas.searching.bilevel's loop does it) for GDAS and DARTS
+mixing, and the same work for the child, and print one JSON object of medians and ratios.
 
 The child is the same topology with every edge fixed to the op GDAS sampled for it at that step (the GDAS process
 records its samples and the child process that follows it replays them), trained as a plain network: SGD on its
@@ -47,7 +47,7 @@ def rss_mib() -> float:
 
 def fixed_sample(model: object, indices: dict[str, list[int]]) -> dict:
     """A mixing per cell type that runs the given op on every edge, with no alpha involved."""
-    from nas.mixing import GdasSample
+    from nas.searching.mixing import GdasSample
 
     out = {}
     for t, index in indices.items():
@@ -63,12 +63,12 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from nas.bilevel import bilevel_step, weight_step
-    from nas.data import Batches, batch_seed, channel_stats
-    from nas.datasets import make_synthetic
-    from nas.distributed import Dist, setup
-    from nas.mixing import GdasSample, create_mixer, has_tau
-    from nas.supernet import build_supernet
+    from nas.data.datasets import make_synthetic
+    from nas.data.pipeline import Batches, batch_seed, channel_stats
+    from nas.run.distributed import Dist, setup
+    from nas.searching.bilevel import bilevel_step, weight_step
+    from nas.searching.mixing import GdasSample, create_mixer, has_tau
+    from nas.searching.supernet import build_supernet
 
     torch.set_num_threads(args.threads)
     d, device = setup(torch.device(args.device)) if "WORLD_SIZE" in os.environ else (Dist(), torch.device(args.device))
@@ -89,7 +89,7 @@ def worker(args: argparse.Namespace) -> dict:
     model.to(memory_format=fmt)
     model.train()
     d.broadcast_parameters(model)
-    if d.active:  # every process draws the same samples, as nas.bilevel does
+    if d.active:  # every process draws the same samples, as nas.searching.bilevel does
         model.generator = torch.Generator(device=device)
     weights = model.weight_parameters()
     w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -139,8 +139,8 @@ def worker(args: argparse.Namespace) -> dict:
             for (x, y), fixed in zip(((xw, yw), (xa, ya)), plan[i], strict=True):
                 model.mixings = lambda fixed=fixed: fixed  # type: ignore[method-assign]
                 weight_step(model, x, y, w_opt, weights, 5.0)
-        else:  # the loop's own step (nas.bilevel.bilevel_step): DARTS takes the alpha step first, darts2 is second
-            # order, random only measures the alpha batch; under torchrun it is the data-parallel step
+        else:  # the loop's own step (nas.searching.bilevel.bilevel_step): DARTS takes the alpha step first, darts2
+            # is second order, random only measures the alpha batch; under torchrun it is the data-parallel step
             bilevel_step(model, (xw, yw), (xa, ya), w_opt, a_opt, weights,
                          order="alpha_first" if args.variant in ("darts", "darts2") else "weights_first",
                          frozen=args.variant == "random", xi=0.025 if args.variant == "darts2" else None, dist=d)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
-from nas.files import BUDGET, GENOTYPE, METRICS, REPORT_JSON, REPORT_MD
-from nas.genotype import Genotype, load_genotype, read_genotype
 from nas.loader import from_dict, parse_overrides, set_dotted, to_dict
 from nas.model import TrainedModel, load_model
+from nas.run.files import BUDGET, GENOTYPE, METRICS, REPORT_JSON, REPORT_MD
+from nas.space.genotype import Genotype, load_genotype, read_genotype
 
 C = TypeVar("C")
 Config = str | Path | Mapping[str, Any] | SearchConfig | TrainConfig | StudyConfig | None
@@ -87,8 +87,8 @@ def _name(config: Config, default: str) -> str:
 def search(config: Config = None, overrides: Mapping[str, Any] | None = None, *, quiet: bool = True,
            **keys: Any) -> SearchResult:
     """Run a search (as ``python -m nas search``) and return its result; ``quiet`` prints nothing (log.txt has it)."""
-    from nas.bilevel import run_search
-    from nas.runlog import read_jsonl
+    from nas.run.runlog import read_jsonl
+    from nas.searching.bilevel import run_search
 
     cfg = make_config(SearchConfig, config, overrides, **keys)
     run_dir = run_search(cfg, name=_name(config, "search"), quiet=quiet)
@@ -115,8 +115,8 @@ def evaluate(genotype: Genotype | str | Path | SearchResult, config: Config = No
 def compare(config: Config = None, overrides: Mapping[str, Any] | None = None, *, jobs: int = 1,
             quiet: bool = True, **keys: Any) -> StudyResult:
     """Run a comparison study (as ``python -m nas compare``) and return where its report is."""
-    from nas.studies import run_study
-    from nas.study import check_plan
+    from nas.study.plan import check_plan
+    from nas.study.run import run_study
 
     cfg = check_plan(make_config(StudyConfig, config, overrides, **keys))
     study_dir = run_study(cfg, _name(config, "compare"), jobs=jobs, quiet=quiet)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import UserError
-from nas.genotype import Genotype, to_nb201_string
+from nas.space.genotype import Genotype, to_nb201_string
 
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 RECIPES = ("200", "12")  # training epochs of the benchmark's two recipes
@@ -146,8 +146,8 @@ def convolution_only_cells(ops: tuple[str, ...] = NB201_OPS) -> list[Genotype]:
     nor_conv_3x3): what a user who only knows "use convolutions" would pick from."""
     from itertools import product
 
-    from nas.genotype import from_nb201_string
-    from nas.ops import is_parameter_free
+    from nas.space.genotype import from_nb201_string
+    from nas.space.ops import is_parameter_free
 
     convs = [op for op in ops if not is_parameter_free(op)]
     return [from_nb201_string(f"|{a}~0|+|{b}~0|{c}~1|+|{d}~0|{e}~1|{f}~2|")
@@ -158,7 +158,7 @@ def baselines(bench: Any) -> dict[str, Any]:
     """The benchmark's records of the cells a user would pick without a search: the ResNet cell, and every
     convolution-only cell (the distribution of a random one). A benchmark file that holds part of the space gives
     the records it has: the ResNet cell is None when it lacks it."""
-    from nas.genotype import from_nb201_string
+    from nas.space.genotype import from_nb201_string
 
     def held(g: Genotype) -> dict[str, Any] | None:
         try:

@@ -14,8 +14,8 @@ from typing import Any
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.errors import UserError
-from nas.files import CHECKPOINT, CONFIG, GENOTYPE, is_finished
-from nas.study import check_resumable, load_plan
+from nas.run.files import CHECKPOINT, CONFIG, GENOTYPE, is_finished
+from nas.study.plan import check_resumable, load_plan
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -34,10 +34,10 @@ class HelpFormatter(argparse.HelpFormatter):
 def run_guarded(fn: Callable[[], object]) -> int:
     """Run fn and turn the ways a run ends into exit statuses, with one line on stderr and no traceback:
     bad input 2, a non-finite loss 3, a graceful stop on SIGINT / SIGTERM 130 / 143."""
-    from nas.checkpoint import NumericalFault, Stopped, Terminated, raise_on_sigterm
-    from nas.distributed import is_main_process, teardown
     from nas.errors import RunsFailed
-    from nas.jobs import follow_parent
+    from nas.run.checkpoint import NumericalFault, Stopped, Terminated, raise_on_sigterm
+    from nas.run.distributed import is_main_process, teardown
+    from nas.study.jobs import follow_parent
 
     def one_line(e: BaseException) -> str:
         return " ".join(str(e).split())
@@ -90,7 +90,7 @@ def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> A
     if not (path / CONFIG).is_file() or not (path / CHECKPOINT).is_file():
         missing = CONFIG if not (path / CONFIG).is_file() else CHECKPOINT
         raise UserError(f"--resume {run_dir!r} is not a run directory with a checkpoint (no {missing})")
-    from nas.checkpoint import read_kind
+    from nas.run.checkpoint import read_kind
 
     written = read_kind(path / CHECKPOINT)  # the checkpoint says which loop wrote it
     if written != kind:
@@ -104,8 +104,8 @@ def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> A
 
 def plot_main(argv: list[str] | None = None) -> int:
     """python -m nas plot: draw a genotype's cells."""
-    from nas.genotype import load_genotype
-    from nas.plot import draw_cells
+    from nas.space.genotype import load_genotype
+    from nas.space.plot import draw_cells
 
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m nas plot",
                                      description="Draw a genotype's cells (PNG and SVG).")
@@ -137,7 +137,7 @@ def genotype_main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     def go() -> None:
-        from nas.genotype import load_genotype
+        from nas.space.genotype import load_genotype
 
         g = load_genotype(args.genotype)
         print(g.to_json() if args.to == "json" else g.to_text(), end="" if args.to == "json" else "\n")
@@ -161,7 +161,7 @@ def search_main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     def go() -> None:
-        from nas.bilevel import run_search  # imported here so that --help and config errors are quick
+        from nas.searching.bilevel import run_search  # imported here so that --help and config errors are quick
 
         if args.resume:
             if args.config:
@@ -207,7 +207,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     def go() -> None:
         import json
 
-        from nas.genotype import load_genotype, read_genotype
+        from nas.space.genotype import load_genotype, read_genotype
         from nas.train import run_repeats, run_train, summarize
 
         if args.resume:
@@ -252,7 +252,7 @@ def compare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print only the study's own lines and errors")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     args = parser.parse_intermixed_args(argv)
-    from nas.distributed import from_environment
+    from nas.run.distributed import from_environment
 
     launched = from_environment()
     if launched.active:
@@ -262,7 +262,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         return 2
 
     def go() -> None:
-        from nas.studies import report_study, run_study
+        from nas.study.run import report_study, run_study
 
         if args.report:
             if args.config or args.resume or args.plan or args.overrides:
@@ -300,7 +300,7 @@ def bench201_main(argv: list[str] | None = None) -> int:
         import json
 
         from nas.bench201 import arch_string, load_benchmark, lookup
-        from nas.genotype import load_genotype
+        from nas.space.genotype import load_genotype
 
         genotype = load_genotype(args.genotype)
         arch_string(genotype)  # a DARTS-space genotype is refused before the benchmark is read
@@ -342,10 +342,10 @@ def latency_main(argv: list[str] | None = None) -> int:
     def go() -> None:
         import torch
 
-        from nas.budget import budget_network, fmt, latency_table, save_costs
-        from nas.data import load_dataset
-        from nas.runtime import resolve_device
-        from nas.spaces import search_space
+        from nas.data.pipeline import load_dataset
+        from nas.run.runtime import resolve_device
+        from nas.searching.budget import budget_network, fmt, latency_table, save_costs
+        from nas.space.spaces import search_space
 
         cfg = load_config(SearchConfig, args.config, args.overrides)
         if cfg.run.threads:
@@ -403,7 +403,7 @@ def predict_main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from nas.model import load_model
-        from nas.runtime import resolve_device
+        from nas.run.runtime import resolve_device
 
         model = load_model(args.run_dir, resolve_device(args.device))
         unreadable: dict[Path, str] = {}

@@ -18,7 +18,7 @@ from nas.loader import to_dict as to_dict
 
 
 def _check_network(space: str, **settings: Any) -> None:
-    from nas.network import check_network  # network.py owns what a network can be built from
+    from nas.space.network import check_network  # network.py owns what a network can be built from
 
     try:
         check_network(space, **settings)
@@ -86,8 +86,8 @@ class ModelConfig:
                               "2*C and 4*C channels into 8 conv groups; valid: a multiple of 4")
         _check_network(self.space, layers=self.layers, stem_multiplier=self.stem_multiplier)
         if self.ops is not None:
-            from nas.ops import check_op_name  # the registry is the authority on op names
-            from nas.spaces import space_ops
+            from nas.space.ops import check_op_name  # the registry is the authority on op names
+            from nas.space.spaces import space_ops
 
             for op in self.ops:
                 try:
@@ -184,7 +184,7 @@ class SearchOptions(SGDOptions):
                       "snas: every op, weighted by a soft Gumbel-softmax sample; drnas: every op, weighted by a "
                       "sample of Dirichlet(elu(alpha) + 1) (Chen et al. 2021); random: one op per edge drawn "
                       "uniformly, no alpha steps (with search.derive=sample or score); or any name given to "
-                      "nas.mixing.register_mixer")
+                      "nas.searching.mixing.register_mixer")
     epochs: int = _key(50, "search epochs (0: none, for the zero-cost rules: search.derive=score, search.prior or "
                                "search.perturb_by=score)", low=0)
     weight_sampling: str = _key("mixer", "the ops a weight step trains. mixer: the mixer's (GDAS: its sample); "
@@ -208,7 +208,7 @@ class SearchOptions(SGDOptions):
     score: tuple[str, ...] = _key(("naswot",), "zero-cost scores of search.derive=score, search.prior and "
                                                "search.perturb_by=score, each a function of an untrained network and "
                                                "a batch (naswot, synflow, snip, grad_norm, jacob_cov, zico, ntk, "
-                                               "params, flops: nas/scores.py); several are combined by "
+                                               "params, flops: nas/searching/scores.py); several are combined by "
                                                "search.ensemble")
     ensemble: str = _key("logrank", "how several search.score combine: logrank (the sum of each score's log rank, "
                                     "AZ-NAS) or vote (the cells each one beats on a majority of the scores)",
@@ -265,7 +265,9 @@ class SearchOptions(SGDOptions):
         return self.derive == "score" or self.prior > 0 or self.perturb_by == "score"
 
     def check(self) -> None:
-        from nas.mixing import check_mixer_name  # the registry is the authority on mixer names, as on op names
+        from nas.searching.mixing import (
+            check_mixer_name,  # the registry is the authority on mixer names, as on op names
+        )
 
         try:
             check_mixer_name(self.mixer, "search.mixer")
@@ -301,7 +303,7 @@ class SearchOptions(SGDOptions):
             raise ConfigError("search.perturb_by applies only to search.derive=perturb")
         if len(set(self.score)) != len(self.score):
             raise ConfigError(f"search.score lists a score twice: {list(self.score)}")
-        from nas.scores import check_score_name
+        from nas.searching.scores import check_score_name
 
         for name in self.score:
             try:
@@ -380,7 +382,7 @@ class SearchConfig:
 
     def check(self) -> None:
         s, default = self.search, SearchOptions()
-        from nas.mixing import has_tau
+        from nas.searching.mixing import has_tau
 
         if not has_tau(s.mixer):
             for k in ("tau_max", "tau_min", "tau_schedule"):
@@ -505,7 +507,7 @@ class StudyConfig:
         if not self.eval.benchmark and space is not None and space != self.model.space:
             raise ConfigError(f"eval.model.space={space} differs from model.space={self.model.space}: a study "
                               "trains the genotypes its supernet searched; set eval.model.space=null")
-        # What each method's search and the eval recipe become is checked by nas.study.check_plan.
+        # What each method's search and the eval recipe become is checked by nas.study.plan.check_plan.
 
 
 # What kind of recipe a file is, by the sections only that kind has, and the tool that runs it
@@ -538,7 +540,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tu
 # (the quickstart recipe points at an image folder with data.name=imagefolder data.root=DIR); the same keys given
 # on the command line are refused, whatever their value, since they would do nothing.
 def _tau_mixers() -> tuple[str, ...]:
-    from nas.mixing import has_tau, mixer_names
+    from nas.searching.mixing import has_tau, mixer_names
 
     return tuple(m for m in mixer_names() if has_tau(m))
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
-from nas.files import MODEL, is_finished, replacing, run_kind
-from nas.genotype import Genotype, from_dict
+from nas.run.files import MODEL, is_finished, replacing, run_kind
+from nas.space.genotype import Genotype, from_dict
 
 FORMAT = "nas-model/1"
 EXPORTS = {"torchscript": ".ts", "exported": ".pt2", "onnx": ".onnx"}
@@ -116,7 +116,7 @@ def model_file(source: str | Path) -> Path:
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """The trained network of an evaluate.py run directory (or its model.pt), in evaluation mode on ``device``.
     The file is read with weights_only=True: only tensors and plain data, no code."""
-    from nas.network import build_network
+    from nas.space.network import build_network
 
     path = model_file(source)
     try:

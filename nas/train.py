@@ -18,16 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.config import TrainConfig
-from nas.data import Batches, batch_notes, channel_stats, data_notes, dataset_info, load_dataset
-from nas.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
+from nas.data.pipeline import Batches, batch_notes, channel_stats, data_notes, dataset_info, load_dataset
 from nas.errors import UserError
-from nas.files import GENOTYPE, METRICS, RESULTS, SUMMARY
-from nas.genotype import Genotype
 from nas.loader import dump_yaml, to_dict
-from nas.network import build_network, check_network, count_flops, count_parameters
-from nas.runlog import RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
-from nas.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved
-from nas.steps import autocast, backward_step, grad_scaler
+from nas.run.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
+from nas.run.files import GENOTYPE, METRICS, RESULTS, SUMMARY
+from nas.run.runlog import RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
+from nas.run.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved
+from nas.run.steps import autocast, backward_step, grad_scaler
+from nas.space.genotype import Genotype
+from nas.space.network import build_network, check_network, count_flops, count_parameters
 from nas.text import count
 
 
@@ -159,7 +159,9 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
     # ---- the training loop
     with frame:
         if frame.board is not None and state is None:
-            frame.board.genotype(genotype, 0)
+            from nas.space.plot import show_genotype
+
+            show_genotype(frame.board, genotype, 0)
         for epoch in frame.epochs():
             drop_prob = cfg.model.drop_path * epoch / t.epochs  # grows linearly from 0
             model.drop_path_prob = drop_prob  # type: ignore[assignment]
@@ -214,8 +216,8 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
     log.write_json(RESULTS, results)
     if dist.main:
-        from nas.files import MODEL
         from nas.model import save_model
+        from nas.run.files import MODEL
 
         settings = {"C": cfg.model.C, "layers": cfg.model.layers, "num_classes": num_classes,
                     "in_channels": in_channels, "auxiliary": aux_weight > 0,
@@ -229,8 +231,8 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
 def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str = "train",
                 quiet: bool = False) -> dict[str, Any]:
     """Train once per seed, each in <run.dir>/seed-<s>; writes summary.json with mean and std over the runs."""
-    from nas.distributed import setup
-    from nas.runtime import resolve_device
+    from nas.run.distributed import setup
+    from nas.run.runtime import resolve_device
 
     d, _ = setup(resolve_device(cfg.run.device))  # under torchrun, rank 0 alone creates the folder
     parent = Path(d.on_main(lambda: str(prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite))))

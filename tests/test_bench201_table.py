@@ -20,7 +20,7 @@ from nas.bench201 import (
     score,
 )
 from nas.cli import bench201_main
-from nas.genotype import Genotype, from_nb201_string, published_genotype
+from nas.space.genotype import Genotype, from_nb201_string, published_genotype
 
 SKIPS = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -98,7 +98,7 @@ def test_bad_cells_are_one_line(genotype: str, message: str, capsys: pytest.Capt
 
 
 def test_a_cell_outside_the_five_ops_is_not_in_the_table(table: Nb201Table) -> None:
-    # a cell with an op of its own (nas.ops.register_op), built without the check that parsing does
+    # a cell with an op of its own (nas.space.ops.register_op), built without the check that parsing does
     g = Genotype("nb201", ((("my_op", 0),), (("none", 0), ("none", 1)), (("none", 0), ("none", 1), ("none", 2))), (3,))
     with pytest.raises(BenchmarkError, match="the benchmark has no cell .*each one of none, skip_connect"):
         lookup(table, g)

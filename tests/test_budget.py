@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.budget import Budget, CostModel, count_costs, cover_genotypes, latency_table, load_costs, save_costs
 from nas.cli import latency_main, search_main
 from nas.errors import UserError
-from nas.genotype import from_nb201_string, random_genotype
-from nas.mixing import create_mixer
-from nas.network import build_network, count_flops, count_parameters
-from nas.spaces import get_space
-from nas.supernet import build_supernet
+from nas.searching.budget import Budget, CostModel, count_costs, cover_genotypes, latency_table, load_costs, save_costs
+from nas.searching.mixing import create_mixer
+from nas.searching.supernet import build_supernet
+from nas.space.genotype import from_nb201_string, random_genotype
+from nas.space.network import build_network, count_flops, count_parameters
+from nas.space.spaces import get_space
 
 NB201 = get_space("nb201")
 DARTS = get_space("darts")
@@ -143,7 +143,7 @@ def test_a_budgeted_search_ends_within_its_budget(tmp_path: Path, capsys: pytest
     assert record["within"] and record["cost"] <= 0.3 and record["network"]["C"] == 16
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("expected_cost" in m and "derived_cost" in m for m in metrics)
-    from nas.genotype import read_genotype
+    from nas.space.genotype import read_genotype
 
     cost = count_costs("params", NB201, C=16, layers=5, classes=10, channels=3, size=32)
     assert cost.of(read_genotype(run / "genotype.json")) == pytest.approx(record["cost"])

@@ -19,7 +19,7 @@ from PIL import Image
 
 from nas.cli import genotype_main, search_main
 from nas.config import SearchConfig, load_config
-from nas.genotype import from_dict, read_genotype
+from nas.space.genotype import from_dict, read_genotype
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["search.epochs=2", "data.synthetic.train=128", "data.synthetic.test=16", "data.image_size=8",
@@ -203,7 +203,7 @@ def test_help_never_breaks_a_hyphenated_path() -> None:
     assert all(len(line) <= 44 for line in text.splitlines() if "configs/" not in line)
 
 
-@pytest.mark.parametrize(("module", "tool"), [("nas.bench201", "bench201"), ("nas.bilevel", "search")])
+@pytest.mark.parametrize(("module", "tool"), [("nas.bench201", "bench201"), ("nas.searching.bilevel", "search")])
 def test_a_library_module_run_directly_names_the_command_to_run(module: str, tool: str) -> None:
     r = run_cli("-m", module, "|nor_conv_3x3~0|")
     assert r.returncode == 2 and r.stdout == ""

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas import perturb
 from nas.cli import search_main
-from nas.collapse import dominance_warning, edge_stats
 from nas.config import ConfigError, SearchConfig, load_config
-from nas.genotype import PUBLISHED, derive, from_nb201_string, published_genotype, random_genotype, read_genotype
-from nas.mixing import DARTS, GDAS
-from nas.spaces import get_space
-from nas.supernet import build_supernet
+from nas.searching import perturb
+from nas.searching.collapse import dominance_warning, edge_stats
+from nas.searching.mixing import DARTS, GDAS
+from nas.searching.supernet import build_supernet
+from nas.space.genotype import PUBLISHED, derive, from_nb201_string, published_genotype, random_genotype, read_genotype
+from nas.space.spaces import get_space
 
 TINY = ["model.space=nb201", "model.C=4", "model.layers=1", "data.synthetic.train=256", "data.image_size=8",
         "data.batch_size=32", "run.tensorboard=false"]  # 4 steps per epoch
@@ -163,7 +163,7 @@ def test_perturbation_keeps_the_ops_the_supernet_needs() -> None:
 
 @pytest.mark.parametrize("space_name", ["nb201", "darts"])
 def test_op_masks_of_a_genotype_run_exactly_that_cell(space_name: str) -> None:
-    from nas.genotype import genotype_of, masks_of
+    from nas.space.genotype import genotype_of, masks_of
 
     space = get_space(space_name)
     rng = random.Random(0)

@@ -21,10 +21,10 @@ import yaml
 
 from nas.cli import compare_main, genotype_main, search_main
 from nas.config import StudyConfig, load_config
-from nas.genotype import check_genotype, load_genotype, random_genotype
-from nas.jobs import job_settings, study_lock
-from nas.report import compare, markdown
-from nas.spaces import get_space
+from nas.space.genotype import check_genotype, load_genotype, random_genotype
+from nas.space.spaces import get_space
+from nas.study.jobs import job_settings, study_lock
+from nas.study.report import compare, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 # 2 methods x 1 seed, 3 random cells, 1 epoch each: 2 searches of 16 steps, 5 trainings of 32 steps
@@ -346,7 +346,7 @@ def test_nproc_runs_every_search_and_training_data_parallel(tmp_path: Path) -> N
 SIGNAL_AT_START = """
 import os, signal, subprocess, sys, time
 from pathlib import Path
-from nas import jobs
+from nas.study import jobs
 
 class Piece:  # a run that sleeps unless a signal reaches it
     name, kind = "search/sleeper", "search"

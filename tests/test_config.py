@@ -9,7 +9,7 @@ import yaml
 
 from nas.config import ConfigError, SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.loader import all_keys, describe, dump_yaml, key_table, replace
-from nas.study import search_config
+from nas.study.plan import search_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "search").glob("*.yaml"))

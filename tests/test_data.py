@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nas.config import DataConfig, SyntheticConfig
-from nas.data import Batches, bilevel_split, channel_stats, cutout, load_dataset, random_crop_flip, resize
-from nas.datasets import DataError, ImageSet, make_synthetic
+from nas.data.datasets import DataError, ImageSet, make_synthetic
+from nas.data.pipeline import Batches, bilevel_split, channel_stats, cutout, load_dataset, random_crop_flip, resize
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

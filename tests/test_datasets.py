@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from nas.config import DataConfig
-from nas.data import load_dataset
-from nas.datasets import FASHION_CLASSES, DataError, ImageSet
+from nas.data.datasets import FASHION_CLASSES, DataError, ImageSet
+from nas.data.pipeline import load_dataset
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -319,7 +319,7 @@ def test_imagefolder_loads_resizes_and_labels_by_sorted_class(tmp_path):
 
 
 def test_an_image_folder_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
-    from nas.data import data_notes
+    from nas.data.pipeline import data_notes
 
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "img"
@@ -352,7 +352,7 @@ def test_a_damaged_cache_file_is_decoded_again(tmp_path, monkeypatch):
 
 
 def test_a_subset_larger_than_the_data_uses_all_of_it_and_says_so():
-    from nas.data import bilevel_split, data_notes
+    from nas.data.pipeline import bilevel_split, data_notes
 
     data = ImageSet(torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10), [])
     w, a = bilevel_split(len(data), 0.5, 0, subset=5000)
@@ -467,7 +467,7 @@ def test_imagenet16_errors_name_the_missing_file(tmp_path: Path) -> None:
 
 def test_a_search_runs_on_imagenet16_120(tmp_path: Path) -> None:
     from nas.cli import search_main
-    from nas.genotype import read_genotype
+    from nas.space.genotype import read_genotype
 
     root = write_fake_imagenet16(tmp_path / "ImageNet16", per_batch=16)
     run_dir = tmp_path / "run"

@@ -21,12 +21,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nas.bilevel import alpha_step, weight_step
-from nas.data import Batches, batch_seed, channel_stats
-from nas.datasets import make_synthetic
-from nas.distributed import Dist, GlobalBatchNorm2d, setup, teardown
-from nas.mixing import create_mixer
-from nas.supernet import DartsSupernet, MixedEdge, build_supernet
+from nas.data.datasets import make_synthetic
+from nas.data.pipeline import Batches, batch_seed, channel_stats
+from nas.run.distributed import Dist, GlobalBatchNorm2d, setup, teardown
+from nas.searching.bilevel import alpha_step, weight_step
+from nas.searching.mixing import create_mixer
+from nas.searching.supernet import DartsSupernet, MixedEdge, build_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 16
@@ -39,12 +39,12 @@ def free_port() -> int:
 
 
 def run_steps(d: Dist, steps: int, sync_bn: bool) -> dict[str, Any]:
-    """A few bilevel steps of a small DARTS-space GDAS search, as nas/bilevel.py runs them, in this process's share
-    of the data; returns what each step sampled and communicated, and the final parameters."""
+    """A few bilevel steps of a small DARTS-space GDAS search, as nas/searching/bilevel.py runs them, in this
+    process's share of the data; returns what each step sampled and communicated, and the final parameters."""
     torch.manual_seed(0)
     model = build_supernet("darts", C=4, layers=3, num_classes=4, mixer=create_mixer("gdas"))
     if sync_bn and d.active:
-        from nas.distributed import use_global_batchnorm
+        from nas.run.distributed import use_global_batchnorm
 
         use_global_batchnorm(model)
     d.broadcast_parameters(model)
@@ -172,7 +172,7 @@ def test_torchrun_writes_one_run_directory_and_reports_bad_input_once(tmp_path: 
                      "log.txt", "meta.json", "metrics.jsonl"]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2  # one record per epoch, not one per process
-    from nas.genotype import read_genotype
+    from nas.space.genotype import read_genotype
 
     assert read_genotype(tmp_path / "run" / "genotype.json").space == "darts"
 
@@ -194,7 +194,7 @@ def test_torchrun_writes_one_run_directory_and_reports_bad_input_once(tmp_path: 
 
 def stop_worker(rank: int, world: int, port: int, folder: str) -> None:
     """Signals on one rank of two around Dist.agree: what each rank decides."""
-    from nas.checkpoint import GracefulStop
+    from nas.run.checkpoint import GracefulStop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -234,7 +234,7 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
 
 def meter_worker(rank: int, world: int, port: int, folder: str) -> None:
     """An epoch's meter on two ranks with unequal shards (5 and 3 images), checkpointed mid-epoch."""
-    from nas.runtime import EpochMeter
+    from nas.run.runtime import EpochMeter
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -251,7 +251,7 @@ def meter_worker(rank: int, world: int, port: int, folder: str) -> None:
 
 
 def test_epoch_figures_count_every_image_once_across_shards_and_process_counts(tmp_path: Path) -> None:
-    from nas.runtime import EpochMeter
+    from nas.run.runtime import EpochMeter
 
     mp.spawn(meter_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     saved = torch.load(tmp_path / "meter.pt", weights_only=False)
@@ -267,7 +267,7 @@ def repeats_worker(rank: int, world: int, port: int, folder: str) -> None:
     """run_repeats on one rank of two, its trainings stubbed: which ranks create the parent folder."""
     import nas.train
     from nas.config import TrainConfig
-    from nas.genotype import load_genotype
+    from nas.space.genotype import load_genotype
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -316,7 +316,7 @@ def test_a_killed_two_rank_search_resumes_to_the_uninterrupted_result(tmp_path: 
 
 @pytest.mark.parametrize("n,world", [(16, 2), (7, 2), (5, 3)])
 def test_shards_cover_the_batch_once(n: int, world: int) -> None:
-    from nas.data import shard_slice
+    from nas.data.pipeline import shard_slice
 
     parts = [shard_slice(n, r, world) for r in range(world)]
     sizes = [len(range(n)[s]) for s in parts]

@@ -12,7 +12,7 @@ import pytest
 
 from nas.cli import evaluate_main, search_main
 from nas.config import TrainConfig, load_config
-from nas.genotype import published_genotype, read_genotype
+from nas.space.genotype import published_genotype, read_genotype
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/eval/quick.yaml", "train.epochs=2", "data.synthetic.train=128", "data.synthetic.test=40",

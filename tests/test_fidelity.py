@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.bilevel import weight_step
-from nas.mixing import GdasSample, create_mixer, gumbel_like
-from nas.spaces import get_space
-from nas.supernet import MixedEdge, build_supernet
+from nas.searching.bilevel import weight_step
+from nas.searching.mixing import GdasSample, create_mixer, gumbel_like
+from nas.searching.supernet import MixedEdge, build_supernet
+from nas.space.spaces import get_space
 
 
 def reference_alpha_grad(alpha: torch.Tensor, noise: torch.Tensor, tau: float, outs: list[torch.Tensor],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.files import atomic_write_text, file_lock, replacing
+from nas.run.files import atomic_write_text, file_lock, replacing
 
 
 def test_concurrent_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
@@ -47,8 +47,8 @@ def _time_table(cache: str, out: str) -> None:
     os.environ["NAS_CACHE_DIR"] = cache
     import torch
 
-    from nas.budget import latency_table
-    from nas.spaces import get_space
+    from nas.searching.budget import latency_table
+    from nas.space.spaces import get_space
 
     torch.set_num_threads(1)
     said: list[str] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.genotype import (
+from nas.space.genotype import (
     Genotype,
     GenotypeError,
     derive,
@@ -25,7 +25,7 @@ from nas.genotype import (
     to_nb201_string,
     write_genotype,
 )
-from nas.spaces import DARTS_OPS, NB201_OPS, get_space, search_space
+from nas.space.spaces import DARTS_OPS, NB201_OPS, get_space, search_space
 
 D = {op: k for k, op in enumerate(DARTS_OPS)}
 N = {op: k for k, op in enumerate(NB201_OPS)}

@@ -1,7 +1,9 @@
-"""The module graph of nas/ (shared/DESIGN.md): imports point one way, with no cycle even through imports inside
-functions, and no library module imports the CLI; only nas/__main__.py (python -m nas TOOL) has an entry block that
-runs a tool; the report and the study plan only read (no process, no benchmark lookup), and a run reaches its
-parent-death signal without importing the study."""
+"""The module graph of nas/ (shared/DESIGN.md, docs/layout.md): the packages are layered, and every import made when
+the code runs (at the top of a module or inside a function) points down the layers or within one package, with no
+cycle between modules; only ``if TYPE_CHECKING:`` imports, which never run, may name a module above (the recipe schemas
+that nas.config defines and the loops below it take as arguments). No library module imports the CLI; only
+nas/__main__.py (python -m nas TOOL) has an entry block that runs a tool; the report and the study plan only read (no
+process, no benchmark lookup), and a run reaches its parent-death signal without importing the study."""
 
 from __future__ import annotations
 
@@ -12,21 +14,71 @@ import pytest
 
 NAS = Path(__file__).resolve().parents[1] / "nas"
 
+# From the bottom up; a module may import its own layer's modules and those of the layers below.
+LAYERS = [
+    {"errors", "text", "loader"},   # the errors a user sees, plural words, the generic YAML loader
+    {"run"},                        # what a run is: files, directory, log, checkpoints, processes, the loop frame
+    {"space"},                      # ops, topologies, genotypes, networks, drawings
+    {"data"},                       # image readers and the in-memory pipeline
+    {"bench201"},                   # NAS-Bench-201's ground truth
+    {"searching"},                  # mixers, supernet, scores, selection, budgets, the bilevel loop
+    {"config"},                     # the recipe schemas: they check names against the registries below
+    {"model", "train"},             # a trained network as a file; training a genotype from scratch
+    {"study"},                      # comparison studies
+    {"api", "cli", "__main__"},     # the doors
+]
 
-def imports(path: Path) -> set[str]:
-    """nas modules that ``path`` imports anywhere, entry blocks and function bodies included."""
+
+def module_name(path: Path) -> str:
+    """``path``'s module under nas, dotted: "searching.bilevel", "cli"; a package's __init__ is the package."""
+    parts = path.relative_to(NAS).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(NAS.rglob("*.py"))}
+
+
+def type_checking_nodes(tree: ast.AST) -> set[int]:
+    """The ids of the nodes inside ``if TYPE_CHECKING:`` blocks."""
+    blocks = [b for b in ast.walk(tree) if isinstance(b, ast.If) and ast.unparse(b.test) == "TYPE_CHECKING"]
+    return {id(n) for b in blocks for stmt in b.body for n in ast.walk(stmt)}
+
+
+def imports(path: Path, typing: bool = False) -> set[str]:
+    """nas modules that ``path`` imports when it runs (entry blocks and function bodies included; with ``typing``,
+    the ``if TYPE_CHECKING:`` imports too); ``from nas.pkg import mod`` counts as importing nas.pkg.mod."""
     tree = ast.parse(path.read_text())
+    skip = set() if typing else type_checking_nodes(tree)
     found = set()
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nas."):
-            found.add(node.module.split(".")[1])
+            base = node.module[4:]
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nas.")}
-    return found - {path.stem}
+            found |= {a.name[4:] for a in node.names if a.name.startswith("nas.")}
+    return found - {module_name(path)}
 
 
-def graph() -> dict[str, set[str]]:
-    return {p.stem: imports(p) for p in NAS.glob("*.py") if p.stem != "__init__"}
+def graph(typing: bool = False) -> dict[str, set[str]]:
+    return {m: imports(p, typing) for m, p in MODULES.items() if m}
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[0]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_module_has_a_layer_and_the_packages_are_the_designs() -> None:
+    assert {m.split(".")[0] for m in MODULES if m} == set().union(*LAYERS)
+    packages = {p.parent.name for p in NAS.rglob("__init__.py") if p.parent != NAS}
+    assert packages == {"space", "searching", "run", "data", "study"}
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = sorted(f"{m} -> {n}" for m, deps in graph().items() for n in deps if layer(n) > layer(m))
+    assert upward == []
 
 
 def test_no_import_cycles() -> None:
@@ -46,6 +98,28 @@ def test_no_import_cycles() -> None:
             visit(m, [])
 
 
+def test_type_only_imports_name_only_the_recipe_schemas() -> None:
+    """An import above a module's layer is a type it is handed, never code it runs."""
+    typed = {(m, n) for m, deps in graph(typing=True).items() for n in deps - graph()[m] if layer(n) > layer(m)}
+    assert {n for _, n in typed} <= {"config"}, sorted(typed)
+
+
+def test_no_subpackage_hides_the_python_api() -> None:
+    """nas.search, nas.evaluate, nas.compare and nas.load_model stay the API's functions once every module is
+    imported (a subpackage named like one would replace it as an attribute of nas)."""
+    import importlib
+
+    import nas
+
+    for m in MODULES:
+        if m and m != "__main__":
+            importlib.import_module(f"nas.{m}")
+    from nas import api
+
+    for name in ("search", "evaluate", "compare", "load_model"):
+        assert getattr(nas, name) is getattr(api, name)
+
+
 def test_only_entry_points_import_the_cli() -> None:
     assert {m for m, deps in graph().items() if "cli" in deps} == {"__main__"}
 
@@ -53,11 +127,13 @@ def test_only_entry_points_import_the_cli() -> None:
 def test_only_the_door_has_an_entry_block() -> None:
     """python -m nas TOOL is the one way in: a `python -m nas.X` block that ran a tool would run the module's body
     twice. A module behind a tool has one block, which only says which command to run."""
-    blocks = {p.stem: ast.unparse(node.body[-1]) for p in NAS.glob("*.py")
+    blocks = {m: ast.unparse(node.body[-1]) for m, p in MODULES.items()
               for node in ast.parse(p.read_text()).body
               if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)}
     assert blocks.pop("__main__") == "sys.exit(main())"
     assert "bench201" in blocks and all(b.startswith("raise SystemExit(library_module(") for b in blocks.values())
+    for m, b in blocks.items():  # and names its own module
+        assert f"library_module('nas.{m}'" in b, b
 
 
 def reach(module: str) -> set[str]:
@@ -87,49 +163,64 @@ def imported_names(path: Path) -> tuple[set[str], set[str]]:
 LOOKUPS = {"load_benchmark", "lookup", "epoch_lookup", "Nb201Table", "NatsBenchmark"}
 
 
-@pytest.mark.parametrize("module", ["report", "study"])
+@pytest.mark.parametrize("module", ["study.report", "study.plan"])
 def test_the_report_and_the_plan_only_read(module: str) -> None:
-    """nas/report.py builds the report from what the runs recorded, and nas/study.py is the study as data: neither
-    starts a process, looks a cell up in a benchmark or writes failures.json, nor reaches the modules that do
-    (nas/jobs.py, nas/studies.py), even through the modules it imports."""
-    defined = {n.name for n in ast.parse((NAS / "bench201.py").read_text()).body
+    """nas/study/report.py builds the report from what the runs recorded, and nas/study/plan.py is the study as
+    data: neither starts a process, looks a cell up in a benchmark or writes failures.json, nor reaches the modules
+    that do (nas/study/jobs.py, nas/study/run.py), even through the modules it imports."""
+    defined = {n.name for n in ast.parse(MODULES["bench201"].read_text()).body
                if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     assert LOOKUPS <= defined  # the list above still names nas/bench201.py's lookups
-    packages, bench = imported_names(NAS / f"{module}.py")
+    packages, bench = imported_names(MODULES[module])
     assert not packages & {"subprocess", "multiprocessing", "selectors", "signal"}
-    assert not bench & LOOKUPS, f"nas/{module}.py imports benchmark lookups: {sorted(bench & LOOKUPS)}"
-    assert not reach(module) & {"jobs", "studies", "cli"}, sorted(reach(module))
-    if module == "report":
-        source = (NAS / "report.py").read_text()
+    assert not bench & LOOKUPS, f"nas.{module} imports benchmark lookups: {sorted(bench & LOOKUPS)}"
+    assert not reach(module) & {"study.jobs", "study.run", "cli"}, sorted(reach(module))
+    if module == "study.report":
+        source = MODULES[module].read_text()
         assert "failures.json" not in source and "FAILURES" not in source and "open_benchmark" not in source
 
 
 def test_a_run_follows_its_study_without_importing_the_study() -> None:
-    """Every run a study starts calls nas.jobs.follow_parent (prctl): nas/jobs.py must not pull in the study."""
-    assert not reach("jobs") & {"studies", "report", "cli"}, sorted(reach("jobs"))
-    cli = ast.parse((NAS / "cli.py").read_text())
+    """Every run a study starts calls nas.study.jobs.follow_parent (prctl): nas/study/jobs.py must not pull in the
+    study."""
+    assert not reach("study.jobs") & {"study.run", "study.report", "cli"}, sorted(reach("study.jobs"))
+    cli = ast.parse(MODULES["cli"].read_text())
     guarded = next(n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == "run_guarded")
-    assert "studies" not in {i.module.split(".")[1] for i in ast.walk(guarded)
-                             if isinstance(i, ast.ImportFrom) and i.module and i.module.startswith("nas.")}
+    assert "nas.study.run" not in {i.module for i in ast.walk(guarded) if isinstance(i, ast.ImportFrom)}
 
 
 def test_the_door_and_the_layout_page_name_every_tool() -> None:
     from nas.cli import TOOLS
 
-    door = " ".join((NAS / "__main__.py").read_text().split())
+    door = " ".join(MODULES["__main__"].read_text().split())
     page = " ".join((NAS.parent / "docs" / "layout.md").read_text().split())
     listed = "search, evaluate, compare, genotype, plot, bench201, config, latency, export, predict"
     assert listed.split(", ") == list(TOOLS) and listed in door and listed in page
 
 
+def test_the_layout_page_names_every_module() -> None:
+    """docs/layout.md's map has a line for every module: nas/x.py at the top, and under a line nas/pkg/ each of the
+    package's files indented."""
+    listed, package = set(), None
+    for line in (NAS.parent / "docs" / "layout.md").read_text().splitlines():
+        first = line.split()[0] if line.strip() else ""
+        if first.startswith("nas/") and first.endswith("/"):
+            package = first
+        elif first.startswith("nas/"):
+            listed.add(first)
+        elif package and line.startswith("  ") and first.endswith(".py"):
+            listed.add(package + first)
+    assert sorted(str(p.relative_to(NAS.parent)) for p in MODULES.values()) == sorted(listed)
+
+
 def test_run_file_names_are_written_only_in_their_one_module() -> None:
-    """nas/files.py names every file of a run and a study; the other modules use its names, never the literals."""
-    from nas import files
+    """nas/run/files.py names every file of a run and a study; the other modules use its names, never the literals."""
+    from nas.run import files
 
     names = {v for k, v in vars(files).items() if k.isupper() and isinstance(v, str) and "." in v[1:]}
     assert {"config.yaml", "genotype.json", "results.json", "checkpoint.pt", "report.md"} <= names
-    found = [(p.name, node.value) for p in NAS.glob("*.py") if p.name != "files.py"
+    found = [(m, node.value) for m, p in MODULES.items() if m != "run.files"
              for node in ast.walk(ast.parse(p.read_text()))
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
     assert found == []
-    assert "study" not in graph()["runlog"] and "study" not in graph()["checkpoint"]  # a run needs no study plan
+    assert not reach("run.runlog") & {"study.plan"} and not reach("run.checkpoint") & {"study.plan"}

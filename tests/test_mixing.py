@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas import mixing
-from nas.mixing import (
+from nas.searching import mixing
+from nas.searching.mixing import (
     DARTS,
     GDAS,
     SNAS,

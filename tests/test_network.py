@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from nas.config import UserError
-from nas.genotype import PUBLISHED, Genotype, parse_genotype, published_genotype
-from nas.network import DartsCell, DartsNetwork, build_network, count_flops, count_parameters, drop_path
-from nas.ops import FixedReductionCell
+from nas.space.genotype import PUBLISHED, Genotype, parse_genotype, published_genotype
+from nas.space.network import DartsCell, DartsNetwork, build_network, count_flops, count_parameters, drop_path
+from nas.space.ops import FixedReductionCell
 
 
 def analytic_darts_params(g: Genotype, C: int = 36, layers: int = 20, num_classes: int = 10) -> int:

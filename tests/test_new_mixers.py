@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
-from nas.mixing import DirichletWeights, DrNAS, concentration, create_mixer, dirichlet_kl
-from nas.scores import naswot, relu_kernel
-from nas.spaces import search_space
-from nas.supernet import build_supernet
-from nas.zerocost import op_prior, random_cells, score_cells
+from nas.searching.mixing import DirichletWeights, DrNAS, concentration, create_mixer, dirichlet_kl
+from nas.searching.scores import naswot, relu_kernel
+from nas.searching.supernet import build_supernet
+from nas.searching.zerocost import op_prior, random_cells, score_cells
+from nas.space.spaces import search_space
 
 
 def test_dirichlet_weights_lie_on_the_simplex_and_follow_the_concentration() -> None:
@@ -91,7 +91,7 @@ def test_relu_kernel_and_naswot_equal_the_formula_on_a_hand_built_network() -> N
 
 
 def test_naswot_ranks_a_cell_of_convolutions_above_a_cell_of_none() -> None:
-    from nas.genotype import from_nb201_string
+    from nas.space.genotype import from_nb201_string
 
     cells = [from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
              from_nb201_string("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|"
@@ -103,7 +103,7 @@ def test_naswot_ranks_a_cell_of_convolutions_above_a_cell_of_none() -> None:
 
 
 def test_beta_decay_is_the_mean_logsumexp_and_pulls_the_largest_logits_down_most() -> None:
-    from nas.mixing import beta_decay
+    from nas.searching.mixing import beta_decay
 
     alpha = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]], requires_grad=True)
     value = beta_decay(alpha)

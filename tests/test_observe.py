@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from nas.cli import evaluate_main, plot_main, search_main
-from nas.genotype import parse_genotype, published_genotype
-from nas.plot import alpha_figure, cell_dot, draw_cells, figure_to_array
-from nas.spaces import get_space
+from nas.space.genotype import parse_genotype, published_genotype
+from nas.space.plot import alpha_figure, cell_dot, draw_cells, figure_to_array
+from nas.space.spaces import get_space
 
 TINY = ["search.epochs=2", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",
         "model.layers=3"]
@@ -124,7 +124,7 @@ def test_a_piped_run_shows_progress_and_time_to_go_long_before_its_first_epoch_e
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """By default (run.log_every=0) a run without a terminal prints a line after its first 5 steps, with the
     epoch's time to go, then one every Progress.NOTE_S seconds."""
-    from nas.runlog import Progress
+    from nas.run.runlog import Progress
 
     monkeypatch.setattr(Progress, "NOTE_S", 0.0)  # every step after the first line
     assert search_main([*TINY, "search.epochs=1", "data.synthetic.train=256", "data.batch_size=16",

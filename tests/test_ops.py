@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nas.config import UserError
-from nas.ops import (
+from nas.space.ops import (
     DilConv,
     FactorizedReduce,
     ReLUConvBN,
@@ -20,7 +20,7 @@ from nas.ops import (
     list_ops,
     register_op,
 )
-from nas.spaces import DARTS_OPS, NB201_OPS
+from nas.space.spaces import DARTS_OPS, NB201_OPS
 
 
 @pytest.mark.parametrize("stride", [1, 2])

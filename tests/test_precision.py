@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.bilevel import alpha_step, weight_step
 from nas.cli import evaluate_main, search_main
-from nas.mixing import create_mixer
-from nas.supernet import build_supernet
+from nas.searching.bilevel import alpha_step, weight_step
+from nas.searching.mixing import create_mixer
+from nas.searching.supernet import build_supernet
 
 TINY = ["search.epochs=1", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",
         "model.layers=3", "run.tensorboard=false"]

@@ -11,7 +11,7 @@ import pytest
 
 from nas.cli import TOOLS, main
 from nas.config import SearchConfig, StudyConfig
-from nas.jobs import exit_reason
+from nas.study.jobs import exit_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["search.epochs=2", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",
@@ -132,8 +132,8 @@ def test_the_image_folder_evaluation_recipe_trains_either_space(tmp_path: Path) 
 
 
 def test_drawings_number_intermediate_nodes_as_genotypes_do() -> None:
-    from nas.genotype import published_genotype
-    from nas.plot import cell_dot
+    from nas.space.genotype import published_genotype
+    from nas.space.plot import cell_dot
 
     dot = cell_dot(published_genotype("DARTS_V2"))
     assert all(f'label="{k}"' in dot for k in "2345") and 'label="0"' not in dot and 'label="1"' not in dot

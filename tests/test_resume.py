@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas import bilevel as search_module
-from nas.bilevel import run_search
-from nas.checkpoint import CheckpointError, NumericalFault, load_checkpoint, save_checkpoint
 from nas.cli import search_main
 from nas.config import SearchConfig, load_config
+from nas.run.checkpoint import CheckpointError, NumericalFault, load_checkpoint, save_checkpoint
+from nas.searching import bilevel as search_module
+from nas.searching.bilevel import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ["search.epochs=3", "data.synthetic.train=256", "data.image_size=8", "data.batch_size=16", "model.C=4",

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
-from nas.genotype import random_genotype
-from nas.scores import get_score, register_score, score_names
-from nas.spaces import get_space
-from nas.zerocost import aggregate, kendall_tau, ranks, score_cells, scoring_network, spearman
+from nas.searching.scores import get_score, register_score, score_names
+from nas.searching.zerocost import aggregate, kendall_tau, ranks, score_cells, scoring_network, spearman
+from nas.space.genotype import random_genotype
+from nas.space.spaces import get_space
 
 
 def linear(D: int = 6, K: int = 3, seed: int = 0) -> nn.Linear:
@@ -117,7 +117,7 @@ def test_every_score_runs_on_a_cell_network_and_leaves_it_as_it_was(space: str) 
 
 
 def test_a_cell_that_passes_nothing_on_scores_lowest() -> None:
-    from nas.genotype import from_nb201_string
+    from nas.space.genotype import from_nb201_string
 
     g = from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
     net = scoring_network(g, C=4, layers=1, num_classes=5)

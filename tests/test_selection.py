@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.bilevel import run_search
 from nas.config import ConfigError, SearchConfig, load_config
-from nas.data import Batches
-from nas.datasets import make_synthetic
-from nas.finalists import rungs, successive_halving
-from nas.genotype import check_genotype, from_nb201_string, random_genotype, read_genotype
-from nas.mixing import create_mixer
-from nas.perturb import Measure, accuracy, select_by_perturbation, supernet_score
-from nas.spaces import get_space
-from nas.supernet import build_supernet
+from nas.data.datasets import make_synthetic
+from nas.data.pipeline import Batches
+from nas.searching.bilevel import run_search
+from nas.searching.finalists import rungs, successive_halving
+from nas.searching.mixing import create_mixer
+from nas.searching.perturb import Measure, accuracy, select_by_perturbation, supernet_score
+from nas.searching.supernet import build_supernet
+from nas.space.genotype import check_genotype, from_nb201_string, random_genotype, read_genotype
+from nas.space.spaces import get_space
 
 EMPTY = from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")  # its output is 0: it cannot learn
 CONV = from_nb201_string("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|"

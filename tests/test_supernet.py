@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from nas.bilevel import alpha_step, weight_step
-from nas.mixing import GdasSample, create_mixer
-from nas.ops import FactorizedReduce, FixedReductionCell, ResBlock, Zero
-from nas.spaces import get_space, search_space
-from nas.supernet import DartsSupernet, MixedEdge, NB201Supernet, SearchCell, Supernet, build_supernet
+from nas.searching.bilevel import alpha_step, weight_step
+from nas.searching.mixing import GdasSample, create_mixer
+from nas.searching.supernet import DartsSupernet, MixedEdge, NB201Supernet, SearchCell, Supernet, build_supernet
+from nas.space.ops import FactorizedReduce, FixedReductionCell, ResBlock, Zero
+from nas.space.spaces import get_space, search_space
 
 SMALL = {"darts": dict(C=4, layers=3), "nb201": dict(C=4, layers=1)}
 
@@ -300,8 +300,8 @@ def test_gdas_frc_searches_only_the_normal_cell_around_fixed_reduction_cells() -
 def test_batchnorm_without_running_statistics_searches_the_same(tmp_path: Path, mixer: str) -> None:
     """model.bn_stats=false (NATS-Bench's setting) drops every BatchNorm's running statistics; a search normalises by
     the batch in training mode either way, so alpha and the cell come out bit for bit the same."""
-    from nas.bilevel import drop_running_stats, run_search
     from nas.config import SearchConfig, load_config
+    from nas.searching.bilevel import drop_running_stats, run_search
 
     common = [f"search.mixer={mixer}", "search.epochs=2", "data.synthetic.train=64", "data.image_size=8",
               "data.batch_size=16", "model.space=nb201", "model.C=4", "model.layers=1", "run.tensorboard=false"]

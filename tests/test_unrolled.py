@@ -13,9 +13,9 @@ from torch.func import functional_call
 
 from nas.cli import search_main
 from nas.config import ConfigError, SearchConfig, load_config
-from nas.mixing import create_mixer
-from nas.supernet import Supernet, build_supernet
-from nas.unrolled import unrolled_alpha_backward
+from nas.searching.mixing import create_mixer
+from nas.searching.supernet import Supernet, build_supernet
+from nas.searching.unrolled import unrolled_alpha_backward
 
 XI, MOMENTUM, DECAY = 0.05, 0.9, 3e-4
 

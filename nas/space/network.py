@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.errors import UserError
-from nas.genotype import Genotype, Node
-from nas.ops import FactorizedReduce, FixedReductionCell, ReLUConvBN, ResBlock, create_op, drop_path
-from nas.spaces import darts_skeleton
+from nas.space.genotype import Genotype, Node
+from nas.space.ops import FactorizedReduce, FixedReductionCell, ReLUConvBN, ResBlock, create_op, drop_path
+from nas.space.spaces import darts_skeleton
 
 
 class DartsCell(nn.Module):

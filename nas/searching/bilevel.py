@@ -11,30 +11,32 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
-from nas.budget import fmt, make_budget
-from nas.collapse import describe, dominance_warning, edge_stats
-from nas.config import SearchConfig, SearchOptions
-from nas.data import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
-from nas.datasets import ImageSet
-from nas.distributed import Dist, check_global_batch, use_global_batchnorm
+from nas.data.datasets import ImageSet
+from nas.data.pipeline import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
 from nas.errors import UserError
-from nas.files import ALPHA, BUDGET, FINAL, GENOTYPE, GENOTYPES, METRICS
-from nas.genotype import Genotype, alpha_rule
 from nas.loader import dump_yaml
-from nas.mixing import Mixer, create_mixer, mixer_options
-from nas.runlog import Board, peak_memory_mib
-from nas.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved, resolve_device
-from nas.spaces import search_space
-from nas.steps import autocast, backward_step, grad_scaler
-from nas.supernet import Supernet, build_supernet
+from nas.run.distributed import Dist, check_global_batch, use_global_batchnorm
+from nas.run.files import ALPHA, BUDGET, FINAL, GENOTYPE, GENOTYPES, METRICS
+from nas.run.runlog import Board, peak_memory_mib
+from nas.run.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved, resolve_device
+from nas.run.steps import autocast, backward_step, grad_scaler
+from nas.searching.budget import fmt, make_budget
+from nas.searching.collapse import describe, dominance_warning, edge_stats
+from nas.searching.mixing import Mixer, create_mixer, mixer_options
+from nas.searching.supernet import Supernet, build_supernet
+from nas.searching.unrolled import unrolled_alpha_backward
+from nas.space.genotype import Genotype, alpha_rule
+from nas.space.spaces import search_space
 from nas.text import count
-from nas.unrolled import unrolled_alpha_backward
+
+if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the search code
+    from nas.config import SearchConfig, SearchOptions
 
 RECORDS = (METRICS, GENOTYPES, ALPHA)  # one line per finished epoch
 NO_AMP = contextlib.nullcontext()
@@ -70,7 +72,8 @@ def alpha_step(model: Supernet, x: torch.Tensor, y: torch.Tensor, opt: torch.opt
                unrolled: dict[str, Any] | None = None, dist: Dist = ONE) -> tuple[torch.Tensor, torch.Tensor]:
     """One Adam step on alpha (valid half); the weights are frozen, so no weight gradient is computed. During the
     warm-up (``frozen``) alpha does not move either: the batch is only measured. With ``unrolled`` (the train
-    batch, the weight optimizer, the weights and xi), the gradient is DARTS's second-order one (nas/unrolled.py)."""
+    batch, the weight optimizer, the weights and xi), the gradient is DARTS's second-order one
+    (nas/searching/unrolled.py)."""
     if unrolled is not None and not frozen:
         loss, correct = unrolled_alpha_backward(model, valid=(x, y), **unrolled)
         reg = model.regularizer()  # the terms beyond the validation loss: their gradient adds to the unrolled one
@@ -160,8 +163,10 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
     if board is not None:
         board.scalars({k: v for k, v in record.items() if v is not None and math.isfinite(v)}, epoch + 1, "search")
         if genotype is not None:
-            board.alpha(dict(model.alpha), model.space, epoch + 1)
-            board.genotype(genotype, epoch + 1, images=epoch + 1 == s.epochs)
+            from nas.space.plot import show_alpha, show_genotype
+
+            show_alpha(board, dict(model.alpha), model.space, epoch + 1)
+            show_genotype(board, genotype, epoch + 1, images=epoch + 1 == s.epochs)
 
 
 def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_batch: Any, amp: Any,
@@ -178,7 +183,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                     device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
     ranked: list[Genotype]
     if s.derive == "score":
-        from nas.zerocost import cells_from_alpha, random_cells, rank_cells
+        from nas.searching.zerocost import cells_from_alpha, random_cells, rank_cells
 
         keep = model.budget.fits if model.budget is not None else None  # a budget: only the cells that fit compete
         space = model.space
@@ -197,11 +202,11 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                                            memory_format=memory_format, say=log.print,
                                            what="cells drawn from alpha" if s.pool == "alpha" else "random cells")]
     elif s.derive == "sample":
-        from nas.perturb import select_by_sampling
+        from nas.searching.perturb import select_by_sampling
 
         ranked = select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print)
     elif s.derive == "perturb":
-        from nas.perturb import select_by_perturbation, supernet_accuracy, supernet_score
+        from nas.searching.perturb import select_by_perturbation, supernet_accuracy, supernet_score
 
         if s.perturb_by == "score":
             measure = supernet_score(model, s.score, s.ensemble, score_batch())
@@ -213,7 +218,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
     f = s.final
     if not f.cells:
         return ranked[0], None
-    from nas.finalists import successive_halving
+    from nas.searching.finalists import successive_halving
 
     train = Batches(ImageSet(d.train.images, d.train.labels, []), batch_size=cfg.data.batch_size, mean=mean,
                     std=std, device=device, seed=cfg.seed, augment=cfg.data.augment)  # every process: all of it
@@ -300,7 +305,7 @@ def step_postfix(meter: EpochMeter, tau: float | None) -> dict[str, str]:
 def set_prior(cfg: SearchConfig, model: Supernet, batch: tuple[torch.Tensor, torch.Tensor], classes: int,
               memory_format: torch.memory_format, log: Any) -> None:
     """alpha = search.prior x the per-op prior of search.prior_samples random cells scored by search.score."""
-    from nas.zerocost import combine, op_prior, random_cells, score_cells
+    from nas.searching.zerocost import combine, op_prior, random_cells, score_cells
 
     s = cfg.search
     cells = random_cells(model.space, cfg.seed, s.prior_samples)
@@ -459,7 +464,7 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     warning = dominance_warning(genotype, derived, len(repaired))
     if warning:
         log.print(warning)
-    from nas.plot import draw_cells
+    from nas.space.plot import draw_cells
 
     if dist.main:
         draw_cells(genotype, run.dir / "cells")
@@ -471,4 +476,4 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
 if __name__ == "__main__":
     from nas.errors import library_module
 
-    raise SystemExit(library_module("nas.bilevel", "search"))
+    raise SystemExit(library_module("nas.searching.bilevel", "search"))

@@ -10,8 +10,8 @@ Each piece of a study is an ordinary search or training run directory under the 
     STUDY/bench/<cell>.json          with eval.benchmark (NB201): the cell's NAS-Bench-201 record, instead of trainings
     STUDY/report.md, report.json, plots/, log.txt, failures.json
 
-Nothing here runs or writes: nas.studies prepares and executes a study, nas.jobs runs its pieces, nas.report reads
-what they recorded. The file names of a run directory are defined here once, for all of them.
+Nothing here runs or writes: nas.study.run prepares and executes a study, nas.study.jobs runs its pieces,
+nas.study.report reads what they recorded; the names of the files are nas.run.files's.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from nas.config import (
     load_config,
 )
 from nas.errors import ConfigError, UserError
-from nas.files import (  # the run files, named once
+from nas.loader import from_dict, to_dict
+from nas.run.files import (  # the run files, named once
     CONFIG,
     FAILURES,
     GENOTYPE,
     STUDY_FILE,
     run_state,
 )
-from nas.loader import from_dict, to_dict
 
 # The keys that may change when a run or a study continues: how it runs, never what it computes.
 RESUMABLE = ("run.device", "run.threads", "run.log_every", "run.checkpoint_every", "run.tensorboard")
@@ -72,7 +72,7 @@ def method_options(cfg: StudyConfig, name: str) -> SearchOptions:
             raise ConfigError(f"per_method.{name}.{key}: a method may set search.* keys only; every method of a "
                               "study searches the same data with the same supernet")
     if "mixer" not in raw:
-        from nas.mixing import mixer_names
+        from nas.searching.mixing import mixer_names
 
         if name not in mixer_names():
             near = difflib.get_close_matches(name, mixer_names(), n=1)
@@ -205,7 +205,7 @@ def read_failures(study_dir: Path) -> dict[str, str]:
 def lookup_record(lay: StudyLayout, cell: Cell) -> dict[str, Any] | None:
     """With eval.benchmark: the cell's NAS-Bench-201 record, or None when its genotype or its record is missing, or
     the record is stale (of another genotype than the one now in the cell's folder)."""
-    from nas.genotype import read_genotype, to_nb201_string
+    from nas.space.genotype import read_genotype, to_nb201_string
 
     path = lay.lookup_file(cell)
     if not (cell.source / GENOTYPE).exists() or not path.exists():

@@ -1,7 +1,7 @@
 """Drawings: a genotype's cells as diagrams, with graphviz's ``dot`` when it is installed and matplotlib otherwise
 (so drawing always works), and alpha as per-edge softmax heatmaps.
 
-    python -m nas.plot <genotype.json | run dir | published name | genotype string> [--out DIR] [--engine ...]
+    python -m nas.space.plot <genotype.json | run dir | published name | genotype string> [--out DIR] [--engine ...]
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nas.genotype import Genotype, Node
-from nas.spaces import SearchSpace
+from nas.run.runlog import Board
+from nas.space.genotype import Genotype, Node
+from nas.space.spaces import SearchSpace
 
 
 def _layout(g: Genotype, cell: str) -> tuple[list[str], list[tuple[int, int, str]], int]:
@@ -135,4 +136,20 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 if __name__ == "__main__":
     from nas.errors import library_module
 
-    raise SystemExit(library_module("nas.plot", "plot"))
+    raise SystemExit(library_module("nas.space.plot", "plot"))
+
+
+def show_alpha(board: Board, alphas: dict[str, torch.Tensor], space: SearchSpace, step: int) -> None:
+    """alpha of each cell type in TensorBoard: softmax(alpha) as a figure, the logits and the softmax as histograms."""
+    for cell, a in alphas.items():
+        board.figure(f"alpha/{cell}", alpha_figure(a, space, f"softmax(alpha) {cell}, epoch {step}"), step)
+        board.histogram(f"alpha_logits/{cell}", a, step)
+        board.histogram(f"alpha_softmax/{cell}", a.detach().softmax(-1), step)
+
+
+def show_genotype(board: Board, genotype: Genotype, step: int, images: bool = True) -> None:
+    """The genotype in TensorBoard: its text and, with ``images``, a drawing of each of its cells."""
+    board.text("genotype", f"`{genotype.to_text()}`", step)
+    if images:
+        for cell in genotype.cells():
+            board.figure(f"cells/{cell}", cell_figure(genotype, cell), step)

@@ -1,9 +1,9 @@
-"""Cells scored without training: each cell built as the network it stands for, freshly initialised from one seed,
-and scored by the zero-cost scores of nas/scores.py on one batch of the user's images; several scores combined by
-rank aggregation (the log-rank sum of AZ-NAS, Lee & Ham, CVPR 2024, Eq. 11, or a Copeland vote, the majority vote
-of Abdelfattah et al., ICLR 2021, Sec. 5, generalised to many cells). The cells come from the space at random or
-from alpha (the Gumbel-max trick); scores of random cells also give a per-op prior on alpha (each op's mean
-standardised score on each edge). Rank correlations for the benchmarks."""
+"""Cells scored without training: each cell built as the network it stands for, freshly initialised from one seed, and
+scored by the zero-cost scores of nas/searching/scores.py on one batch of the user's images; several scores combined by
+rank aggregation (the log-rank sum of AZ-NAS, Lee & Ham, CVPR 2024, Eq. 11, or a Copeland vote, the majority vote of
+Abdelfattah et al., ICLR 2021, Sec. 5, generalised to many cells). The cells come from the space at random or from alpha
+(the Gumbel-max trick); scores of random cells also give a per-op prior on alpha (each op's mean standardised score on
+each edge). Rank correlations for the benchmarks."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
-from nas.genotype import Genotype, derive, masks_of, random_genotype
-from nas.mixing import gumbel_like
-from nas.network import build_network
-from nas.scores import Batch, check_score_name, get_score
+from nas.searching.mixing import gumbel_like
+from nas.searching.scores import Batch, check_score_name, get_score
+from nas.space.genotype import Genotype, derive, masks_of, random_genotype
+from nas.space.network import build_network
 
 ENSEMBLES = ("logrank", "vote")
 

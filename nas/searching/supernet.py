@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.genotype import Genotype, derive
-from nas.mixing import Mixer, Mixing, beta_decay, masked
-from nas.ops import (
+from nas.searching.mixing import Mixer, Mixing, beta_decay, masked
+from nas.space.genotype import Genotype, derive
+from nas.space.ops import (
     FactorizedReduce,
     FixedReductionCell,
     ReLUConvBN,
@@ -29,7 +29,7 @@ from nas.ops import (
     sole_avg_pool,
     split_final_bn,
 )
-from nas.spaces import SearchSpace, darts_skeleton, search_space
+from nas.space.spaces import SearchSpace, darts_skeleton, search_space
 
 
 class MixedEdge(nn.Module):
@@ -129,7 +129,7 @@ class Supernet(nn.Module):
         self.generator: torch.Generator | None = None  # the samples' source (None: torch's global generator)
         self.weight_mixer: Mixer | None = None  # the weight steps' own mixer (search.weight_sampling=uniform)
         self.beta_decay = 0.0  # search.beta_decay: the weight of beta-DARTS's regulariser in the alpha loss
-        self.budget: Any = None  # search.budget: a nas.budget.Budget whose cost term joins the alpha loss
+        self.budget: Any = None  # search.budget: a nas.searching.budget.Budget whose cost term joins the alpha loss
         self._mixings: dict[str, Mixing] = {}  # the last forward pass's, which the cost term reads
 
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -265,7 +265,8 @@ def build_supernet(space: str | SearchSpace, *, C: int, layers: int, num_classes
                    in_channels: int = 3, stem_multiplier: int | None = None, macro: str = "darts") -> Supernet:
     sp = search_space(space, macro=macro) if isinstance(space, str) else space
     if macro == "gdas_frc" and "reduce" in sp.cell_types:
-        raise ValueError("macro gdas_frc searches no reduction cell: pass nas.spaces.search_space(..., macro=...)")
+        raise ValueError("macro gdas_frc searches no reduction cell: pass "
+                         "nas.space.spaces.search_space(..., macro=...)")
     if sp.name == "darts":
         return DartsSupernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
                              stem_multiplier=3 if stem_multiplier is None else stem_multiplier, macro=macro)

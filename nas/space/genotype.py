@@ -11,7 +11,7 @@ Formats, each written and parsed without eval, round-tripping exactly:
   NB201 string      |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|
 
 A DARTS-space genotype may leave its reduction cell to GDAS-FRC's fixed, hand-designed one (Dong & Yang, CVPR
-2019, Sec. 4.1; nas.ops.FixedReductionCell): JSON "reduce": "gdas_frc" without reduce_concat; DARTS text
+2019, Sec. 4.1; nas.space.ops.FixedReductionCell): JSON "reduce": "gdas_frc" without reduce_concat; DARTS text
 reduce=None, as the official GDAS_F1 writes it.
 """
 
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.files import GENOTYPE
-from nas.ops import check_op_name, is_parameter_free
-from nas.spaces import SearchSpace, space_ops
+from nas.run.files import GENOTYPE
+from nas.space.ops import check_op_name, is_parameter_free
+from nas.space.spaces import SearchSpace, space_ops
 
 Edge = tuple[str, int]          # (op name, global id of the input node)
 Node = tuple[Edge, ...]         # the edges kept into one intermediate node
@@ -548,4 +548,4 @@ def write_genotype(g: Genotype, path: str | Path) -> None:
 if __name__ == "__main__":
     from nas.errors import library_module
 
-    raise SystemExit(library_module("nas.genotype", "genotype"))
+    raise SystemExit(library_module("nas.space.genotype", "genotype"))

@@ -1,8 +1,8 @@
 """Checkpoints and exact resume: atomic writes, safe loading (torch.load(weights_only=True), never pickle), every
 RNG state, and a graceful stop on SIGINT / SIGTERM that finishes the current step and checkpoints first.
 
-The data order needs no state of its own: nas.data.Batches derives the order of every epoch and the augmentation
-of every batch from (seed, epoch, batch), so (epoch, step) is enough to replay it.
+The data order needs no state of its own: nas.data.pipeline.Batches derives the order of every epoch and the
+augmentation of every batch from (seed, epoch, batch), so (epoch, step) is enough to replay it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from nas.errors import UserError
-from nas.files import CHECKPOINT as CHECKPOINT  # re-exported: a run's checkpoint file, named with the others
-from nas.files import atomic_write_text, replacing
+from nas.run.files import CHECKPOINT as CHECKPOINT  # re-exported: a run's checkpoint file, named with the others
+from nas.run.files import atomic_write_text, replacing
 
 VERSION = 1
 

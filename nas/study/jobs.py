@@ -27,7 +27,7 @@ from nas.errors import UserError
 
 if TYPE_CHECKING:
     from nas.config import StudyConfig
-    from nas.study import Piece
+    from nas.study.plan import Piece
 
 PARENT = "NAS_PARENT_PID"  # set in the environment of every run a study starts: the study's pid
 
@@ -244,7 +244,7 @@ def run_pieces(todo: list[Piece], jobs: int, slots: list[tuple[list[str], dict[s
 def study_lock(study_dir: Path) -> Iterator[None]:
     """An exclusive lock on the study while it runs, so that two compare.py never start the same run (POSIX;
     elsewhere no lock)."""
-    from nas.files import LOCK
+    from nas.run.files import LOCK
 
     try:
         import fcntl

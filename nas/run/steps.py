@@ -29,7 +29,7 @@ def backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.
     """Backpropagate ``loss`` and step ``opt``, through ``scaler`` (fp16) when there is one, clipping the global
     norm of ``params``' true (unscaled) gradients to ``grad_clip`` when it is positive, and calling ``before_step``
     just before the step. ``reduce(opt)`` runs right after the backward pass: a distributed run averages the
-    gradients there (nas.distributed.Dist.average_gradients), so clipping and the step see the global ones. The
+    gradients there (nas.run.distributed.Dist.average_gradients), so clipping and the step see the global ones. The
     caller updates the scaler once all of an iteration's optimizers have stepped."""
     opt.zero_grad(set_to_none=True)
     (loss if scaler is None else scaler.scale(loss)).backward()

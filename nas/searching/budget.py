@@ -4,7 +4,7 @@ cell brought under the budget.
 
 A cell's cost is linear in its ops: the cost of the network outside the searched edges (stem, reduction blocks,
 classifier: ``base``) plus, for every edge the cell keeps, the cost of its op summed over every cell of the network
-(``table[cell type][edge, op]``). For parameters and FLOPs, counted by nas.network's own counters on the discrete
+(``table[cell type][edge, op]``). For parameters and FLOPs, counted by nas.space.network's own counters on the discrete
 network, that is exact (tests/test_budget.py checks it against whole-network counts of random cells, and, in the
 NAS-Bench-201 space, against the benchmark table's sizes). For latency it is the lookup-table model of FBNet (Wu et
 al. 2019) and ProxylessNAS (Cai et al. 2019): every op timed alone on the run's device at its position's input.
@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
-from nas.genotype import Genotype, Node, genotype_from_cells
-from nas.spaces import SearchSpace
+from nas.space.genotype import Genotype, Node, genotype_from_cells
+from nas.space.spaces import SearchSpace
 
 METRICS = ("params", "flops", "latency")
 UNITS = {"params": "M params", "flops": "M FLOPs", "latency": "ms"}
@@ -130,7 +130,7 @@ def cover_genotypes(space: SearchSpace, op: str) -> list[Genotype]:
 
 def _slots(net: nn.Module, genotype: Genotype, space: SearchSpace) -> list[tuple[str, str, int, int]]:
     """(module name, cell type, edge, op) of every searched op of the network built from ``genotype``."""
-    from nas.network import DartsCell, NB201Cell
+    from nas.space.network import DartsCell, NB201Cell
 
     out = []
     cells = genotype.cells()
@@ -152,7 +152,7 @@ def _slots(net: nn.Module, genotype: Genotype, space: SearchSpace) -> list[tuple
 
 
 def _flops_by_module(net: nn.Module, x: torch.Tensor) -> tuple[float, dict[str, float]]:
-    """Multiply-adds of one forward pass, in all and per module name (torch's counter, as nas.network counts)."""
+    """Multiply-adds of one forward pass, in all and per module name (torch's counter, as nas.space.network counts)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -207,10 +207,11 @@ def _time_slots(net: nn.Module, x: torch.Tensor, names: list[str], timed: dict[t
 def count_costs(metric: str, space: SearchSpace, *, C: int, layers: int, classes: int, channels: int, size: int,
                 device: torch.device | None = None, batch: int = 1, repeats: int = 20,
                 say: Callable[[str], None] | None = None) -> CostModel:
-    """The cost model of ``space``'s cells in the network of C channels and ``layers`` (nas.network.build_network),
-    for ``classes`` classes and images of ``channels`` x ``size`` x ``size``. Latency: each op module timed alone on
-    ``device`` at its input shape (a batch of ``batch``), and the base as the network of `none` cells."""
-    from nas.network import build_network, count_parameters
+    """The cost model of ``space``'s cells in the network of C channels and ``layers``
+    (nas.space.network.build_network), for ``classes`` classes and images of ``channels`` x ``size`` x ``size``.
+    Latency: each op module timed alone on ``device`` at its input shape (a batch of ``batch``), and the base as the
+    network of `none` cells."""
+    from nas.space.network import build_network, count_parameters
 
     if metric not in METRICS:
         raise UserError(f"unknown budget metric {metric!r}; valid: {', '.join(METRICS)}")
@@ -274,14 +275,14 @@ def device_name(device: torch.device) -> str:
 
 def latency_path(network: dict[str, Any]) -> Path:
     """Where the latency table of a network on a device is cached: $NAS_CACHE_DIR/latency/<hash of its key>.json."""
-    from nas.datasets import cache_dir
+    from nas.data.datasets import cache_dir
 
     digest = hashlib.sha256(json.dumps(network, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "latency" / f"{digest}.json"
 
 
 def save_costs(cost: CostModel, path: Path) -> None:
-    from nas.runlog import atomic_write_text
+    from nas.run.runlog import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"metric": cost.metric, "network": cost.network, "base": cost.base,
@@ -407,7 +408,7 @@ def make_budget(cfg: Any, classes: int, channels: int, image_size: int, device: 
     """search.budget's Budget for a search (None when it is off): parameters and FLOPs counted now, latency read from
     its table (search.budget.latency_table, or the cache for this network and device; timed and cached if absent).
     Checked: a target below the cheapest cell is refused."""
-    from nas.spaces import search_space
+    from nas.space.spaces import search_space
 
     b = cfg.search.budget
     if b.metric == "off":
@@ -435,7 +436,7 @@ def latency_table(space: SearchSpace, net: dict[str, int], device: torch.device,
     key = {"space": space.name, "ops": list(space.ops), "classes": net["classes"], "channels": net["channels"],
            "C": net["C"], "layers": net["layers"], "image_size": net["size"], "batch": batch,
            "device": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
-    from nas.files import file_lock
+    from nas.run.files import file_lock
 
     cached = latency_path(key)
     # one process times it while the others wait for the table (torchrun ranks, a study's jobs, two searches)
@@ -453,4 +454,4 @@ def latency_table(space: SearchSpace, net: dict[str, int], device: torch.device,
 if __name__ == "__main__":
     from nas.errors import library_module
 
-    raise SystemExit(library_module("nas.budget", "latency"))
+    raise SystemExit(library_module("nas.searching.budget", "latency"))

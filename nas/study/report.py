@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from nas.bench201 import BENCH_DATA, DATASETS, LABELS, ordinal, recipe, score, split_of  # reading records only
-from nas.collapse import WHY, dominated, normal_free
 from nas.config import to_dict
-from nas.files import (
+from nas.run.files import (
     ALPHA,
     BASELINES,
     GENOTYPE,
@@ -34,9 +33,10 @@ from nas.files import (
     is_finished,
     run_state,
 )
-from nas.genotype import Genotype, op_counts, read_genotype
-from nas.runlog import atomic_write_text, read_jsonl
-from nas.study import Cell, SearchRun, StudyLayout, benchmark_data, lookup_record, method_options
+from nas.run.runlog import atomic_write_text, read_jsonl
+from nas.searching.collapse import WHY, dominated, normal_free
+from nas.space.genotype import Genotype, op_counts, read_genotype
+from nas.study.plan import Cell, SearchRun, StudyLayout, benchmark_data, lookup_record, method_options
 from nas.text import count
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -179,7 +179,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], unit: str = "finished training
 
 def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
     """Write report.md, report.json and plots/ in the study directory from what its runs have recorded."""
-    from nas.spaces import get_space
+    from nas.space.spaces import get_space
 
     cfg = lay.cfg
     ops = cfg.model.ops or get_space(cfg.model.space).ops
@@ -203,7 +203,7 @@ def write_report(lay: StudyLayout, failures: dict[str, str]) -> Path:
     if scoring["by"] == "benchmark":
         report["quality"] = quality([*rows, *([random_row] if cfg.random.samples else [])], cells,
                                     _json(lay.dir / "bench" / BASELINES))
-    from nas.report_plots import draw_plots
+    from nas.study.plots import draw_plots
 
     report["plots"] = [str(p.relative_to(lay.dir)) for p in draw_plots(lay.dir / "plots", report, ops)]
     atomic_write_text(lay.dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")

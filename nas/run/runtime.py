@@ -1,7 +1,7 @@
 """What every run starts with and goes through: its device, process group, threads, determinism and seeds, its
 directory and checkpoint (Run), resuming from a checkpoint (Run.restore), the frame of its loop (Loop: epochs still to
 run, progress, the graceful stop, the per-step agreement on faults and signals, checkpoints) and the per-epoch sums of
-that loop (EpochMeter). Both loops, search and training, run in this frame; nas/runlog.py is what a run writes and
+that loop (EpochMeter). Both loops, search and training, run in this frame; nas/run/runlog.py is what a run writes and
 shows."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.files import CONFIG, META, RESULT, is_finished, remove_run_files
-from nas.runlog import Board, Progress, RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
+from nas.run.files import CONFIG, META, RESULT, is_finished, remove_run_files
+from nas.run.runlog import Board, Progress, RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
 from nas.text import count
 
 TOOL = {"search": "search", "train": "evaluate"}  # the tool that runs, and resumes, each kind of run
@@ -49,14 +49,14 @@ def seed_everything(seed: int) -> None:
 class Run:
     """What every run starts with: its device, directory, log and, when resuming, the checkpoint's state.
 
-    Under torchrun (nas/distributed.py) every process joins the process group here. Rank 0 alone creates the
+    Under torchrun (nas/run/distributed.py) every process joins the process group here. Rank 0 alone creates the
     directory, reads the checkpoint and writes; the others receive the directory and the state from it, and a
     problem rank 0 finds (an existing run, a damaged checkpoint) is raised on every process alike."""
 
     def __init__(self, run_cfg: Any, seed: int, name: str, kind: str, config_yaml: str, resume: Path | None,
                  quiet: bool):
-        from nas.checkpoint import CHECKPOINT, load_checkpoint
-        from nas.distributed import setup
+        from nas.run.checkpoint import CHECKPOINT, load_checkpoint
+        from nas.run.distributed import setup
 
         self.started = time.perf_counter()
         self.kind = kind
@@ -104,7 +104,7 @@ class Run:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the checkpoint (rank 0 only: every process holds the same state)."""
-        from nas.checkpoint import save_checkpoint
+        from nas.run.checkpoint import save_checkpoint
 
         if self.dist.main:
             save_checkpoint(self.checkpoint_path, state)
@@ -129,7 +129,7 @@ class Run:
         a missing or empty state is skipped, as a GradScaler's on a CPU), the random generators, and drop the
         lines of ``records`` written after it, which the run writes again. Returns (epoch, step, partial sums)
         to continue from: (0, 0, None) for a new run."""
-        from nas.checkpoint import set_rng_state, truncate_jsonl
+        from nas.run.checkpoint import set_rng_state, truncate_jsonl
 
         if self.state is None:
             return 0, 0, None
@@ -147,7 +147,7 @@ class Run:
 def finished(resume: Path, kind: str, epochs: int, quiet: bool) -> bool:
     """Whether ``resume`` holds a finished ``kind`` run; if so it says so and the run is left as it is (resuming it
     writes nothing)."""
-    from nas.distributed import is_main_process
+    from nas.run.distributed import is_main_process
 
     if not is_finished(resume, kind):
         return False
@@ -178,7 +178,7 @@ class Loop:
 
     def __init__(self, run: Run, run_cfg: Any, epochs: int, steps: int, objects: dict[str, Any],
                  records: tuple[str, ...], extra: Callable[[], dict[str, Any]] = dict):
-        from nas.checkpoint import GracefulStop
+        from nas.run.checkpoint import GracefulStop
 
         self.run, self.epochs_total, self.steps, self.objects, self.extra = run, epochs, steps, objects, extra
         self.every = run_cfg.checkpoint_every
@@ -216,7 +216,7 @@ class Loop:
         """Once per step, on every process: agree on a signal (stop at this step, all alike) and on a loss that is not
         finite anywhere, which stops every process with NumericalFault, the last good checkpoint kept. ``losses``
         says what the loss was made of."""
-        from nas.checkpoint import NumericalFault
+        from nas.run.checkpoint import NumericalFault
 
         if self.run.dist.agree(self.stop, loss):
             path = self.run.checkpoint_path
@@ -246,7 +246,7 @@ class Loop:
     def save(self, epoch: int, step: int, partial: dict[str, Any] | None) -> None:
         """The checkpoint after ``step`` steps of ``epoch`` (0-based; resuming runs step + 1 next): the state of every
         object, the random generators, the meter's sums in the middle of an epoch, and ``extra()``."""
-        from nas.checkpoint import rng_state
+        from nas.run.checkpoint import rng_state
 
         self.run.save({"kind": self.run.kind, "epoch": epoch, "step": step, "partial": partial,
                        **{name: obj.state_dict() if obj is not None else None for name, obj in self.objects.items()},
@@ -261,7 +261,7 @@ def removed_if_unsaved() -> Iterator[None]:
     """A new run stopped (Ctrl-C, SIGTERM) before its first checkpoint, as a search of no epochs is while it scores
     cells, removes what it wrote and says so: the same command starts it again, and nothing is left that --resume
     could not continue. A run with a checkpoint keeps it."""
-    from nas.checkpoint import Stopped
+    from nas.run.checkpoint import Stopped
 
     mark = len(_STARTED)
     try:

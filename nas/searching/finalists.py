@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.data import Batches
-from nas.genotype import Genotype
+from nas.data.pipeline import Batches
+from nas.searching.zerocost import scoring_network
+from nas.space.genotype import Genotype
 from nas.text import count
-from nas.zerocost import scoring_network
 
 RANKED_BY = {"tse": "training speed (the sum of the epochs' training losses)", "accuracy": "validation accuracy",
              "loss": "validation loss"}

@@ -3,11 +3,11 @@ cells are drawn from the space under the derivation rule's constraints (the base
 Yang et al., ICLR 2020, "NAS evaluation is frustratingly hard"); every genotype is trained from scratch with one
 shared recipe for every training seed, or, with eval.benchmark, looked up in NAS-Bench-201.
 
-Each piece is an ordinary search or training run directory under the study directory (nas.study has the layout),
-started as its own process (``python -m nas search|evaluate ...``, nas.jobs), so --resume, TensorBoard, nas.plot
-and nas.genotype work on it, and a scheduler can run the same command lines (--plan). This module prepares a
-study, scores its cells by benchmark lookups, and executes it; the report is built from what the runs record
-(nas.report).
+Each piece is an ordinary search or training run directory under the study directory (nas.study.plan has the layout),
+started as its own process (``python -m nas search|evaluate ...``, nas.study.jobs), so --resume, TensorBoard,
+nas.space.plot and nas.space.genotype work on it, and a scheduler can run the same command lines (--plan). This module
+prepares a study, scores its cells by benchmark lookups, and executes it; the report is built from what the runs record
+(nas.study.report).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 from nas.config import StudyConfig, dump_yaml
 from nas.errors import RunsFailed, UserError
-from nas.files import BASELINES, CONFIG, FAILURES, GENOTYPE, LOCK, SPACE, STUDY_DIRS, STUDY_FILE, STUDY_FILES
-from nas.study import (
+from nas.run.files import BASELINES, CONFIG, FAILURES, GENOTYPE, LOCK, SPACE, STUDY_DIRS, STUDY_FILE, STUDY_FILES
+from nas.study.plan import (
     Piece,
     StudyLayout,
     check_plan,
@@ -44,7 +44,7 @@ from nas.text import count
 def study_dir_of(cfg: StudyConfig, name: str) -> Path:
     """Check the data and the study directory (run.dir, or a new one under runs/) and return its path; creates
     nothing."""
-    from nas.data import load_dataset
+    from nas.data.pipeline import load_dataset
 
     if cfg.data.name != "synthetic":  # a missing or damaged data set fails here, not in the first run
         for split in ("train", "test"):
@@ -67,10 +67,10 @@ def prepare_study(cfg: StudyConfig, study_dir: Path) -> None:
     """Create the checked study directory (study_dir_of): the resolved config, one recipe file per method and one
     for training, and the random cells; with run.overwrite, first remove the study it holds. The caller holds
     the study's lock (jobs.study_lock), so that no other compare is running the study it replaces."""
-    from nas.genotype import alpha_rule, random_genotype
-    from nas.plot import draw_cells
-    from nas.runlog import atomic_write_text
-    from nas.spaces import search_space
+    from nas.run.runlog import atomic_write_text
+    from nas.space.genotype import alpha_rule, random_genotype
+    from nas.space.plot import draw_cells
+    from nas.space.spaces import search_space
 
     if (study_dir / STUDY_FILE).exists():  # run.overwrite=true (study_dir_of refused it otherwise)
         for f in STUDY_FILES:
@@ -109,8 +109,8 @@ def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
     """Look every found or drawn cell that has no record yet up in the benchmark (eval.benchmark) and write its
     record to bench/<cell>.json; a cell that cannot be looked up is recorded in ``failures`` as bench/<cell>."""
     from nas.bench201 import DATASETS, BenchmarkError, baselines, describe_epoch, epoch_metrics, lookup
-    from nas.genotype import read_genotype
-    from nas.runlog import atomic_write_text
+    from nas.run.runlog import atomic_write_text
+    from nas.space.genotype import read_genotype
 
     todo = unscored(lay)
     if not todo:
@@ -141,7 +141,7 @@ def score_cells(lay: StudyLayout, log: Any, failures: dict[str, str]) -> None:
 
 
 def write_failures(lay: StudyLayout, failures: dict[str, str]) -> None:
-    from nas.runlog import atomic_write_text
+    from nas.run.runlog import atomic_write_text
 
     atomic_write_text(lay.dir / FAILURES, json.dumps(failures, indent=2) + "\n")
 
@@ -153,7 +153,7 @@ def run_study(cfg: StudyConfig | None = None, name: str = "compare", *, resume: 
               nproc: int = 1) -> Path:
     """Run a study from ``cfg`` (or continue the one in ``resume``: finished runs are skipped and interrupted ones
     resumed from their checkpoints); with ``plan``, print the command lines of the runs still to do instead."""
-    from nas.jobs import print_plan, study_lock
+    from nas.study.jobs import print_plan, study_lock
 
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not valid; valid: 1 or more")
@@ -193,11 +193,11 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
             nproc: int = 1) -> None:
     """Run what is left of the study, look its cells up (eval.benchmark), write its report, and say how it ended
     (Stopped, RunsFailed or done)."""
-    from nas.checkpoint import Stopped
-    from nas.jobs import job_settings, run_pieces
-    from nas.report import write_report
-    from nas.runlog import RunLog, record_session
-    from nas.runtime import resolve_device
+    from nas.run.checkpoint import Stopped
+    from nas.run.runlog import RunLog, record_session
+    from nas.run.runtime import resolve_device
+    from nas.study.jobs import job_settings, run_pieces
+    from nas.study.report import write_report
 
     study_dir, cfg = lay.dir, lay.cfg
     log = RunLog(study_dir, quiet)
@@ -237,9 +237,9 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
 def report_study(study_dir: str | Path) -> Path:
     """--report, in two steps: look up the cells that have no benchmark record yet (eval.benchmark; runs nothing
     else), then build the report from whatever has finished; returns report.md's path."""
-    from nas.jobs import study_lock
-    from nas.report import write_report
-    from nas.runlog import RunLog
+    from nas.run.runlog import RunLog
+    from nas.study.jobs import study_lock
+    from nas.study.report import write_report
 
     lay = load_study(study_dir)
     with study_lock(lay.dir):  # a study that is running writes failures.json and the report itself
@@ -253,4 +253,4 @@ def report_study(study_dir: str | Path) -> Path:
 if __name__ == "__main__":
     from nas.errors import library_module
 
-    raise SystemExit(library_module("nas.studies", "compare"))
+    raise SystemExit(library_module("nas.study.run", "compare"))

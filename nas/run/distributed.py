@@ -2,7 +2,7 @@
 
 Every process builds the same network from the same seed and draws the same architecture sample at every step
 (the supernet's generator is seeded from the run seed, the epoch and the step), so all of them run the same
-sampled network; each reads its own shard of every global batch (nas.data.Batches). After each backward pass
+sampled network; each reads its own shard of every global batch (nas.data.pipeline.Batches). After each backward pass
 ``average_gradients`` all-reduces, in one flat buffer, exactly the gradients that exist: in a GDAS weight step the
 sampled ops' and the shared layers', never the unsampled ops' (no zero-filling). The optimizers then take identical
 steps everywhere, so the parameters stay bit-identical without ever being broadcast again. Only rank 0 writes.

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from nas.genotype import Genotype
-from nas.ops import is_parameter_free
+from nas.space.genotype import Genotype
+from nas.space.ops import is_parameter_free
 from nas.text import count
 
 # The warning fires when more than this share of the normal cell's edges is parameter-free: 4 or more of 6 in

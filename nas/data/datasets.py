@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nas.errors import UserError
-from nas.files import replacing
+from nas.run.files import replacing
 
 
 class DataError(UserError):

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.files import LOG, META, RUN_FILES, remove_run_files, temp_path
-from nas.files import atomic_write_text as atomic_write_text  # re-exported: runs write their JSON files by it
+from nas.run.files import LOG, META, RUN_FILES, remove_run_files, temp_path
+from nas.run.files import atomic_write_text as atomic_write_text  # re-exported: runs write their JSON files by it
 
 
 def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
@@ -188,22 +188,14 @@ class Board:
                 name = key.replace("_", "/", 1) if key.startswith(("train_", "valid_", "test_")) else key
                 self.writer.add_scalar(f"{group}/{name}", value, step)
 
-    def alpha(self, alphas: dict[str, torch.Tensor], space: Any, step: int) -> None:
-        from nas.plot import alpha_figure
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
 
-        for cell, a in alphas.items():
-            self.writer.add_figure(f"alpha/{cell}", alpha_figure(a, space, f"softmax(alpha) {cell}, epoch {step}"),
-                                   step)
-            self.writer.add_histogram(f"alpha_logits/{cell}", a.detach().cpu(), step)
-            self.writer.add_histogram(f"alpha_softmax/{cell}", a.detach().softmax(-1).cpu(), step)
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        self.writer.add_figure(tag, figure, step)
 
-    def genotype(self, genotype: Any, step: int, images: bool = True) -> None:
-        from nas.plot import cell_figure
-
-        self.writer.add_text("genotype", f"`{genotype.to_text()}`", step)
-        if images:
-            for cell in genotype.cells():
-                self.writer.add_figure(f"cells/{cell}", cell_figure(genotype, cell), step)
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        self.writer.add_histogram(tag, values.detach().cpu(), step)
 
     def close(self) -> None:
         self.writer.close()

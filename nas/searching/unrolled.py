@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas.supernet import Supernet
+from nas.searching.supernet import Supernet
 
 EPS_SCALE = 0.01  # eps = EPS_SCALE / ||v||, as in the paper's code
 

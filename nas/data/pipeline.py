@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.config import DataConfig
-from nas.datasets import (
+from nas.data.datasets import (
     DataError,
     ImageSet,
     load_cifar,
@@ -24,6 +24,9 @@ from nas.datasets import (
 )
 
 SYNTHETIC_SEEDS = {"train": 1_000, "test": 2_000}  # the synthetic set is the same for every run seed
+
+if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the data code
+    from nas.config import DataConfig
 
 
 def load_dataset(cfg: DataConfig, split: str) -> ImageSet:

@@ -72,8 +72,8 @@ SPACES: dict[str, SearchSpace] = {
 def space_ops(name: str) -> list[str]:
     """The ops a cell of the space ``name`` may hold: the space's own, the other ops of its family (DARTS-space cells:
     every built-in op but NAS-Bench-201's convolutions, as published cells such as AmoebaNet's use them) and the ops
-    a user registered (nas.ops.register_op); never the other space's own."""
-    from nas.ops import BUILTIN_OPS, list_ops
+    a user registered (nas.space.ops.register_op); never the other space's own."""
+    from nas.space.ops import BUILTIN_OPS, list_ops
 
     own = get_space(name).ops
     foreign = BUILTIN_OPS - set(NB201_OPS) if name == "nb201" else set(NB201_OPS) - set(DARTS_OPS)

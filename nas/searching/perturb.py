@@ -15,7 +15,7 @@ each run alone in the supernet through its op mask, scored on the alpha half; th
 
 Removing an op goes through the supernet's op mask. The DARTS mixture gives the op weight 0 and leaves the other
 weights as they are; GDAS stops sampling the op. A decided edge runs its one op with weight 1. Several zero-cost
-scores decide by the rank of their values among an edge's candidates (nas.zerocost.combine).
+scores decide by the rank of their values among an edge's candidates (nas.searching.zerocost.combine).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from nas.data import Batches
-from nas.genotype import Genotype, genotype_of, masks_of, random_genotype
-from nas.supernet import Supernet
+from nas.data.pipeline import Batches
+from nas.searching.supernet import Supernet
+from nas.space.genotype import Genotype, genotype_of, masks_of, random_genotype
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def accuracy(model: Supernet, batches: Batches, seed: int, amp: Any,
 @dataclass
 class Measure:
     """What perturbation measures the supernet by, as its op mask stands: ``fn`` returns one value per score (higher
-    is better), and the values of several candidates combine by ``ensemble`` (nas.zerocost.combine)."""
+    is better), and the values of several candidates combine by ``ensemble`` (nas.searching.zerocost.combine)."""
 
     what: str
     fn: Callable[[], dict[str, float]]
@@ -62,7 +62,7 @@ class Measure:
     unit: str = ""
 
     def of(self, candidates: list[dict[str, float]]) -> list[float]:
-        from nas.zerocost import combine
+        from nas.searching.zerocost import combine
 
         return combine({k: [c[k] for c in candidates] for k in candidates[0]}, self.ensemble)
 
@@ -79,9 +79,9 @@ def supernet_score(model: Supernet, names: Sequence[str], ensemble: str,
     """Zero-cost scores of the supernet (Zero-Cost-PT, Xiang et al. 2023): every allowed op of an edge mixed by
     softmax(alpha) over the allowed ops (DARTS's mixing, whatever the search's mixer: no sample, no noise), the
     weights taking gradients, on one batch."""
-    from nas.mixing import create_mixer
-    from nas.scores import get_score
-    from nas.zerocost import describe_scores
+    from nas.searching.mixing import create_mixer
+    from nas.searching.scores import get_score
+    from nas.searching.zerocost import describe_scores
 
     def fn() -> dict[str, float]:
         saved = model.mixer
