@@ -235,3 +235,53 @@ def test_resuming_a_finished_search_of_no_epochs_says_so_and_writes_nothing(
     assert search_main(["--resume", str(run_dir)]) == 0
     assert capsys.readouterr().out == f"{run_dir} has finished its 0 epochs; genotype.json is its result\n"
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # no log line, no session
+
+
+def frame_run(run_dir: Path, resume: Path | None = None) -> tuple[object, object]:
+    """A Run and its run settings on the CPU, as both loops make them."""
+    from types import SimpleNamespace
+
+    from nas.run.runtime import Run
+
+    cfg = SimpleNamespace(device="cpu", amp="off", threads=0, deterministic=False, dir=str(run_dir), overwrite=False,
+                          checkpoint_every=2, tensorboard=False, log_every=0)
+    return Run(cfg, 0, "frame", "train", "seed: 0\n", resume, quiet=True), cfg
+
+
+def test_the_loop_frame_checkpoints_when_due_and_resumes_mid_epoch(tmp_path: Path) -> None:
+    """The frame both loops use: a checkpoint every run.checkpoint_every steps holds the objects, the step and the
+    epoch's sums so far; one at each epoch's end starts the next epoch; a frame made on the resumed run goes on from
+    the step after the checkpoint with the sums carried over, and a non-finite loss names the step."""
+    from nas.run.runtime import Loop
+
+    run, cfg = frame_run(tmp_path / "r")
+    model = torch.nn.Linear(2, 1)
+    saved: list[dict] = []
+    run.save = saved.append  # type: ignore[attr-defined]
+    with Loop(run, cfg, 2, 3, {"model": model, "scaler": None}, (), extra=lambda: {"extra": 7}) as frame:
+        assert list(frame.epochs()) == [0, 1]
+        for epoch in frame.epochs():
+            meter, first = frame.start_epoch(epoch, sums=1, streams=1)
+            for step in range(first + 1, 4):
+                frame.check(torch.tensor(1.0), epoch, step)
+                meter.add([torch.tensor(float(step))], 1)
+                frame.stepped(epoch, step, lambda m: {})
+            frame.end_epoch()
+            frame.epoch_done(epoch)
+    assert [(s["epoch"], s["step"]) for s in saved] == [(0, 2), (1, 0), (1, 2), (2, 0)]
+    mid = saved[0]
+    assert mid["kind"] == "train" and mid["extra"] == 7 and mid["scaler"] is None
+    assert torch.equal(mid["model"]["weight"], model.state_dict()["weight"])
+    assert mid["partial"]["sums"].tolist() == [3.0] and mid["partial"]["images"] == 2  # steps 1 and 2
+
+    from nas.run.checkpoint import save_checkpoint
+
+    save_checkpoint(run.checkpoint_path, {**mid, "rng": saved[0]["rng"]})
+    resumed, cfg = frame_run(tmp_path / "r", resume=tmp_path / "r")
+    with Loop(resumed, cfg, 2, 3, {"model": torch.nn.Linear(2, 1)}, ()) as frame:
+        assert list(frame.epochs()) == [0, 1]
+        meter, first = frame.start_epoch(0, sums=1, streams=1)
+        assert first == 2 and meter.images == [2] and meter.local() == [3.0]
+        with pytest.raises(NumericalFault, match=r"not finite \(nan\) at epoch 1 step 3; the last good checkpoint "
+                                                 r"is kept: .*checkpoint\.pt"):
+            frame.check(torch.tensor(float("nan")), 0, 3)
