@@ -6,8 +6,9 @@ padding, horizontal flip, cutout of DeVries & Taylor 2017) with no per-image Pyt
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,8 +26,9 @@ from nas.data.datasets import (
 
 SYNTHETIC_SEEDS = {"train": 1_000, "test": 2_000}  # the synthetic set is the same for every run seed
 
-if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the data code
-    from nas.config import DataConfig
+if TYPE_CHECKING:  # the recipe's schemas, read here as types only: at run time nas.config sits above the data code
+    from nas.config import DataConfig, SearchConfig
+    from nas.run.runtime import Run
 
 
 def load_dataset(cfg: DataConfig, split: str) -> ImageSet:
@@ -186,6 +188,35 @@ class Batches:
             if self.cutout:  # after normalizing: the hole is the mean colour, as in DARTS
                 x = cutout(x, self.cutout, g, total=len(batch), part=part)
             yield x, self.labels[idx]
+
+
+@dataclass
+class SearchData:
+    """The training split as search reads it: a weight half and an alpha half on the run's device."""
+
+    train: Batches
+    valid: Batches
+    stats: tuple[list[float], list[float]]   # channel mean and std of the training images
+    classes: int
+    channels: int
+    notes: list[str]                          # what the reader and the batching want the user to know
+
+
+def split_data(cfg: SearchConfig, data: ImageSet, run: Run) -> SearchData:
+    """Split the training set into the weight half and the alpha half, batched on the run's device and recorded in
+    meta.json; search never reads the test split."""
+    dist = run.dist
+    mean, std = channel_stats(data.images)
+    w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
+    common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=run.device,
+                                  augment=cfg.data.augment, cutout=cfg.data.cutout, shard=(dist.rank, dist.world))
+    train = Batches(data, w_idx, seed=cfg.seed, **common)
+    valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
+    notes = data_notes(cfg.data, data) + batch_notes({"weight half": train, "alpha half": valid})
+    out = SearchData(train, valid, (mean, std), len(data.classes), data.images.shape[1], notes)
+    run.record_data({"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
+                     "classes": out.classes, "image_shape": list(data.images.shape[1:])})
+    return out
 
 
 def shard_slice(n: int, rank: int, world: int) -> slice:

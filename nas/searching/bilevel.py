@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +16,7 @@ import torch
 from torch import nn
 
 from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
-from nas.data.datasets import ImageSet
-from nas.data.pipeline import Batches, batch_notes, batch_seed, bilevel_split, channel_stats, data_notes, load_dataset
+from nas.data.pipeline import SearchData, batch_seed, load_dataset, split_data
 from nas.errors import UserError
 from nas.loader import dump_yaml
 from nas.run.distributed import Dist, check_global_batch, use_global_batchnorm
@@ -28,10 +26,11 @@ from nas.run.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved,
 from nas.run.steps import autocast, backward_step, grad_scaler
 from nas.searching.budget import fmt, make_budget
 from nas.searching.collapse import describe, dominance_warning, edge_stats
+from nas.searching.derive import derive_genotype, fit_budget, set_prior
 from nas.searching.mixing import Mixer, create_mixer, mixer_options
 from nas.searching.supernet import Supernet, build_supernet
 from nas.searching.unrolled import unrolled_alpha_backward
-from nas.space.genotype import Genotype, alpha_rule
+from nas.space.genotype import alpha_rule
 from nas.space.spaces import search_space
 from nas.text import count
 
@@ -169,96 +168,6 @@ def record_epoch(cfg: SearchConfig, model: Supernet, meter: EpochMeter, epoch: i
             show_genotype(board, genotype, epoch + 1, images=epoch + 1 == s.epochs)
 
 
-def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_batch: Any, amp: Any,
-                    memory_format: torch.memory_format, log: Any) -> tuple[Genotype, dict[str, Any] | None]:
-    """The search's result by its search.derive rule: alpha's argmax (darts, gdas), the best of cells ranked by
-    zero-cost scores at initialisation (score) or by the trained supernet (sample), or each op judged by how much
-    the supernet's accuracy or score drops without it (perturb); then, with search.final.cells, the short list's
-    final stage. Returns the genotype and, with a final stage, its record (final.json)."""
-    s, valid = cfg.search, d.valid
-    device = valid.device
-    rule = alpha_rule(s.derive)
-    mean, std = d.stats
-    plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
-                    device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
-    ranked: list[Genotype]
-    if s.derive == "score":
-        from nas.searching.zerocost import cells_from_alpha, random_cells, rank_cells
-
-        keep = model.budget.fits if model.budget is not None else None  # a budget: only the cells that fit compete
-        space = model.space
-        pool = (cells_from_alpha(space, dict(model.alpha), s.samples, cfg.seed, rule, keep) if s.pool == "alpha"
-                else random_cells(space, cfg.seed, s.samples, keep))
-        if not pool:  # none fits: the best of the unfiltered pool is repaired afterwards
-            log.print("  no cell drawn fits the budget; the scores choose among all, and the choice is repaired")
-            pool = (cells_from_alpha(space, dict(model.alpha), s.samples, cfg.seed, rule) if s.pool == "alpha"
-                    else random_cells(space, cfg.seed, s.samples))
-        if len(pool) < s.samples:
-            log.print(f"  alpha gives {len(pool)} distinct cells of the {s.samples} asked for (search.samples): it "
-                      "is peaked on few cells" if s.pool == "alpha" else
-                      f"  {len(pool)} of {s.samples} random cells fit the budget")
-        ranked = [g for g, _ in rank_cells(pool, s.score, s.ensemble, score_batch(), C=cfg.model.C,
-                                           layers=cfg.model.layers, num_classes=d.classes, seed=cfg.seed,
-                                           memory_format=memory_format, say=log.print,
-                                           what="cells drawn from alpha" if s.pool == "alpha" else "random cells")]
-    elif s.derive == "sample":
-        from nas.searching.perturb import select_by_sampling
-
-        ranked = select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print)
-    elif s.derive == "perturb":
-        from nas.searching.perturb import select_by_perturbation, supernet_accuracy, supernet_score
-
-        if s.perturb_by == "score":
-            measure = supernet_score(model, s.score, s.ensemble, score_batch())
-        else:
-            measure = supernet_accuracy(model, plain, cfg.seed, amp, memory_format)
-        return select_by_perturbation(model, measure, cfg.seed, log.print), None
-    else:
-        return model.genotype(rule, s.max_skip), None
-    f = s.final
-    if not f.cells:
-        return ranked[0], None
-    from nas.searching.finalists import successive_halving
-
-    train = Batches(ImageSet(d.train.images, d.train.labels, []), batch_size=cfg.data.batch_size, mean=mean,
-                    std=std, device=device, seed=cfg.seed, augment=cfg.data.augment)  # every process: all of it
-    winner, records = successive_halving(
-        ranked[:f.cells], train, plain if f.rank != "tse" else None, C=f.C or cfg.model.C,
-        layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.epochs, eta=f.eta, rank=f.rank,
-        average=f.average, lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed,
-        memory_format=memory_format, say=log.print)
-    return winner, {"rank": f.rank, "cells": records, "winner": str(winner)}
-
-
-@dataclass
-class SearchData:
-    """The training split as search reads it: a weight half and an alpha half on the run's device."""
-
-    train: Batches
-    valid: Batches
-    stats: tuple[list[float], list[float]]   # channel mean and std of the training images
-    classes: int
-    channels: int
-    notes: list[str]                          # what the reader and the batching want the user to know
-
-
-def split_data(cfg: SearchConfig, data: ImageSet, run: Run) -> SearchData:
-    """Split the training set into the weight half and the alpha half, batched on the run's device and recorded in
-    meta.json; search never reads the test split."""
-    dist = run.dist
-    mean, std = channel_stats(data.images)
-    w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
-    common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=run.device,
-                                  augment=cfg.data.augment, cutout=cfg.data.cutout, shard=(dist.rank, dist.world))
-    train = Batches(data, w_idx, seed=cfg.seed, **common)
-    valid = Batches(data, a_idx, seed=cfg.seed + 1, **common)
-    notes = data_notes(cfg.data, data) + batch_notes({"weight half": train, "alpha half": valid})
-    out = SearchData(train, valid, (mean, std), len(data.classes), data.images.shape[1], notes)
-    run.record_data({"name": cfg.data.name, "weight_images": train.num_images, "alpha_images": valid.num_images,
-                     "classes": out.classes, "image_shape": list(data.images.shape[1:])})
-    return out
-
-
 def make_supernet(cfg: SearchConfig, d: SearchData, mixer: Any, device: torch.device) -> Supernet:
     """The supernet of cfg.model for data ``d``, on ``device``."""
     space = search_space(cfg.model.space, cfg.model.ops, cfg.model.macro)
@@ -300,47 +209,6 @@ def step_postfix(meter: EpochMeter, tau: float | None) -> dict[str, str]:
     if tau is not None:
         out["tau"] = f"{tau:.2f}"
     return out
-
-
-def set_prior(cfg: SearchConfig, model: Supernet, batch: tuple[torch.Tensor, torch.Tensor], classes: int,
-              memory_format: torch.memory_format, log: Any) -> None:
-    """alpha = search.prior x the per-op prior of search.prior_samples random cells scored by search.score."""
-    from nas.searching.zerocost import combine, op_prior, random_cells, score_cells
-
-    s = cfg.search
-    cells = random_cells(model.space, cfg.seed, s.prior_samples)
-    log.print(f"prior: scoring {len(cells)} random cells by {', '.join(s.score)} at initialisation, on one batch of "
-              f"{len(batch[0])} images")
-    scores = score_cells(cells, s.score, batch, C=cfg.model.C, layers=cfg.model.layers, num_classes=classes,
-                         seed=cfg.seed, memory_format=memory_format, say=log.print)
-    prior = op_prior(model.space, cells, combine(scores, s.ensemble))
-    with torch.no_grad():
-        for t, p in prior.items():
-            model.alpha[t].copy_(s.prior * p.to(model.alpha[t].device))
-    log.print("prior: per edge, the op whose cells score highest: " + " ".join(
-        f"{t}: " + ",".join(model.space.ops[int(k)] for k in p.argmax(-1)) for t, p in prior.items()))
-
-
-def fit_budget(model: Supernet, genotype: Genotype, log: Any) -> tuple[Genotype, dict[str, Any]]:
-    """The derived cell under the budget (model.budget): as it is when it fits, else repaired (Budget.repair), each
-    replacement said; returns it and the record of budget.json."""
-    budget = model.budget
-    before = budget.cost.of(genotype)
-    fixed, changes = budget.repair(genotype, {t: a.detach() for t, a in model.alpha.items()})
-    after = budget.cost.of(fixed)
-    target = fmt(budget.target, budget.metric)
-    if changes:
-        log.print(f"the derived cell costs {fmt(before, budget.metric)}, over the budget of {target}; repaired:")
-        for line in changes:
-            log.print(f"  {line}")
-    fits = budget.fits(fixed)
-    log.print(f"cost of the cell: {fmt(after, budget.metric)} ({'within' if fits else 'OVER'} the budget of {target})"
-              + ("" if fits else ": no cheaper op is left on its kept edges"))
-    record = {"metric": budget.metric, "target": budget.target, "rule": budget.rule, "cost": after,
-              "derived_cost": before, "within": fits, "repaired": changes,
-              "expected_cost": float(budget.cost.expected(model.cost_weights(sampled=False)).detach()),
-              "network": budget.cost.network, "base": budget.cost.base}
-    return fixed, record
 
 
 def search_mixer(s: SearchOptions) -> Mixer:
