@@ -172,12 +172,12 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                     logits, aux = net(x.contiguous(memory_format=memory_format))
                     loss = F.cross_entropy(logits, y)
                     total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux, y)
-                frame.check(total.detach(), epoch, step)
+                frame.check(total.detach(), step)
                 backward_step(total, opt, scaler, model.parameters(), t.grad_clip, reduce=dist.average_gradients)
                 if scaler is not None:
                     scaler.update()
                 meter.add([loss.detach() * len(y), (logits.argmax(1) == y).sum()], len(y))
-                frame.stepped(epoch, step, step_postfix)
+                frame.stepped(step, step_postfix)
             sched.step()
             frame.end_epoch()
 
@@ -202,7 +202,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                       f"{record['images_per_s']:.0f} img/s")
             if frame.board is not None:
                 frame.board.scalars(record, epoch + 1, "train")
-            frame.epoch_done(epoch)
+            frame.epoch_done()
 
     test_loss, test_acc = progress_state["test"]
     # every epoch's peak, earlier sessions' included (rank 0 holds the records; the others only their own)

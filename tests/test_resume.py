@@ -263,11 +263,11 @@ def test_the_loop_frame_checkpoints_when_due_and_resumes_mid_epoch(tmp_path: Pat
         for epoch in frame.epochs():
             meter, first = frame.start_epoch(epoch, sums=1, streams=1)
             for step in range(first + 1, 4):
-                frame.check(torch.tensor(1.0), epoch, step)
+                frame.check(torch.tensor(1.0), step)
                 meter.add([torch.tensor(float(step))], 1)
-                frame.stepped(epoch, step, lambda m: {})
+                frame.stepped(step, lambda m: {})
             frame.end_epoch()
-            frame.epoch_done(epoch)
+            frame.epoch_done()
     assert [(s["epoch"], s["step"]) for s in saved] == [(0, 2), (1, 0), (1, 2), (2, 0)]
     mid = saved[0]
     assert mid["kind"] == "train" and mid["extra"] == 7 and mid["scaler"] is None
@@ -284,4 +284,4 @@ def test_the_loop_frame_checkpoints_when_due_and_resumes_mid_epoch(tmp_path: Pat
         assert first == 2 and meter.images == [2] and meter.local() == [3.0]
         with pytest.raises(NumericalFault, match=r"not finite \(nan\) at epoch 1 step 3; the last good checkpoint "
                                                  r"is kept: .*checkpoint\.pt"):
-            frame.check(torch.tensor(float("nan")), 0, 3)
+            frame.check(torch.tensor(float("nan")), 3)

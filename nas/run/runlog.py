@@ -202,7 +202,7 @@ class Board:
 
 
 def _git_commit() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the checkout: nas/run/runlog.py is two folders down
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:

@@ -164,12 +164,12 @@ class Loop:
                 meter, first = loop.start_epoch(epoch, sums=2, streams=1)
                 for step, batch in enumerate(batches.epoch(epoch, first), start=first + 1):
                     loss = ...                                 # the loop's own step
-                    loop.check(loss, epoch, step)              # a fault or a signal on any process, on all
+                    loop.check(loss, step)                     # a fault or a signal on any process, on all
                     meter.add(...)
-                    loop.stepped(epoch, step, postfix)         # progress; checkpoint when due; stop when asked
+                    loop.stepped(step, postfix)                # progress; checkpoint when due; stop when asked
                 loop.end_epoch()
                 ...                                            # the loop's own records of the epoch
-                loop.epoch_done(epoch)                         # checkpoint; stop when asked
+                loop.epoch_done()                              # checkpoint; stop when asked
 
     It restores the checkpoint's state into ``objects`` (Run.restore) and writes them back in every checkpoint,
     with the random generators and ``extra()``; it owns the progress bars or lines and the TensorBoard writer
@@ -187,6 +187,7 @@ class Loop:
             else None
         self.progress = Progress(run.log, epochs, steps, run_cfg.log_every, self.first_epoch)
         self.stop = GracefulStop()
+        self.epoch = self.first_epoch  # the epoch running (start_epoch sets it)
         self.meter: EpochMeter | None = None
         self._stack = contextlib.ExitStack()
 
@@ -208,11 +209,12 @@ class Loop:
         """The meter of ``epoch`` (``sums`` running sums, the images of ``streams`` batch streams), carried on from a
         checkpoint taken in its middle, and the number of its steps already done."""
         first = self.first_step if epoch == self.first_epoch else 0
+        self.epoch = epoch
         self.meter = EpochMeter(sums, streams, self.run.device, self.run.dist, self.partial if first else None)
         self.progress.start_epoch(epoch, first)
         return self.meter, first
 
-    def check(self, loss: torch.Tensor, epoch: int, step: int, losses: Callable[[], str] | None = None) -> None:
+    def check(self, loss: torch.Tensor, step: int, losses: Callable[[], str] | None = None) -> None:
         """Once per step, on every process: agree on a signal (stop at this step, all alike) and on a loss that is not
         finite anywhere, which stops every process with NumericalFault, the last good checkpoint kept. ``losses``
         says what the loss was made of."""
@@ -222,26 +224,26 @@ class Loop:
             path = self.run.checkpoint_path
             last = str(path) if path.exists() else "none yet"
             what = losses() if losses is not None else str(loss.item())
-            raise NumericalFault(f"the loss is not finite ({what}) at epoch {epoch + 1} step {step}; the last good "
-                                 f"checkpoint is kept: {last}")
+            raise NumericalFault(f"the loss is not finite ({what}) at epoch {self.epoch + 1} step {step}; the last "
+                                 f"good checkpoint is kept: {last}")
 
-    def stepped(self, epoch: int, step: int, postfix: Callable[[EpochMeter], dict[str, str]]) -> None:
+    def stepped(self, step: int, postfix: Callable[[EpochMeter], dict[str, str]]) -> None:
         """After a step: the progress (``postfix(meter)``, figures read from the device, only when shown), a checkpoint
         every run.checkpoint_every steps or when a signal asked to stop, and the stop."""
         assert self.meter is not None, "start_epoch comes first"
-        self.progress.step(epoch, step, postfix(self.meter) if self.progress.wants_postfix(step) else None)
+        self.progress.step(self.epoch, step, postfix(self.meter) if self.progress.wants_postfix(step) else None)
         if self.stop.checkpoint_due(step, self.steps, self.every):  # the sums leave the device only here
-            self.save(epoch, step, self.meter.partial())
-        self.stop.stop_if_asked(f"at epoch {epoch + 1} step {step}", self.run.resume_hint())
+            self.save(self.epoch, step, self.meter.partial())
+        self.stop.stop_if_asked(f"at epoch {self.epoch + 1} step {step}", self.run.resume_hint())
 
     def end_epoch(self) -> None:
         """The epoch's steps are done: its progress bar closes before its line is printed."""
         self.progress.end_epoch()
 
-    def epoch_done(self, epoch: int) -> None:
+    def epoch_done(self) -> None:
         """After the epoch's records: a checkpoint, then the stop if a signal asked for one."""
-        self.save(epoch + 1, 0, None)
-        self.stop.stop_if_asked(f"after epoch {epoch + 1}", self.run.resume_hint())
+        self.save(self.epoch + 1, 0, None)
+        self.stop.stop_if_asked(f"after epoch {self.epoch + 1}", self.run.resume_hint())
 
     def save(self, epoch: int, step: int, partial: dict[str, Any] | None) -> None:
         """The checkpoint after ``step`` steps of ``epoch`` (0-based; resuming runs step + 1 next): the state of every

@@ -194,7 +194,7 @@ def setup_lines(cfg: SearchConfig, run: Run, d: SearchData, weights: list[nn.Par
              f"{cfg.data.name}: {d.train.num_images} images for weight steps, {d.valid.num_images} for alpha steps, "
              f"{d.classes} classes, {tuple(d.train.images.shape[1:])} per image; device {run.device}",
              f"{s.mixer} search in the {m.space} space{macro}: C={m.C}, layers={m.layers}, "
-             f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {steps} step{'s' * (steps != 1)} of 2 x "
+             f"{sum(p.numel() for p in weights) / 1e6:.2f}M weights, {count(steps, 'step')} of 2 x "
              f"{cfg.data.batch_size} images per epoch, {count(s.epochs, 'epoch')}"]
     if run.dist.active:
         lines.append(run.dist.describe(cfg.data.batch_size, cfg.run.sync_bn))
@@ -308,16 +308,16 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
                     model, (xw, yw), (xa, ya), w_opt, a_opt, weights, order=s.order, grad_clip=s.grad_clip, amp=amp,
                     scaler=scaler, frozen=frozen, xi=float(lr) if s.unrolled else None, unsampled=s.unsampled_grads,
                     dist=dist)
-                frame.check(w_loss + a_loss, epoch, step,
+                frame.check(w_loss + a_loss, step,
                             lambda: f"weight step {w_loss.item()}, alpha step {a_loss.item()}")  # noqa: B023
                 meter.add([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct], len(yw), len(ya))
-                frame.stepped(epoch, step, lambda m: step_postfix(m, mixer.tau))
+                frame.stepped(step, lambda m: step_postfix(m, mixer.tau))
             w_sched.step()
             frame.end_epoch()
 
             # ---- end of epoch: metrics, alpha and the genotype it stands for, then a checkpoint
             record_epoch(cfg, model, meter, epoch, float(lr), steps, warm, bench, frame.board, run)
-            frame.epoch_done(epoch)
+            frame.epoch_done()
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
     genotype, final = derive_genotype(cfg, model, d, score_batch, amp, memory_format, log)

@@ -118,7 +118,7 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
                               weight_decay=weight_decay)
         finalists.append(Finalist(g, net, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)))
     over = f" averaged over the last {count(average, 'epoch')}" if average > 1 and rank != "tse" else ""
-    say(f"final stage: {count(len(cells), 'cell')} trained alone (C={C}, {layers} cell{'s' * (layers != 1)} per stage, "
+    say(f"final stage: {count(len(cells), 'cell')} trained alone (C={C}, {count(layers, 'cell')} per stage, "
         f"{train.num_images} images), ranked by {RANKED_BY[rank]}{over}; "
         "rungs of " + ", ".join(f"{count(n, 'cell')} to epoch {e}" for n, e in plan))
     alive = finalists

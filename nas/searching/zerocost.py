@@ -21,6 +21,7 @@ from nas.searching.mixing import gumbel_like
 from nas.searching.scores import Batch, check_score_name, get_score
 from nas.space.genotype import Genotype, derive, masks_of, random_genotype
 from nas.space.network import build_network
+from nas.text import count
 
 ENSEMBLES = ("logrank", "vote")
 
@@ -73,8 +74,8 @@ def rank_cells(cells: Sequence[Genotype], names: Sequence[str], ensemble: str, b
                num_classes: int, seed: int = 0, memory_format: torch.memory_format = torch.contiguous_format,
                say: Callable[[str], None] = print, what: str = "cells") -> list[tuple[Genotype, float]]:
     """``cells`` scored (score_cells) and combined (combine), best first; on a tie, the cell drawn first."""
-    say(f"scoring {len(cells)} {what} by {describe_scores(names, ensemble)} at initialisation (C={C}, {layers} "
-        f"cell{'s' * (layers != 1)} per stage), on one batch of {len(batch[0])} images")
+    say(f"scoring {len(cells)} {what} by {describe_scores(names, ensemble)} at initialisation (C={C}, "
+        f"{count(layers, 'cell')} per stage), on one batch of {len(batch[0])} images")
     values = combine(score_cells(cells, names, batch, C=C, layers=layers, num_classes=num_classes, seed=seed,
                                  memory_format=memory_format, say=say), ensemble)
     order = sorted(range(len(cells)), key=lambda i: (-values[i], i))
