@@ -111,9 +111,10 @@ def test_every_score_runs_on_a_cell_network_and_leaves_it_as_it_was(space: str) 
         assert isinstance(value, float) and not math.isnan(value), name
         assert value == pytest.approx(scores[name][0], rel=1e-4, abs=1e-6), name  # the same seed, the same network
     assert all(p.grad is None for p in net.parameters())
-    # synflow and flops change nothing; the others run in training mode, which moves only BatchNorm's statistics
+    # a score is pure: not even BatchNorm's running statistics move, and the network stays in training mode
     after = net.state_dict()
-    assert all(torch.equal(v, after[k]) for k, v in state.items() if "running" not in k and "batches" not in k)
+    assert all(torch.equal(v, after[k]) for k, v in state.items())
+    assert all(m.training for m in net.modules())
 
 
 def test_a_cell_that_passes_nothing_on_scores_lowest() -> None:
@@ -169,3 +170,102 @@ def test_rank_correlations_against_their_definitions() -> None:
     assert spearman(a, b) == pytest.approx(float(torch.corrcoef(torch.stack([ra, rb]))[0, 1]))
     assert kendall_tau(a, a) == pytest.approx(1.0)
     assert spearman(a, [-v for v in a]) == pytest.approx(-1.0)
+
+
+def test_a_cells_scores_do_not_depend_on_their_order_or_on_earlier_calls() -> None:
+    # NASWOT's forward pass in training mode moves BatchNorm's running statistics, which synflow read in eval mode:
+    # each score must see the network its definition assumes, whatever ran before
+    rng = random.Random(0)
+    space = get_space("nb201")
+    cells = [random_genotype(space, rng) for _ in range(6)]
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 5, (16,))
+    names = ["naswot", "synflow", "zico", "swap", "meco"]
+    first = score_cells(cells, names, (x, y), C=4, layers=1, num_classes=5, seed=0)
+    again = score_cells(cells, names[::-1], (x, y), C=4, layers=1, num_classes=5, seed=0)
+    alone = {n: score_cells(cells, [n], (x, y), C=4, layers=1, num_classes=5, seed=0)[n] for n in names}
+    for n in names:
+        assert first[n] == again[n] == alone[n], n
+    net = scoring_network(cells[0], C=4, layers=1, num_classes=5, seed=0)
+    values = []
+    for _ in range(3):
+        get_score("naswot")(net, (x, y))
+        values.append(get_score("synflow")(net, (x, y)))
+    assert values[0] == values[1] == values[2]
+
+
+def test_synflow_sees_a_supernets_alpha_with_its_sign() -> None:
+    from nas.searching.mixing import create_mixer
+    from nas.searching.supernet import build_supernet
+
+    torch.manual_seed(0)
+    model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer("darts"))
+    with torch.no_grad():
+        model.alpha["normal"].copy_(torch.linspace(-2, 2, model.alpha["normal"].numel()).view_as(
+            model.alpha["normal"]))
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))
+    model.set_step("weights")
+    plus = get_score("synflow")(model, (x, y))
+    with torch.no_grad():
+        model.alpha["normal"].neg_()
+    minus = get_score("synflow")(model, (x, y))
+    assert math.isfinite(plus) and math.isfinite(minus)
+    assert abs(plus - minus) > 1e-3
+    assert float(model.alpha["normal"].min()) == pytest.approx(-2.0)  # the supernet's own alpha is untouched
+
+
+def test_synflow_reads_batchnorm_at_fresh_statistics() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.LazyLinear(2))
+    x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 2, (8,))
+    net(x)
+    fresh = get_score("synflow")(net, (x, y))
+    with torch.no_grad():
+        net[1].running_var.fill_(100.0)  # statistics a trained network, or an earlier forward pass, left behind
+        net[1].running_mean.fill_(3.0)
+    assert get_score("synflow")(net, (x, y)) == fresh
+
+
+def test_swap_counts_the_distinct_activation_patterns_of_the_units() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4, 2))
+    x, y = torch.randn(5, 2, 2, 2), torch.randint(0, 2, (5,))
+    # the score redraws the weights from N(0, 1) with generator seed 0, in module order: the conv's come first
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(3, 2, 1, 1, generator=g)
+    codes = (nn.functional.conv2d(x, W) > 0).flatten(1).T  # (units, images)
+    expected = len({tuple(row.tolist()) for row in codes})
+    assert get_score("swap")(net, (x, y)) == expected
+    assert float(net[0].weight.detach().abs().max()) < 1.0  # the network's own weights are untouched (kaiming init is small)
+    from nas.searching.scores import pattern_count
+
+    many = torch.rand(40, 130) > 0.5  # more images than one packed word holds
+    many[7] = many[3]
+    assert pattern_count(many) == len({tuple(r.tolist()) for r in many}) == 39
+
+
+def test_meco_sums_the_smallest_eigenvalue_of_each_convolutions_channel_correlation() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(4, 5, 3, bias=False),
+                        nn.Flatten(), nn.LazyLinear(2))
+    x, y = torch.randn(6, 3, 7, 7), torch.randint(0, 2, (6,))
+    net(x)
+    with torch.no_grad():
+        f1 = net[0](x[:1])
+        f2 = net[2](net[1](f1))
+    expected = sum(float(torch.linalg.eigvalsh(torch.corrcoef(f[0].flatten(1).double()))[0]) for f in (f1, f2))
+    assert get_score("meco")(net, (x, y)) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_a_pool_of_random_cells_holds_no_cell_twice(space: str) -> None:
+    from nas.searching.zerocost import random_cells
+
+    sp = get_space(space)
+    cells = random_cells(sp, seed=0, samples=300)
+    assert len(cells) == 300 and len({str(g) for g in cells}) == 300
+    rng = random.Random(0)  # the same stream: the pool is the seeded draws with the repeats skipped
+    draws = [random_genotype(sp, rng) for _ in range(300)]
+    assert cells[:10] == draws[:10]
+    few = random_cells(sp, seed=0, samples=50, keep=lambda g: str(g).count("none") == 0)
+    assert len({str(g) for g in few}) == len(few) == 50 and all("none" not in str(g) for g in few)

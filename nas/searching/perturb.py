@@ -29,7 +29,8 @@ import torch
 
 from nas.data.pipeline import Batches
 from nas.searching.supernet import Supernet
-from nas.space.genotype import Genotype, genotype_of, masks_of, random_genotype
+from nas.searching.zerocost import random_cells
+from nas.space.genotype import Genotype, genotype_of, masks_of
 
 
 @torch.no_grad()
@@ -159,24 +160,23 @@ def select_by_perturbation(model: Supernet, measure: Measure, seed: int,
 def select_by_sampling(model: Supernet, batches: Batches, seed: int, samples: int, amp: Any,
                        memory_format: torch.memory_format = torch.contiguous_format,
                        say: Callable[[str], None] = print) -> list[Genotype]:
-    """``samples`` random cells (drawn under the darts rule's constraints, seeded by ``seed``), each run alone in the
-    supernet and scored on ``batches``, the best first (on a tie, the cell drawn first). Leaves the supernet's op
-    mask as it found it (none)."""
+    """``samples`` distinct random cells (drawn under the darts rule's constraints, seeded by ``seed``), each run
+    alone in the supernet and scored on ``batches``, the best first (on a tie, the cell drawn first). Leaves the
+    supernet's op mask as it found it (none)."""
     space = model.space
     device = model.alpha[space.cell_types[0]].device
-    rng = random.Random(seed)
     model.set_step("none")
     scored: list[tuple[float, int, Genotype]] = []
+    cells = random_cells(space, seed, samples)
     try:
-        say(f"scoring {samples} random cells with the supernet's weights, each on {batches.num_images} images")
-        for i in range(samples):
-            genotype = random_genotype(space, rng, "darts")
+        say(f"scoring {len(cells)} random cells with the supernet's weights, each on {batches.num_images} images")
+        for i, genotype in enumerate(cells):
             model.op_mask = masks_of(space, genotype, device)
             scored.append((accuracy(model, batches, seed, amp, memory_format), -i, genotype))
     finally:
         model.op_mask = None
     scored.sort(key=lambda t: t[:2], reverse=True)  # the best accuracy; on a tie, the cell drawn first
     for acc, i, genotype in scored[:3]:
-        say(f"  cell {-i + 1}/{samples}: {acc:.2f}%  {genotype}")
-    say(f"  median of the {samples} cells: {scored[len(scored) // 2][0]:.2f}%")
+        say(f"  cell {-i + 1}/{len(cells)}: {acc:.2f}%  {genotype}")
+    say(f"  median of the {len(cells)} cells: {scored[len(scored) // 2][0]:.2f}%")
     return [genotype for _, _, genotype in scored]

@@ -13,17 +13,26 @@ untrained network in a few forward and backward passes, and one registry of them
   of the batch (Li et al., ICLR 2023, Eq. 3);
 - ntk: minus the log of the condition number of the neural tangent kernel of the logits on the batch (Chen et al.,
   ICLR 2021, Eq. 5: TE-NAS's trainability);
+- swap: the number of distinct sample-wise activation patterns, the batch's binary ReLU codes of each unit, in a copy
+  whose weights are drawn again from N(0, 1) (Peng et al., ICLR 2024; the unregularised score);
+- meco: sum over convolutions of the smallest eigenvalue of the Pearson correlation between the output channels of
+  one image (Jiang et al., NeurIPS 2023: MeCo);
 - params, flops: the naive baselines, the network's parameters and multiply-adds.
 
-Layers are the network's convolutions and linear maps; BatchNorm's affine terms are not scored. Gradients are taken
-with ``torch.autograd.grad``, so a score leaves every ``.grad`` as it was; synflow works on a copy. A weight that
-does not take part in the forward pass (an op the supernet does not run) contributes nothing.
+Layers are the network's convolutions and linear maps; BatchNorm's affine terms are not scored. A weight that does not
+take part in the forward pass (an op the supernet does not run) contributes nothing.
+
+A score is a pure function of (network, batch): every registered score runs through ``pure``, which puts back the
+network's buffers (BatchNorm's running statistics, which a forward pass in training mode moves) and every module's
+training flag, so that a score never changes what the next score, or the next call, sees. Gradients are taken with
+``torch.autograd.grad``, so no ``.grad`` changes either; synflow and swap work on a copy.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,13 +56,32 @@ class Score:
 _SCORES: dict[str, Score] = {}
 
 
+def pure(fn: ScoreFn) -> ScoreFn:
+    """``fn`` that leaves the network as it found it: its buffers (BatchNorm's running statistics) and every
+    module's training flag are put back afterwards, whatever ``fn`` ran."""
+    @functools.wraps(fn)
+    def run(model: nn.Module, batch: Batch) -> float:
+        modes = [(m, m.training) for m in model.modules()]
+        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        try:
+            return fn(model, batch)
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            for m, training in modes:
+                m.training = training
+    return run
+
+
 def register_score(name: str, summary: str) -> Callable[[ScoreFn], ScoreFn]:
-    """Make ``fn(network, (x, y)) -> float`` (higher is better) available as the score ``name``."""
+    """Make ``fn(network, (x, y)) -> float`` (higher is better) available as the score ``name``, made pure (see
+    ``pure``): the decorated name is the pure function too."""
     def add(fn: ScoreFn) -> ScoreFn:
         if name in _SCORES:
             raise ValueError(f"score {name!r} is already registered")
-        _SCORES[name] = Score(name, fn, summary)
-        return fn
+        _SCORES[name] = Score(name, pure(fn), summary)
+        return _SCORES[name].fn
     return add
 
 
@@ -131,14 +159,26 @@ def naswot(model: nn.Module, batch: Batch) -> float:
     return float(torch.linalg.slogdet(relu_kernel(model, batch[0]))[1])
 
 
+def arch_parameter_ids(model: nn.Module) -> set[int]:
+    """The ids of a supernet's architecture parameters (alpha), which are no weights of the network; none for a
+    network that has none."""
+    arch = getattr(model, "arch_parameters", None)
+    return {id(p) for p in arch()} if callable(arch) else set()
+
+
 @register_score("synflow", "log of sum theta * dR/dtheta, R the output of the all-positive network on ones "
                            "(Tanaka et al. 2020)")
 def synflow(model: nn.Module, batch: Batch) -> float:
     x = batch[0]
-    net = copy.deepcopy(model).double().eval()  # eval: BatchNorm uses its (initial) running statistics
-    with torch.no_grad():
-        for p in net.parameters():
-            p.abs_()
+    net = copy.deepcopy(model).double().eval()
+    for m in net.modules():  # BatchNorm at fresh statistics, whatever the network's have become: a scaled identity
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+    arch = arch_parameter_ids(net)
+    with torch.no_grad():  # every weight made positive; a supernet's alpha keeps its sign (it weights ops, and
+        for p in net.parameters():  # softmax(|alpha|) would make alpha and -alpha one supernet)
+            if id(p) not in arch:
+                p.abs_()
     ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=x.device)
     pairs = weight_grads(net, lambda: logits_of(net, ones).sum())
     total = sum(float((w * g).sum()) for w, g in pairs)
@@ -206,6 +246,70 @@ def ntk(model: nn.Module, batch: Batch) -> float:
     if eig[0] <= 0:  # a singular kernel: the worst condition there is
         return -math.inf
     return -math.log(float(eig[-1] / eig[0]))
+
+
+def pattern_count(codes: torch.Tensor) -> int:
+    """The number of distinct rows of ``codes`` (units, N) bool: each row packed into 62-bit words first."""
+    n = codes.shape[1]
+    words = -(-n // 62)
+    padded = torch.zeros(codes.shape[0], words * 62, dtype=torch.int64, device=codes.device)
+    padded[:, :n] = codes.to(torch.int64)
+    bits = 2 ** torch.arange(62, dtype=torch.int64, device=codes.device)
+    packed = (padded.view(-1, words, 62) * bits).sum(-1)  # (units, words)
+    return int(torch.unique(packed, dim=0).shape[0])
+
+
+@register_score("swap", "distinct sample-wise activation patterns of the ReLUs on the batch, weights from N(0, 1) "
+                        "(Peng et al. 2024)")
+def swap(model: nn.Module, batch: Batch) -> float:
+    net = copy.deepcopy(model)
+    g = torch.Generator(device=batch[0].device).manual_seed(0)
+    with torch.no_grad():  # the authors' initialisation: weights N(0, 1), biases 0, BatchNorm's affine terms 1 and 0
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                m.weight.normal_(generator=g)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    codes: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if output.dim() == 4:  # the feature maps' units, as the authors count them
+            codes.append((output.detach() > 0).flatten(1).T)  # (units, N)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            logits_of(net, batch[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return float(pattern_count(torch.cat(codes))) if codes else 0.0
+
+
+@register_score("meco", "sum over convolutions of the smallest eigenvalue of the correlation of one image's output "
+                        "channels (Jiang et al. 2023)")
+def meco(model: nn.Module, batch: Batch) -> float:
+    total = torch.zeros((), dtype=torch.float64)
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        f = output.detach()[0].flatten(1).to(torch.float64)  # (channels, H*W) the one image's feature maps
+        if f.shape[0] < 2 or f.shape[1] < 2:
+            return
+        corr = torch.corrcoef(f).nan_to_num(0.0)  # a constant channel correlates with nothing
+        corr.fill_diagonal_(1.0)
+        total.add_(torch.linalg.eigvalsh(corr)[0].cpu())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            logits_of(model, batch[0][:1])  # one image: the published score reads one
+    finally:
+        for h in handles:
+            h.remove()
+    return float(total)
 
 
 @register_score("params", "the number of parameters (the naive baseline)")

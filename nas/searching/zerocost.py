@@ -89,19 +89,18 @@ def rank_cells(cells: Sequence[Genotype], names: Sequence[str], ensemble: str, b
 
 def random_cells(space: Any, seed: int, samples: int, keep: Callable[[Genotype], bool] | None = None
                  ) -> list[Genotype]:
-    """``samples`` random cells (under the darts rule's constraints, seeded by ``seed``); with ``keep``, only those it
-    keeps, drawing at most 50 times as many."""
+    """``samples`` distinct random cells (drawn uniformly under the darts rule's constraints, seeded by ``seed``, a
+    cell drawn again skipped); with ``keep``, only those it keeps. The draws are bounded (50 times ``samples``): a
+    space, or a budget, with fewer such cells gives fewer."""
     rng = random.Random(seed)
-    if keep is None:
-        return [random_genotype(space, rng, "darts") for _ in range(samples)]
-    out: list[Genotype] = []
+    found: dict[str, Genotype] = {}
     for _ in range(50 * samples):
-        if len(out) == samples:
+        if len(found) == samples:
             break
         g = random_genotype(space, rng, "darts")
-        if keep(g):
-            out.append(g)
-    return out
+        if str(g) not in found and (keep is None or keep(g)):
+            found[str(g)] = g
+    return list(found.values())
 
 
 def cells_from_alpha(space: Any, alpha: dict[str, torch.Tensor], samples: int, seed: int, rule: str = "darts",
