@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from pathlib import Path
@@ -28,11 +27,12 @@ from nas.bench201 import DATASETS, RESNET_CELL, load_benchmark
 from nas.data.datasets import load_image_folder
 from nas.data.pipeline import channel_stats
 from nas.searching.scores import get_score, score_names
-from nas.searching.zerocost import aggregate, kendall_tau, scoring_network, spearman
-from nas.space.genotype import from_nb201_string, random_genotype, to_nb201_string
+from nas.searching.zerocost import aggregate, kendall_tau, random_cells, scoring_network, spearman
+from nas.space.genotype import from_nb201_string, to_nb201_string
 from nas.space.spaces import get_space
 
-DEFAULT_SCORES = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "zico", "ntk", "params", "flops")
+DEFAULT_SCORES = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "zico", "swap", "meco", "ntk", "params",
+                  "flops")
 DEFAULT_ENSEMBLES = ("naswot+synflow", "naswot+zico", "synflow+zico", "naswot+synflow+zico",
                      "naswot+synflow+zico+ntk", "naswot+synflow+zico+jacob_cov")
 
@@ -102,7 +102,7 @@ def spread(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="image folder (DIR/train/<class>/...), e.g. CIFAR-10's")
-    p.add_argument("--cells", type=int, default=1000, help="random cells drawn (seeded)")
+    p.add_argument("--cells", type=int, default=1000, help="distinct random cells drawn (seeded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cells drawn")
     p.add_argument("--images", type=int, default=5000, help="training images each subset holds")
     p.add_argument("--subset-seeds", default="0", help="comma-separated seeds of the image subsets (and of the "
@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     subsets = [int(s) for s in args.subset_seeds.split(",")]
     table = load_benchmark("table")
     space = get_space("nb201")
-    rng = random.Random(args.seed)
-    cells = [random_genotype(space, rng) for _ in range(args.cells)]
+    cells = random_cells(space, args.seed, args.cells)
     cpu = {n: 0.0 for n in names}
     counted = {n: 0 for n in names}
     per_subset = [score_subset(cells, names, args, s, cpu, counted) for s in subsets]

@@ -146,12 +146,13 @@ class Batches:
     def __init__(self, data: ImageSet, indices: torch.Tensor | None = None, *, batch_size: int,
                  mean: list[float], std: list[float], device: torch.device | str = "cpu", seed: int = 0,
                  shuffle: bool = True, augment: bool = False, cutout: int = 0, drop_last: bool = True,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), pad: int = 4):
         idx = torch.arange(len(data)) if indices is None else indices
         self.images = data.images[idx].to(device)  # (N, C, H, W) uint8
         self.labels = data.labels[idx].to(device)  # (N,)
         self.batch_size, self.seed, self.shard = batch_size, seed, shard
         self.shuffle, self.augment, self.cutout = shuffle, augment, cutout
+        self.pad = pad  # the random crop's zero padding, in pixels
         n = len(self.labels)
         self.drop_last = drop_last and n >= batch_size
         self.device = self.images.device
@@ -183,7 +184,7 @@ class Batches:
             x = self.images[idx]
             g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, i))
             if self.augment:
-                x = random_crop_flip(x, g, total=len(batch), part=part)
+                x = random_crop_flip(x, g, self.pad, total=len(batch), part=part)
             x = torch.addcmul(self.shift, x.float(), self.scale)
             if self.cutout:  # after normalizing: the hole is the mean colour, as in DARTS
                 x = cutout(x, self.cutout, g, total=len(batch), part=part)

@@ -65,18 +65,19 @@ def rungs(cells: int, epochs: int, eta: int) -> list[tuple[int, int]]:
     return [(n, max(1, epochs // eta ** (len(counts) - 1 - r))) for r, n in enumerate(counts)]
 
 
-def train_epoch(f: Finalist, train: Batches, epoch: int, memory_format: torch.memory_format) -> float:
-    """One epoch of ``f`` on ``train``; its mean training loss."""
-    f.net.train()
+def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                train: Batches, epoch: int, memory_format: torch.memory_format) -> float:
+    """One epoch of ``net`` on ``train`` (SGD with ``opt``, ``sched`` stepped per batch); its mean training loss."""
+    net.train()
     total, n = torch.zeros((), dtype=torch.float64, device=train.device), 0
     for x, y in train.epoch(epoch):
-        logits = f.net(x.contiguous(memory_format=memory_format))[0]
+        logits = net(x.contiguous(memory_format=memory_format))[0]
         loss = nn.functional.cross_entropy(logits, y)
-        f.opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(f.net.parameters(), 5.0)
-        f.opt.step()
-        f.sched.step()
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        sched.step()
         total += loss.detach() * len(y)
         n += len(y)
     return float(total) / n
@@ -127,7 +128,7 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
         alive = alive[:n]
         for f in alive:
             while len(f.train_loss) < until:
-                f.train_loss.append(train_epoch(f, train, len(f.train_loss), memory_format))
+                f.train_loss.append(train_epoch(f.net, f.opt, f.sched, train, len(f.train_loss), memory_format))
                 if valid is not None and rank != "tse":  # the figures the rank reads at the rung's end
                     f.valid.append(evaluate(f.net, valid, memory_format) if len(f.train_loss) > until - average
                                    else None)
