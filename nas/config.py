@@ -175,6 +175,10 @@ class FinalOptions:
                      low=0.0, low_open=True)
     momentum: float = _key(0.9, "SGD momentum (Nesterov)", low=0.0, high=1.0)
     weight_decay: float = _key(5e-4, "SGD weight decay", low=0.0)
+    image_size: int | None = _key(None, "the finalists' images resized to this many pixels a side (null: the data's "
+                                        "size); smaller images train each finalist faster", low=4)
+    together: bool = _key(False, "train the finalists as one module (model.space=nb201): the same figures as one by "
+                                 "one; slower on a CPU (benchmarks/final_stage.py), meant for accelerators")
 
 
 @dataclass(frozen=True)
@@ -394,6 +398,9 @@ class SearchConfig:
         if s.unrolled and self.run.amp != "off":
             raise ConfigError(f"search.unrolled=true runs in float32 only (run.amp={self.run.amp!r}): its finite "
                               "differences are smaller than half precision resolves; valid: run.amp=off")
+        if s.final.together and self.model.space != "nb201":
+            raise ConfigError(f"search.final.together applies only to model.space=nb201, whose networks stack; not "
+                              f"{self.model.space}")
         if s.benchmark and self.model.space != "nb201":
             raise ConfigError(f"search.benchmark applies only to model.space=nb201 (NAS-Bench-201's cells), not "
                               f"{self.model.space}")

@@ -124,6 +124,9 @@ def test_a_cell_that_passes_nothing_on_scores_lowest() -> None:
     net = scoring_network(g, C=4, layers=1, num_classes=5)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
     assert get_score("jacob_cov")(net, (x, y)) == -math.inf
+    resnet = scoring_network(from_nb201_string("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|"
+                                               "skip_connect~2|"), C=4, layers=1, num_classes=5)
+    assert get_score("meco")(net, (x, y)) < get_score("meco")(resnet, (x, y))  # its constant maps add nothing
     assert get_score("naswot")(net, (x, y)) < get_score("naswot")(
         scoring_network(from_nb201_string("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|"
                                           "skip_connect~2|"), C=4, layers=1, num_classes=5), (x, y))
@@ -236,7 +239,7 @@ def test_swap_counts_the_distinct_activation_patterns_of_the_units() -> None:
     codes = (nn.functional.conv2d(x, W) > 0).flatten(1).T  # (units, images)
     expected = len({tuple(row.tolist()) for row in codes})
     assert get_score("swap")(net, (x, y)) == expected
-    assert float(net[0].weight.detach().abs().max()) < 1.0  # the network's own weights are untouched (kaiming init is small)
+    assert float(net[0].weight.detach().abs().max()) < 1.0  # the network's own weights are untouched (small init)
     from nas.searching.scores import pattern_count
 
     many = torch.rand(40, 130) > 0.5  # more images than one packed word holds

@@ -148,10 +148,14 @@ SMALL = ["data.synthetic.train=96", "data.image_size=8", "data.batch_size=16", "
     ("nb201", ["search.derive=score", "search.score=[naswot,params]", "search.ensemble=vote", "search.prior=2",
                "search.prior_samples=6", "search.pool=alpha", "search.samples=4"]),
     ("nb201", ["search.derive=perturb", "search.perturb_by=score", "search.score=[zico]"]),
+    ("nb201", ["search.derive=score", "search.score=[naswot]", "search.samples=5", "search.final.cells=3",
+               "search.final.epochs=2", "search.final.image_size=4", "search.final.together=true",
+               "search.final.rank=loss"]),
     ("darts", ["search.derive=score", "search.score=[naswot,synflow]", "search.samples=3", "search.final.cells=2",
                "search.final.epochs=1"]),
     ("darts", ["search.derive=perturb", "search.perturb_by=score", "search.score=[naswot]"]),
-], ids=["nb201-final", "nb201-prior-vote", "nb201-zc-pt", "darts-final", "darts-zc-pt"])
+], ids=["nb201-final", "nb201-prior-vote", "nb201-zc-pt", "nb201-final-small-together", "darts-final",
+      "darts-zc-pt"])
 def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str, extra: list[str]) -> None:
     layers = "model.layers=1" if space == "nb201" else "model.layers=3"
     cfg = load_config(SearchConfig, None, [*SMALL, f"model.space={space}", layers, *extra, f"run.dir={tmp_path}"])
@@ -166,6 +170,8 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
     log = (run_dir / "log.txt").read_text()  # 48 images in the alpha half, the default score batch is 64
     assert "search.score_batch=64 is more than the 48 images of the alpha half; the zero-cost scores read all 48" in log
     assert " 0 epochs" in log and "1 epochs" not in log and "1 cells" not in log
+    if "search.final.image_size=4" in extra:
+        assert "trained together as one module" in log and "images of 4 px" in log
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -183,6 +189,8 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
      "search.final.average=2 averages validation figures; rank=tse reads none"),
     (["search.derive=score", "search.final.cells=2", "search.final.rank=accuracy", "search.final.epochs=3",
       "search.final.average=4"], "search.final.average=4 is more than search.final.epochs=3; valid: 1 to 3"),
+    (["search.derive=score", "search.final.cells=2", "search.final.image_size=2"],
+     "search.final.image_size=2 is out of range; valid: 4 <= image_size"),
 ])
 def test_bad_selection_keys_are_refused_in_one_line(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as e:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nas.data.datasets import ImageSet
-from nas.data.pipeline import Batches, SearchData
+from nas.data.pipeline import Batches, SearchData, resize
 from nas.searching.budget import fmt
 from nas.searching.supernet import Supernet
 from nas.space.genotype import Genotype, alpha_rule
@@ -71,13 +71,19 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
         return ranked[0], None
     from nas.searching.finalists import successive_halving
 
-    train = Batches(ImageSet(d.train.images, d.train.labels, []), batch_size=cfg.data.batch_size, mean=mean,
-                    std=std, device=device, seed=cfg.seed, augment=cfg.data.augment)  # every process: all of it
+    train_images, pad = d.train.images, 4
+    if f.image_size and f.image_size != train_images.shape[-1]:  # smaller (or larger) images, cropped in proportion
+        pad = max(1, round(4 * f.image_size / train_images.shape[-1]))
+        train_images = resize(train_images, f.image_size)
+        plain = Batches(ImageSet(resize(valid.images, f.image_size), valid.labels, []), batch_size=cfg.data.batch_size,
+                        mean=mean, std=std, device=device, shuffle=False, drop_last=False)
+    train = Batches(ImageSet(train_images, d.train.labels, []), batch_size=cfg.data.batch_size, mean=mean,
+                    std=std, device=device, seed=cfg.seed, augment=cfg.data.augment, pad=pad)  # every process: all
     winner, records = successive_halving(
         ranked[:f.cells], train, plain if f.rank != "tse" else None, C=f.C or cfg.model.C,
         layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.epochs, eta=f.eta, rank=f.rank,
         average=f.average, lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed,
-        memory_format=memory_format, say=log.print)
+        together=f.together, memory_format=memory_format, say=log.print)
     return winner, {"rank": f.rank, "cells": records, "winner": str(winner)}
 
 

@@ -13,6 +13,7 @@ last rung's epochs, so cells stopped at a rung have seen exactly what the surviv
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +35,6 @@ RANKS = tuple(RANKED_BY)
 @dataclass
 class Finalist:
     genotype: Genotype
-    net: nn.Module
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
     train_loss: list[float] = field(default_factory=list)  # per epoch, the mean over its images
     # per epoch: (accuracy %, mean loss) on the alpha half, None for an epoch whose figures no rank reads
     valid: list[tuple[float, float] | None] = field(default_factory=list)
@@ -63,6 +61,23 @@ def rungs(cells: int, epochs: int, eta: int) -> list[tuple[int, int]]:
     while counts[-1] >= 2 * eta:
         counts.append(counts[-1] // eta)
     return [(n, max(1, epochs // eta ** (len(counts) - 1 - r))) for r, n in enumerate(counts)]
+
+
+@dataclass
+class Recipe:
+    """How a finalist trains: SGD with Nesterov momentum, cosine from ``lr`` to 0 over ``steps``, gradients clipped
+    to norm 5 per network."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    steps: int
+    memory_format: torch.memory_format
+
+    def optimizer(self, params: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
+                              weight_decay=self.weight_decay)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
 
 
 def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
@@ -96,53 +111,137 @@ def evaluate(net: nn.Module, valid: Batches, memory_format: torch.memory_format)
     return 100 * float(correct) / valid.num_images, float(loss) / valid.num_images
 
 
+class OneByOne:
+    """Finalists trained one after another, each network with its own optimiser (any space)."""
+
+    def __init__(self, nets: list[nn.Module], recipe: Recipe):
+        self.nets, self.recipe = nets, recipe
+        self.optims = [recipe.optimizer(n.parameters()) for n in nets]
+
+    def train_epoch(self, train: Batches, epoch: int) -> list[float]:
+        return [train_epoch(n, opt, sched, train, epoch, self.recipe.memory_format)
+                for n, (opt, sched) in zip(self.nets, self.optims, strict=True)]
+
+    def evaluate(self, valid: Batches) -> list[tuple[float, float]]:
+        return [evaluate(n, valid, self.recipe.memory_format) for n in self.nets]
+
+    def keep(self, which: Sequence[int]) -> OneByOne:
+        out = copy.copy(self)
+        out.nets, out.optims = [self.nets[i] for i in which], [self.optims[i] for i in which]
+        return out
+
+
+class Together:
+    """NAS-Bench-201 finalists trained as one module (nas.space.stacked): each network sees the same batches, and
+    its gradient, its clipping and its SGD step are those it would have alone."""
+
+    def __init__(self, nets: list[nn.Module], recipe: Recipe, momentum: list[dict[str, torch.Tensor]] | None = None,
+                 schedule: dict[str, Any] | None = None):
+        from nas.space.stacked import StackedNB201
+
+        self.nets, self.recipe = nets, recipe
+        device = next(nets[0].parameters()).device
+        self.model = StackedNB201(nets).to(device).to(memory_format=recipe.memory_format)  # type: ignore[arg-type]
+        self.opt, self.sched = recipe.optimizer(self.model.parameters())
+        if schedule is not None:  # survivors of a rung go on where the schedule stood
+            self.sched.load_state_dict(schedule)
+            for group, lr in zip(self.opt.param_groups, self.sched.get_last_lr(), strict=True):
+                group["lr"] = lr
+        if momentum is not None:
+            joined = self.model.join(momentum)
+            for name, p in self.model.named_parameters():
+                self.opt.state[p]["momentum_buffer"] = joined[name].to(p.device)
+
+    def train_epoch(self, train: Batches, epoch: int) -> list[float]:
+        from nas.space.stacked import clip_grad_norms
+
+        self.model.train()
+        K, fmt = self.model.K, self.recipe.memory_format
+        total, n = torch.zeros(K, dtype=torch.float64, device=train.device), 0
+        for x, y in train.epoch(epoch):
+            logits = self.model(x.contiguous(memory_format=fmt))  # (B, K, classes)
+            losses = nn.functional.cross_entropy(logits.transpose(1, 2), y[:, None].expand(-1, K),
+                                                 reduction="none").mean(0)  # (K,) each network's mean loss
+            self.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            clip_grad_norms(self.model, 5.0)
+            self.opt.step()
+            self.sched.step()
+            total += losses.detach() * len(y)
+            n += len(y)
+        return [float(v) / n for v in total]
+
+    @torch.no_grad()
+    def evaluate(self, valid: Batches) -> list[tuple[float, float]]:
+        self.model.eval()
+        K = self.model.K
+        correct = torch.zeros(K, device=valid.device)
+        loss = torch.zeros(K, dtype=torch.float64, device=valid.device)
+        for x, y in valid.epoch(0):
+            logits = self.model(x.contiguous(memory_format=self.recipe.memory_format))
+            correct += (logits.argmax(2) == y[:, None]).sum(0)
+            loss += nn.functional.cross_entropy(logits.transpose(1, 2), y[:, None].expand(-1, K),
+                                                reduction="none").sum(0)
+        return [(100 * float(c) / valid.num_images, float(v) / valid.num_images) for c, v in zip(correct, loss,
+                                                                                                   strict=True)]
+
+    def keep(self, which: Sequence[int]) -> Together:
+        """The finalists ``which`` as a new stack, with their weights, statistics and momentum."""
+        self.model.write_back(self.nets)  # type: ignore[arg-type]
+        buffers = {name: self.opt.state[p]["momentum_buffer"] for name, p in self.model.named_parameters()
+                   if "momentum_buffer" in self.opt.state[p]}
+        momentum = self.model.split(buffers) if buffers else None
+        return Together([self.nets[i] for i in which], self.recipe,
+                        [momentum[i] for i in which] if momentum else None, self.sched.state_dict())
+
+
 def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches | None, *, C: int, layers: int,
                        num_classes: int, epochs: int, eta: int = 2, rank: str = "tse", average: int = 1,
                        lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
-                       memory_format: torch.memory_format = torch.contiguous_format,
+                       together: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
                        say: Callable[[str], None] = print) -> tuple[Genotype, list[dict[str, Any]]]:
     """The cell of ``cells`` (best first by the stage before) that wins the successive halving, and every cell's
     record (its training losses, validation figures, the rung it was dropped after). With rank=accuracy or loss, a
-    cell is measured on ``valid`` after each of the last ``average`` epochs of each rung it reaches."""
+    cell is measured on ``valid`` after each of the last ``average`` epochs of each rung it reaches. ``together``:
+    train the cells as one module (NAS-Bench-201 cells only), with the same figures."""
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; valid: {', '.join(RANKS)}")
     if rank != "tse" and valid is None:
         raise ValueError(f"rank={rank} needs validation batches")
+    if together and any(g.space != "nb201" for g in cells):
+        raise ValueError("only NAS-Bench-201 cells train together")
     plan = rungs(len(cells), epochs, eta)
-    last = plan[-1][1]
-    steps = len(train) * last
-    finalists = []
-    for g in cells:
-        net = scoring_network(g, C=C, layers=layers, num_classes=num_classes, in_channels=train.images.shape[1],
-                              seed=seed).to(train.device).to(memory_format=memory_format)
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
-                              weight_decay=weight_decay)
-        finalists.append(Finalist(g, net, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)))
+    recipe = Recipe(lr, momentum, weight_decay, len(train) * plan[-1][1], memory_format)
+    nets = [scoring_network(g, C=C, layers=layers, num_classes=num_classes, in_channels=train.images.shape[1],
+                            seed=seed).to(train.device).to(memory_format=memory_format) for g in cells]
+    group: OneByOne | Together = (Together if together else OneByOne)(nets, recipe)
+    finalists = [Finalist(g) for g in cells]
     over = f" averaged over the last {count(average, 'epoch')}" if average > 1 and rank != "tse" else ""
-    say(f"final stage: {count(len(cells), 'cell')} trained alone (C={C}, {count(layers, 'cell')} per stage, "
-        f"{train.num_images} images), ranked by {RANKED_BY[rank]}{over}; "
+    how = "together as one module" if together else "alone"
+    say(f"final stage: {count(len(cells), 'cell')} trained {how} (C={C}, {count(layers, 'cell')} per stage, "
+        f"{train.num_images} images of {train.images.shape[-1]} px), ranked by {RANKED_BY[rank]}{over}; "
         "rungs of " + ", ".join(f"{count(n, 'cell')} to epoch {e}" for n, e in plan))
     alive = finalists
     start = time.perf_counter()
     for r, (n, until) in enumerate(plan, start=1):
-        alive = alive[:n]
-        for f in alive:
-            while len(f.train_loss) < until:
-                f.train_loss.append(train_epoch(f.net, f.opt, f.sched, train, len(f.train_loss), memory_format))
-                if valid is not None and rank != "tse":  # the figures the rank reads at the rung's end
-                    f.valid.append(evaluate(f.net, valid, memory_format) if len(f.train_loss) > until - average
-                                   else None)
-        alive = sorted(alive, key=lambda f: f.key(rank, average))  # stable: on a tie, the earlier candidate
+        while len(alive[0].train_loss) < until:
+            for f, loss in zip(alive, group.train_epoch(train, len(alive[0].train_loss)), strict=True):
+                f.train_loss.append(loss)
+            if valid is not None and rank != "tse":  # the figures the rank reads at the rung's end
+                measured = len(alive[0].train_loss) > until - average
+                for f, v in zip(alive, group.evaluate(valid) if measured else [None] * len(alive), strict=True):
+                    f.valid.append(v)
+        order = sorted(range(len(alive)), key=lambda i: alive[i].key(rank, average))  # stable: ties keep the order
         keep = plan[r][0] if r < len(plan) else 1
-        for f in alive[keep:]:
-            f.out_at = r
-        best = alive[0]
+        for i in order[keep:]:
+            alive[i].out_at = r
+        best = alive[order[0]]
         say(f"  rung {r}/{len(plan)}: {count(n, 'cell')} to epoch {until}, {time.perf_counter() - start:.0f}s; best "
             f"{describe(best, rank, average)}  {best.genotype}")
-    winner = alive[0]
-    for f in finalists:  # free the networks: only the records stay
-        f.net = f.opt = f.sched = None  # type: ignore[assignment]
-    return winner.genotype, [f.record() for f in finalists]
+        if r < len(plan):
+            group = group.keep(order[:keep])
+        alive = [alive[i] for i in order[:keep]]
+    return alive[0].genotype, [f.record() for f in finalists]
 
 
 def describe(f: Finalist, rank: str, average: int = 1) -> str:

@@ -298,8 +298,9 @@ def meco(model: nn.Module, batch: Batch) -> float:
         f = output.detach()[0].flatten(1).to(torch.float64)  # (channels, H*W) the one image's feature maps
         if f.shape[0] < 2 or f.shape[1] < 2:
             return
-        corr = torch.corrcoef(f).nan_to_num(0.0)  # a constant channel correlates with nothing
-        corr.fill_diagonal_(1.0)
+        # a constant channel's row and column are undefined: 0, its diagonal entry too, as the authors set them (so
+        # a layer that passes nothing on adds 0, and one with dead channels at most 0)
+        corr = torch.corrcoef(f).nan_to_num(0.0)
         total.add_(torch.linalg.eigvalsh(corr)[0].cpu())
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -134,7 +134,8 @@ class NB201Cell(nn.Module):
     def __init__(self, nodes: tuple[Node, ...], C: int):
         super().__init__()
         self.nodes = [[src for _, src in node] for node in nodes]
-        self.ops = nn.ModuleList(create_op(op, C, C, 1) for node in nodes for op, _ in node)
+        self.op_names = [op for node in nodes for op, _ in node]  # per edge, in the order of self.ops
+        self.ops = nn.ModuleList(create_op(op, C, C, 1) for op in self.op_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         states = [x]

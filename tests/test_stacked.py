@@ -1,0 +1,128 @@
+"""K NAS-Bench-201 networks as one module (nas/space/stacked.py) and the final stage that trains its finalists
+together: the same logits, gradients, clipping and SGD steps as the networks alone, and the same records."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from nas.data.datasets import make_synthetic
+from nas.data.pipeline import Batches
+from nas.searching.finalists import successive_halving
+from nas.searching.zerocost import scoring_network
+from nas.space.genotype import from_nb201_string, random_genotype
+from nas.space.spaces import get_space
+from nas.space.stacked import StackedNB201, clip_grad_norms
+
+ODD = ["|skip_connect~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|skip_connect~2|",  # no op with a weight
+       "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",  # passes nothing on
+       "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"]
+
+
+def networks(n: int = 6, seed: int = 1, C: int = 4, layers: int = 1) -> list[nn.Module]:
+    rng = random.Random(seed)
+    cells = [random_genotype(get_space("nb201"), rng) for _ in range(n - len(ODD))] + [from_nb201_string(s)
+                                                                                       for s in ODD]
+    return [scoring_network(g, C=C, layers=layers, num_classes=3, seed=k) for k, g in enumerate(cells)]
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_stack_computes_each_networks_logits_and_gradients(layers: int) -> None:
+    nets = networks(layers=layers)
+    stack = StackedNB201(nets)  # type: ignore[arg-type]
+    assert sum(p.numel() for p in stack.parameters()) == sum(p.numel() for n in nets for p in n.parameters())
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))
+    out = stack(x)
+    assert out.shape == (8, len(nets), 3)
+    nn.functional.cross_entropy(out.transpose(1, 2), y[:, None].expand(-1, len(nets))).mul(len(nets)).backward()
+    for k, net in enumerate(nets):
+        logits = net(x)[0]
+        torch.testing.assert_close(out[:, k], logits, rtol=1e-5, atol=1e-6)
+        nn.functional.cross_entropy(logits, y).backward()
+    grads = stack.split({n: p.grad for n, p in stack.named_parameters() if p.grad is not None})
+    for k, net in enumerate(nets):
+        for name, p in net.named_parameters():
+            if p.grad is None:  # a parameter no forward pass reached has none in the stack either
+                assert name not in grads[k] or float(grads[k][name].abs().sum()) == 0
+                continue
+            torch.testing.assert_close(grads[k][name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_split_join_and_write_back_round_trip() -> None:
+    nets = networks()
+    stack = StackedNB201(nets)  # type: ignore[arg-type]
+    state = stack.state_dict()
+    per_net = stack.split(state)
+    for k, net in enumerate(nets):
+        assert per_net[k].keys() == net.state_dict().keys()
+        assert all(torch.equal(v, net.state_dict()[n]) for n, v in per_net[k].items())
+    joined = stack.join(per_net)
+    assert joined.keys() == state.keys() and all(torch.equal(joined[n], state[n]) for n in state)
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.add_(1.0)
+    stack.write_back(nets)  # type: ignore[arg-type]
+    again = StackedNB201(nets)  # type: ignore[arg-type]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), stack.state_dict().values(),
+                                                  strict=True))
+
+
+def test_each_network_is_clipped_as_it_would_be_alone() -> None:
+    nets = networks()
+    stack = StackedNB201(nets)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(0)
+    for p in stack.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * (0.01 if p.shape[0] % 2 else 1.0)
+    alone = stack.split({n: p.grad.clone() for n, p in stack.named_parameters()})
+    norms = clip_grad_norms(stack, 5.0)
+    clipped = stack.split({n: p.grad for n, p in stack.named_parameters()})
+    for k, net in enumerate(nets):
+        params = dict(net.named_parameters())
+        for name, grad in alone[k].items():
+            params[name].grad = grad
+        before = float(torch.nn.utils.clip_grad_norm_(list(params.values()), 5.0))
+        assert float(norms[k]) == pytest.approx(before, rel=1e-5)
+        for name, p in params.items():
+            torch.testing.assert_close(clipped[k][name], p.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("rank,eta", [("accuracy", 2), ("tse", 8)])
+def test_finalists_trained_together_match_finalists_trained_alone(rank: str, eta: int) -> None:
+    data = make_synthetic(96, 3, 12, seed=0)
+    train = Batches(data, batch_size=32, mean=[0.5] * 3, std=[0.25] * 3, seed=0, augment=True)
+    valid = Batches(make_synthetic(64, 3, 12, seed=1), batch_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                    shuffle=False, drop_last=False)
+    rng = random.Random(2)
+    cells = [random_genotype(get_space("nb201"), rng) for _ in range(3)] + [from_nb201_string(ODD[2])]
+    runs = {}
+    for together in (False, True):
+        lines: list[str] = []
+        runs[together] = successive_halving(cells, train, valid, C=4, layers=1, num_classes=3, epochs=4, eta=eta,
+                                            rank=rank, average=2, lr=0.1, seed=0, together=together,
+                                            say=lines.append)
+        assert ("together as one module" in lines[0]) == together
+    (alone_winner, alone), (together_winner, both) = runs[False], runs[True]
+    assert together_winner == alone_winner
+    for a, b in zip(alone, both, strict=True):
+        assert a["genotype"] == b["genotype"] and a["epochs"] == b["epochs"] and a["out_after_rung"] == b[
+            "out_after_rung"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        for key in ("valid_acc", "valid_loss"):
+            assert [v is None for v in a[key]] == [v is None for v in b[key]]
+            assert [v for v in b[key] if v is not None] == pytest.approx([v for v in a[key] if v is not None],
+                                                                       rel=1e-3, abs=1e-3)
+
+
+def test_only_nb201_cells_train_together() -> None:
+    data = make_synthetic(64, 3, 12, seed=0)
+    train = Batches(data, batch_size=32, mean=[0.5] * 3, std=[0.25] * 3, seed=0)
+    rng = random.Random(0)
+    cells = [random_genotype(get_space("darts"), rng) for _ in range(2)]
+    with pytest.raises(ValueError, match="only NAS-Bench-201 cells train together"):
+        successive_halving(cells, train, None, C=4, layers=3, num_classes=3, epochs=1, together=True)
+    lines: list[str] = []
+    winner, _ = successive_halving(cells, train, None, C=4, layers=3, num_classes=3, epochs=1, say=lines.append)
+    assert winner in cells and "trained alone" in lines[0]
