@@ -175,6 +175,8 @@ class FinalOptions:
                      low=0.0, low_open=True)
     momentum: float = _key(0.9, "SGD momentum (Nesterov)", low=0.0, high=1.0)
     weight_decay: float = _key(5e-4, "SGD weight decay", low=0.0)
+    inits: int = _key(1, "initialisations each finalist trains from; its figures are their means (a steadier "
+                         "judge at that many times the cost)", low=1)
     image_size: int | None = _key(None, "the finalists' images resized to this many pixels a side (null: the data's "
                                         "size); smaller images train each finalist faster", low=4)
     together: bool = _key(False, "train the finalists as one module (model.space=nb201): the same figures as one by "

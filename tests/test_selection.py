@@ -150,7 +150,7 @@ SMALL = ["data.synthetic.train=96", "data.image_size=8", "data.batch_size=16", "
     ("nb201", ["search.derive=perturb", "search.perturb_by=score", "search.score=[zico]"]),
     ("nb201", ["search.derive=score", "search.score=[naswot]", "search.samples=5", "search.final.cells=3",
                "search.final.epochs=2", "search.final.image_size=4", "search.final.together=true",
-               "search.final.rank=loss"]),
+               "search.final.rank=loss", "search.final.inits=2"]),
     ("darts", ["search.derive=score", "search.score=[naswot,synflow]", "search.samples=3", "search.final.cells=2",
                "search.final.epochs=1"]),
     ("darts", ["search.derive=perturb", "search.perturb_by=score", "search.score=[naswot]"]),
@@ -171,7 +171,7 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
     assert "search.score_batch=64 is more than the 48 images of the alpha half; the zero-cost scores read all 48" in log
     assert " 0 epochs" in log and "1 epochs" not in log and "1 cells" not in log
     if "search.final.image_size=4" in extra:
-        assert "trained together as one module" in log and "images of 4 px" in log
+        assert "trained together as one module, each from 2 initialisations" in log and "images of 4 px" in log
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -126,3 +126,20 @@ def test_only_nb201_cells_train_together() -> None:
     lines: list[str] = []
     winner, _ = successive_halving(cells, train, None, C=4, layers=3, num_classes=3, epochs=1, say=lines.append)
     assert winner in cells and "trained alone" in lines[0]
+
+
+def test_a_finalist_from_several_initialisations_has_their_mean_figures() -> None:
+    data = make_synthetic(96, 3, 12, seed=0)
+    train = Batches(data, batch_size=32, mean=[0.5] * 3, std=[0.25] * 3, seed=0, augment=True)
+    valid = Batches(make_synthetic(64, 3, 12, seed=1), batch_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                    shuffle=False, drop_last=False)
+    rng = random.Random(2)
+    cells = [random_genotype(get_space("nb201"), rng) for _ in range(3)]
+    common = dict(C=4, layers=1, num_classes=3, epochs=3, eta=8, rank="accuracy", average=2, say=lambda _: None)
+    _, both = successive_halving(cells, train, valid, inits=2, seed=5, **common)  # type: ignore[arg-type]
+    _, first = successive_halving(cells, train, valid, seed=5, **common)  # type: ignore[arg-type]
+    _, second = successive_halving(cells, train, valid, seed=1005, **common)  # type: ignore[arg-type]
+    for b, x, y in zip(both, first, second, strict=True):
+        assert b["train_loss"] == pytest.approx([(u + v) / 2 for u, v in zip(x["train_loss"], y["train_loss"],
+                                                                           strict=True)])
+        assert b["valid_acc"][-1] == pytest.approx((x["valid_acc"][-1] + y["valid_acc"][-1]) / 2)

@@ -83,7 +83,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
         ranked[:f.cells], train, plain if f.rank != "tse" else None, C=f.C or cfg.model.C,
         layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.epochs, eta=f.eta, rank=f.rank,
         average=f.average, lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed,
-        together=f.together, memory_format=memory_format, say=log.print)
+        inits=f.inits, together=f.together, memory_format=memory_format, say=log.print)
     return winner, {"rank": f.rank, "cells": records, "winner": str(winner)}
 
 

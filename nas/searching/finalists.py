@@ -14,6 +14,7 @@ last rung's epochs, so cells stopped at a rung have seen exactly what the surviv
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -198,12 +199,14 @@ class Together:
 def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches | None, *, C: int, layers: int,
                        num_classes: int, epochs: int, eta: int = 2, rank: str = "tse", average: int = 1,
                        lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
-                       together: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
+                       inits: int = 1, together: bool = False,
+                       memory_format: torch.memory_format = torch.contiguous_format,
                        say: Callable[[str], None] = print) -> tuple[Genotype, list[dict[str, Any]]]:
     """The cell of ``cells`` (best first by the stage before) that wins the successive halving, and every cell's
     record (its training losses, validation figures, the rung it was dropped after). With rank=accuracy or loss, a
-    cell is measured on ``valid`` after each of the last ``average`` epochs of each rung it reaches. ``together``:
-    train the cells as one module (NAS-Bench-201 cells only), with the same figures."""
+    cell is measured on ``valid`` after each of the last ``average`` epochs of each rung it reaches. ``inits``: each
+    cell trains from that many initialisations (seeds ``seed``, ``seed + 1000``, ...) and its figures are their
+    means. ``together``: train the cells as one module (NAS-Bench-201 cells only), with the same figures."""
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; valid: {', '.join(RANKS)}")
     if rank != "tse" and valid is None:
@@ -213,23 +216,32 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
     plan = rungs(len(cells), epochs, eta)
     recipe = Recipe(lr, momentum, weight_decay, len(train) * plan[-1][1], memory_format)
     nets = [scoring_network(g, C=C, layers=layers, num_classes=num_classes, in_channels=train.images.shape[1],
-                            seed=seed).to(train.device).to(memory_format=memory_format) for g in cells]
+                            seed=seed + 1000 * i).to(train.device).to(memory_format=memory_format)
+            for g in cells for i in range(inits)]  # each cell's initialisations side by side
     group: OneByOne | Together = (Together if together else OneByOne)(nets, recipe)
     finalists = [Finalist(g) for g in cells]
     over = f" averaged over the last {count(average, 'epoch')}" if average > 1 and rank != "tse" else ""
     how = "together as one module" if together else "alone"
-    say(f"final stage: {count(len(cells), 'cell')} trained {how} (C={C}, {count(layers, 'cell')} per stage, "
+    each = f", each from {inits} initialisations (their mean)" if inits > 1 else ""
+    say(f"final stage: {count(len(cells), 'cell')} trained {how}{each} (C={C}, {count(layers, 'cell')} per stage, "
         f"{train.num_images} images of {train.images.shape[-1]} px), ranked by {RANKED_BY[rank]}{over}; "
         "rungs of " + ", ".join(f"{count(n, 'cell')} to epoch {e}" for n, e in plan))
+
+    def per_cell(values: list[Any]) -> list[Any]:  # the figures of each cell's inits -> their mean
+        runs = [values[j * inits:(j + 1) * inits] for j in range(len(values) // inits)]
+        return [tuple(map(statistics.fmean, zip(*r, strict=True))) if isinstance(r[0], tuple) else statistics.fmean(r)
+                for r in runs]
+
     alive = finalists
     start = time.perf_counter()
     for r, (n, until) in enumerate(plan, start=1):
         while len(alive[0].train_loss) < until:
-            for f, loss in zip(alive, group.train_epoch(train, len(alive[0].train_loss)), strict=True):
+            for f, loss in zip(alive, per_cell(group.train_epoch(train, len(alive[0].train_loss))), strict=True):
                 f.train_loss.append(loss)
             if valid is not None and rank != "tse":  # the figures the rank reads at the rung's end
                 measured = len(alive[0].train_loss) > until - average
-                for f, v in zip(alive, group.evaluate(valid) if measured else [None] * len(alive), strict=True):
+                figures = per_cell(group.evaluate(valid)) if measured else [None] * len(alive)
+                for f, v in zip(alive, figures, strict=True):
                     f.valid.append(v)
         order = sorted(range(len(alive)), key=lambda i: alive[i].key(rank, average))  # stable: ties keep the order
         keep = plan[r][0] if r < len(plan) else 1
@@ -239,7 +251,7 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
         say(f"  rung {r}/{len(plan)}: {count(n, 'cell')} to epoch {until}, {time.perf_counter() - start:.0f}s; best "
             f"{describe(best, rank, average)}  {best.genotype}")
         if r < len(plan):
-            group = group.keep(order[:keep])
+            group = group.keep([j * inits + i for j in order[:keep] for i in range(inits)])
         alive = [alive[i] for i in order[:keep]]
     return alive[0].genotype, [f.record() for f in finalists]
 
