@@ -9,8 +9,9 @@ and every judge computed from the recorded curves, against the table's 200-epoch
 
 Each subset seed is a search's seed: it draws the 5,000-image subset, its weight and alpha halves, the pool of
 distinct random cells and the networks' initialisation, exactly as ``search.py`` does with that seed. A setting is
-``eE[:sS][:rR][:cC]``: E epochs of the final stage's schedule (SGD, cosine from 0.1), the S-th other initialisation
-(S=0: the search's own), images at R pixels (default: the data's), C channels (default 8). Every epoch's training
+``eE[:sS][:rR][:cC][:lL]``: E epochs of the final stage's schedule (SGD, cosine from 0.1), the S-th other
+initialisation (S=0: the search's own), images at R pixels (default: the data's), C channels (default 8), L cells per
+stage (default 1). Every epoch's training
 loss is recorded, and the accuracy and loss on the alpha half after each of the last ``--measured`` epochs.
 
 Every (cell, setting) is one line of the JSON-lines file ``--out``, written as it finishes; a run that stops goes on
@@ -43,12 +44,12 @@ SCORES = ("naswot", "synflow", "zico")
 
 
 def parse_setting(text: str) -> dict[str, int]:
-    """"e12:s1:r16" -> {"epochs": 12, "init": 1, "px": 16, "C": 8}; px 0 is the data's own size."""
-    out = {"epochs": 0, "init": 0, "px": 0, "C": 8}
-    names = {"e": "epochs", "s": "init", "r": "px", "c": "C"}
+    """"e12:s1:r16" -> {"epochs": 12, "init": 1, "px": 16, "C": 8, "layers": 1}; px 0 is the data's own size."""
+    out = {"epochs": 0, "init": 0, "px": 0, "C": 8, "layers": 1}
+    names = {"e": "epochs", "s": "init", "r": "px", "c": "C", "l": "layers"}
     for part in text.split(":"):
         if not part or part[0] not in names or not part[1:].isdigit():
-            raise SystemExit(f"bad setting {text!r}: expected eE[:sS][:rR][:cC], e.g. e12:s1")
+            raise SystemExit(f"bad setting {text!r}: expected eE[:sS][:rR][:cC][:lL], e.g. e12:s1")
         out[names[part[0]]] = int(part[1:])
     if out["epochs"] < 1:
         raise SystemExit(f"bad setting {text!r}: it needs eE with E >= 1")
@@ -95,7 +96,8 @@ def train_one(cell: Genotype, sub: Subset, setting: dict[str, int], measured: in
     train, valid = sub.halves(setting["px"])
     fmt = torch.channels_last
     init = sub.seed + 1000 * setting["init"]
-    net = scoring_network(cell, C=setting["C"], layers=1, num_classes=sub.classes, seed=init).to(memory_format=fmt)
+    net = scoring_network(cell, C=setting["C"], layers=setting["layers"], num_classes=sub.classes,
+                          seed=init).to(memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, len(train) * setting["epochs"])
     start = time.process_time()
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=5000)
     p.add_argument("--pool", type=int, default=1000, help="distinct random cells scored")
     p.add_argument("--finalists", type=int, default=12, help="the best cells of the pool that are trained")
-    p.add_argument("--settings", default="e12", help="comma-separated eE[:sS][:rR][:cC]")
+    p.add_argument("--settings", default="e12", help="comma-separated eE[:sS][:rR][:cC][:lL]")
     p.add_argument("--measured", type=int, default=3, help="last epochs measured on the alpha half")
     p.add_argument("--out", required=True, help="JSON-lines file of the results, read back and extended")
     p.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th piece, from the i-th")

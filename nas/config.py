@@ -175,6 +175,11 @@ class FinalOptions:
                      low=0.0, low_open=True)
     momentum: float = _key(0.9, "SGD momentum (Nesterov)", low=0.0, high=1.0)
     weight_decay: float = _key(5e-4, "SGD weight decay", low=0.0)
+    local_rounds: int = _key(0, "rounds of local search after the final stage: each trains the best cell's one-edge "
+                                "neighbours as the finalists trained and moves to the best of them if it wins "
+                                "(0: none)", low=0)
+    local_size: int = _key(0, "neighbours trained per round, the first by search.score (0: every neighbour no stage "
+                              "has trained)", low=0)
     inits: int = _key(1, "initialisations each finalist trains from; its figures are their means (a steadier "
                          "judge at that many times the cost)", low=1)
     image_size: int | None = _key(None, "the finalists' images resized to this many pixels a side (null: the data's "
@@ -338,6 +343,9 @@ class SearchOptions(SGDOptions):
             if f.average > 1 and f.rank == "tse":
                 raise ConfigError(f"search.final.average={f.average} averages validation figures; rank=tse reads "
                                   "none (it sums every epoch's training loss already); valid: rank=accuracy or loss")
+            if f.local_size and not f.local_rounds:
+                raise ConfigError(f"search.final.local_size={f.local_size} applies only with "
+                                  "search.final.local_rounds > 0")
             if f.average > f.epochs:
                 raise ConfigError(f"search.final.average={f.average} is more than search.final.epochs={f.epochs}; "
                                   f"valid: 1 to {f.epochs}")

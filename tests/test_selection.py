@@ -150,7 +150,8 @@ SMALL = ["data.synthetic.train=96", "data.image_size=8", "data.batch_size=16", "
     ("nb201", ["search.derive=perturb", "search.perturb_by=score", "search.score=[zico]"]),
     ("nb201", ["search.derive=score", "search.score=[naswot]", "search.samples=5", "search.final.cells=3",
                "search.final.epochs=2", "search.final.image_size=4", "search.final.together=true",
-               "search.final.rank=loss", "search.final.inits=2"]),
+               "search.final.rank=loss", "search.final.inits=2", "search.final.local_rounds=1",
+               "search.final.local_size=2"]),
     ("darts", ["search.derive=score", "search.score=[naswot,synflow]", "search.samples=3", "search.final.cells=2",
                "search.final.epochs=1"]),
     ("darts", ["search.derive=perturb", "search.perturb_by=score", "search.score=[naswot]"]),
@@ -166,12 +167,15 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
     assert final.exists() == any(k.startswith("search.final.cells") for k in extra)
     if final.exists():
         record = json.loads(final.read_text())
-        assert record["winner"] == str(g) and len(record["cells"]) == cfg.search.final.cells
+        assert record["winner"] == str(g)
+        assert sum(c["local_round"] == 0 for c in record["cells"]) == cfg.search.final.cells
     log = (run_dir / "log.txt").read_text()  # 48 images in the alpha half, the default score batch is 64
     assert "search.score_batch=64 is more than the 48 images of the alpha half; the zero-cost scores read all 48" in log
     assert " 0 epochs" in log and "1 epochs" not in log and "1 cells" not in log
     if "search.final.image_size=4" in extra:
         assert "trained together as one module, each from 2 initialisations" in log and "images of 4 px" in log
+        assert "local search, round 1/1: 2 neighbours of" in log
+        assert len(record["cells"]) == 5 and [c["local_round"] for c in record["cells"]] == [0, 0, 0, 1, 1]
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -189,6 +193,8 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
      "search.final.average=2 averages validation figures; rank=tse reads none"),
     (["search.derive=score", "search.final.cells=2", "search.final.rank=accuracy", "search.final.epochs=3",
       "search.final.average=4"], "search.final.average=4 is more than search.final.epochs=3; valid: 1 to 3"),
+    (["search.derive=score", "search.final.cells=2", "search.final.local_size=3"],
+     "search.final.local_size=3 applies only with search.final.local_rounds > 0"),
     (["search.derive=score", "search.final.cells=2", "search.final.image_size=2"],
      "search.final.image_size=2 is out of range; valid: 4 <= image_size"),
 ])

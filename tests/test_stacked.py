@@ -143,3 +143,41 @@ def test_a_finalist_from_several_initialisations_has_their_mean_figures() -> Non
         assert b["train_loss"] == pytest.approx([(u + v) / 2 for u, v in zip(x["train_loss"], y["train_loss"],
                                                                            strict=True)])
         assert b["valid_acc"][-1] == pytest.approx((x["valid_acc"][-1] + y["valid_acc"][-1]) / 2)
+
+
+def test_neighbours_differ_from_the_cell_by_one_op() -> None:
+    from nas.space.genotype import neighbours
+
+    for space, n in (("nb201", 24), ("darts", 96)):
+        sp = get_space(space)
+        g = random_genotype(sp, random.Random(3))
+        near = neighbours(sp, g)
+        assert len(near) == len({str(h) for h in near}) == n and str(g) not in {str(h) for h in near}
+        for h in near:
+            before = [e for nodes, _ in g.cells().values() for node in nodes for e in node]
+            after = [e for nodes, _ in h.cells().values() for node in nodes for e in node]
+            assert sum(a != b for a, b in zip(before, after, strict=True)) == 1
+            assert all(a[1] == b[1] for a, b in zip(before, after, strict=True))  # the inputs stay
+
+
+def test_local_search_climbs_while_a_neighbour_wins_and_stops_where_none_does() -> None:
+    from nas.searching.finalists import halving, local_search
+
+    data = make_synthetic(96, 3, 12, seed=0)
+    train = Batches(data, batch_size=32, mean=[0.5] * 3, std=[0.25] * 3, seed=0, augment=True)
+    empty = from_nb201_string(ODD[1])  # passes nothing on: at chance
+    alike = dict(C=4, layers=1, num_classes=3, epochs=2, seed=0)
+    best, finalists = halving([empty], train, None, eta=2, rank="tse", say=lambda _: None, **alike)
+    lines: list[str] = []
+
+    def output_edge_first(cells: list) -> list:  # the neighbours that connect the input to the output first
+        return sorted(cells, key=lambda g: g.normal[2][0][0] == "none")
+
+    won, trained = local_search(best, finalists, get_space("nb201"), train, None, rounds=3, size=2, rank="tse",
+                                average=1, order=output_edge_first, say=lines.append, **alike)
+    assert won.genotype.normal[2][0][0] != "none" and won.key("tse") < best.key("tse")
+    assert {f.round for f in trained} >= {1} and all(len(f.train_loss) == 2 for f in trained)
+    assert len({str(f.genotype) for f in trained}) == len(trained)  # no cell trained twice
+    assert "it is the new best" in lines[1]
+    rounds = max(f.round for f in trained)
+    assert rounds == 3 or "the best stays" in lines[-1] or "every neighbour" in lines[-1]

@@ -14,6 +14,7 @@ from nas.data.datasets import ImageSet
 from nas.data.pipeline import Batches, SearchData, resize
 from nas.searching.budget import fmt
 from nas.searching.supernet import Supernet
+from nas.searching.zerocost import rank_cells
 from nas.space.genotype import Genotype, alpha_rule
 
 if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the search code
@@ -34,7 +35,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                     device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
     ranked: list[Genotype]
     if s.derive == "score":
-        from nas.searching.zerocost import cells_from_alpha, random_cells, rank_cells
+        from nas.searching.zerocost import cells_from_alpha, random_cells
 
         keep = model.budget.fits if model.budget is not None else None  # a budget: only the cells that fit compete
         space = model.space
@@ -69,7 +70,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
     f = s.final
     if not f.cells:
         return ranked[0], None
-    from nas.searching.finalists import successive_halving
+    from nas.searching.finalists import halving, local_search
 
     train_images, pad = d.train.images, 4
     if f.image_size and f.image_size != train_images.shape[-1]:  # smaller (or larger) images, cropped in proportion
@@ -79,12 +80,28 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                         mean=mean, std=std, device=device, shuffle=False, drop_last=False)
     train = Batches(ImageSet(train_images, d.train.labels, []), batch_size=cfg.data.batch_size, mean=mean,
                     std=std, device=device, seed=cfg.seed, augment=cfg.data.augment, pad=pad)  # every process: all
-    winner, records = successive_halving(
-        ranked[:f.cells], train, plain if f.rank != "tse" else None, C=f.C or cfg.model.C,
-        layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.epochs, eta=f.eta, rank=f.rank,
-        average=f.average, lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed,
-        inits=f.inits, together=f.together, memory_format=memory_format, say=log.print)
-    return winner, {"rank": f.rank, "cells": records, "winner": str(winner)}
+    judged = plain if f.rank != "tse" else None
+    alike = dict(C=f.C or cfg.model.C, layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.epochs,
+                 lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed, inits=f.inits,
+                 together=f.together, memory_format=memory_format)  # how every finalist and neighbour trains
+    best, finalists = halving(ranked[:f.cells], train, judged, eta=f.eta, rank=f.rank, average=f.average,
+                              say=log.print, **alike)
+    if f.local_rounds:
+        fits = model.budget.fits if model.budget is not None else None
+
+        def order(cells: list[Genotype]) -> list[Genotype]:  # the neighbours that fit, best first by the scores
+            cells = [g for g in cells if fits is None or fits(g)]
+            if s.derive != "score" or not cells:
+                return cells
+            return [g for g, _ in rank_cells(cells, s.score, s.ensemble, score_batch(), C=cfg.model.C,
+                                             layers=cfg.model.layers, num_classes=d.classes, seed=cfg.seed,
+                                             memory_format=memory_format, say=lambda _: None)]
+
+        best, more = local_search(best, finalists, model.space, train, judged, rounds=f.local_rounds,
+                                  size=f.local_size, rank=f.rank, average=f.average, order=order, say=log.print,
+                                  **alike)
+        finalists += more
+    return best.genotype, {"rank": f.rank, "cells": [g.record() for g in finalists], "winner": str(best.genotype)}
 
 
 

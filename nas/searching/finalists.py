@@ -25,7 +25,7 @@ from torch import nn
 
 from nas.data.pipeline import Batches
 from nas.searching.zerocost import scoring_network
-from nas.space.genotype import Genotype
+from nas.space.genotype import Genotype, neighbours
 from nas.text import count
 
 RANKED_BY = {"tse": "training speed (the sum of the epochs' training losses)", "accuracy": "validation accuracy",
@@ -40,6 +40,7 @@ class Finalist:
     # per epoch: (accuracy %, mean loss) on the alpha half, None for an epoch whose figures no rank reads
     valid: list[tuple[float, float] | None] = field(default_factory=list)
     out_at: int | None = None  # the rung (1-based) it was dropped after; None: the winner
+    round: int = 0  # the local search's round that trained it (0: the short list)
 
     def key(self, rank: str, average: int = 1) -> float:
         """Lower is better."""
@@ -52,7 +53,8 @@ class Finalist:
     def record(self) -> dict[str, Any]:
         return {"genotype": str(self.genotype), "epochs": len(self.train_loss), "train_loss": self.train_loss,
                 "tse": sum(self.train_loss), "valid_acc": [v and v[0] for v in self.valid],
-                "valid_loss": [v and v[1] for v in self.valid], "out_after_rung": self.out_at}
+                "valid_loss": [v and v[1] for v in self.valid], "out_after_rung": self.out_at,
+                "local_round": self.round}
 
 
 def rungs(cells: int, epochs: int, eta: int) -> list[tuple[int, int]]:
@@ -201,12 +203,14 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
                        lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
                        inits: int = 1, together: bool = False,
                        memory_format: torch.memory_format = torch.contiguous_format,
-                       say: Callable[[str], None] = print) -> tuple[Genotype, list[dict[str, Any]]]:
+                       say: Callable[[str], None] = print,
+                       keep: Callable[[list[Finalist]], None] | None = None) -> tuple[Genotype, list[dict[str, Any]]]:
     """The cell of ``cells`` (best first by the stage before) that wins the successive halving, and every cell's
     record (its training losses, validation figures, the rung it was dropped after). With rank=accuracy or loss, a
     cell is measured on ``valid`` after each of the last ``average`` epochs of each rung it reaches. ``inits``: each
     cell trains from that many initialisations (seeds ``seed``, ``seed + 1000``, ...) and its figures are their
-    means. ``together``: train the cells as one module (NAS-Bench-201 cells only), with the same figures."""
+    means. ``together``: train the cells as one module (NAS-Bench-201 cells only), with the same figures. ``keep``
+    receives the Finalists themselves."""
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; valid: {', '.join(RANKS)}")
     if rank != "tse" and valid is None:
@@ -244,16 +248,28 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
                 for f, v in zip(alive, figures, strict=True):
                     f.valid.append(v)
         order = sorted(range(len(alive)), key=lambda i: alive[i].key(rank, average))  # stable: ties keep the order
-        keep = plan[r][0] if r < len(plan) else 1
-        for i in order[keep:]:
+        kept = plan[r][0] if r < len(plan) else 1
+        for i in order[kept:]:
             alive[i].out_at = r
         best = alive[order[0]]
         say(f"  rung {r}/{len(plan)}: {count(n, 'cell')} to epoch {until}, {time.perf_counter() - start:.0f}s; best "
             f"{describe(best, rank, average)}  {best.genotype}")
         if r < len(plan):
-            group = group.keep([j * inits + i for j in order[:keep] for i in range(inits)])
-        alive = [alive[i] for i in order[:keep]]
+            group = group.keep([j * inits + i for j in order[:kept] for i in range(inits)])
+        alive = [alive[i] for i in order[:kept]]
+    if keep is not None:
+        keep(finalists)
     return alive[0].genotype, [f.record() for f in finalists]
+
+
+def halving(cells: Sequence[Genotype], train: Batches, valid: Batches | None, **kwargs: Any
+            ) -> tuple[Finalist, list[Finalist]]:
+    """successive_halving's winner and finalists as Finalists (their figures, for comparison with other cells
+    trained alike)."""
+    out: list[list[Finalist]] = []
+    successive_halving(cells, train, valid, keep=out.append, **kwargs)
+    finalists = out[0]
+    return next(f for f in finalists if f.out_at is None), finalists
 
 
 def describe(f: Finalist, rank: str, average: int = 1) -> str:
@@ -261,3 +277,37 @@ def describe(f: Finalist, rank: str, average: int = 1) -> str:
         return f"TSE {sum(f.train_loss):.3f} (last epoch's loss {f.train_loss[-1]:.3f})"
     over = f" (mean of the last {average} epochs)" if average > 1 else ""
     return f"validation accuracy {-f.key('accuracy', average):.2f}%, loss {f.key('loss', average):.3f}{over}"
+
+
+def local_search(winner: Finalist, finalists: list[Finalist], space: Any, train: Batches, valid: Batches | None, *,
+                 rounds: int, size: int, rank: str, average: int,
+                 order: Callable[[list[Genotype]], list[Genotype]] | None = None,
+                 say: Callable[[str], None] = print, **train_args: Any) -> tuple[Finalist, list[Finalist]]:
+    """Hill climbing from the final stage's winner, one op at a time: each round trains the best cell's one-edge
+    neighbours that no stage has trained (all of them, or the first ``size`` in ``order``) exactly as the
+    finalists trained, and moves to the best of them if it beats the best so far by the same rank; it stops at a
+    cell none of whose neighbours beats it, or after ``rounds`` rounds. Returns the best cell and every cell
+    trained in the search."""
+    best = winner
+    seen = {str(f.genotype) for f in finalists}
+    trained: list[Finalist] = []
+    for r in range(1, rounds + 1):
+        fresh = [g for g in neighbours(space, best.genotype) if str(g) not in seen]
+        fresh = (order(fresh) if order is not None else fresh)[:size or None]
+        if not fresh:
+            say(f"local search, round {r}: every neighbour of the best cell has been trained")
+            break
+        seen |= {str(g) for g in fresh}
+        say(f"local search, round {r}/{rounds}: {count(len(fresh), 'neighbour')} of {best.genotype}")
+        challenger, done = halving(fresh, train, valid, eta=len(fresh) + 1, rank=rank, average=average,
+                                   say=lambda _: None, **train_args)
+        for f in done:
+            f.round = r
+        trained += done
+        better = challenger.key(rank, average) < best.key(rank, average)
+        say(f"  best neighbour {describe(challenger, rank, average)}  {challenger.genotype}: "
+            + ("it is the new best" if better else f"the best stays {describe(best, rank, average)}"))
+        if not better:
+            break
+        best = challenger
+    return best, trained

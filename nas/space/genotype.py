@@ -255,6 +255,23 @@ def random_genotype(space: SearchSpace, rng: random.Random, rule: str = "darts")
     return check_genotype(genotype_from_cells(space, cells))
 
 
+def neighbours(space: SearchSpace, g: Genotype) -> list[Genotype]:
+    """The genotypes one op away from ``g``: each kept edge of each searched cell with each other op the edge may
+    hold (NAS-Bench-201: any op, `none` included; DARTS space: any op but `none`), in edge order, then op order."""
+    cells = {t: nodes for t, (nodes, _) in g.cells().items()}
+    allowed = [op for op in space.ops if space.name == "nb201" or op != "none"]
+    out = []
+    for t, nodes in cells.items():
+        for i, node in enumerate(nodes):
+            for j, (op, src) in enumerate(node):
+                for other in allowed:
+                    if other != op:
+                        changed = (*node[:j], (other, src), *node[j + 1:])
+                        out.append(check_genotype(genotype_from_cells(space, {**cells, t: (*nodes[:i], changed,
+                                                                                           *nodes[i + 1:])})))
+    return out
+
+
 def op_counts(g: Genotype) -> dict[str, Any]:
     """What a genotype is made of: edges, parameter-free edges (none, skip_connect, pooling: ops that learn
     nothing at stride 1), skip-connects, and the count of every op, over all its cells."""
