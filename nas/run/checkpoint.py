@@ -100,9 +100,10 @@ def truncate_jsonl(path: Path, lines: int) -> None:
 
 
 class GracefulStop:
-    """While active, SIGINT and SIGTERM only set ``received``; once per step the loop agrees on it with the other
-    processes (Dist.agree sets ``signum``, the same on every process), then checkpoints and exits with 128 + signum
-    (130 for SIGINT, 143 for SIGTERM). A second signal to this process stops it at once."""
+    """While active, SIGINT and SIGTERM only set ``received``; once per step and at each epoch's end the loop agrees on
+    it with the other processes (Dist.agree sets ``signum``, the same on every process), then checkpoints and exits
+    with 128 + signum (130 for SIGINT, 143 for SIGTERM). A second signal to this process stops it at once, and so does
+    leaving the loop with a signal received that no agreement has seen: the signal is never lost."""
 
     def __init__(self) -> None:
         self.received: int | None = None  # the signal that reached this process
@@ -111,7 +112,7 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if self.received is not None:  # asked twice: give up waiting for the step
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise interruption(signum)
         self.received = signum
 
     def checkpoint_due(self, step: int, steps: int, every: int) -> bool:
@@ -132,9 +133,11 @@ class GracefulStop:
                 pass
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if kind is None and self.received is not None and self.signum is None:  # landed after the last agreement
+            raise interruption(self.received)
 
 
 class Stopped(Exception):
@@ -150,6 +153,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM outside a loop's graceful stop, as Ctrl-C raises KeyboardInterrupt (exit 143)."""
 
     signum = signal.SIGTERM
+
+
+def interruption(signum: int) -> KeyboardInterrupt:
+    """What a signal raises where it lands: Terminated for SIGTERM, KeyboardInterrupt (Ctrl-C) otherwise."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def raise_on_sigterm(signum: int, frame: types.FrameType | None) -> None:

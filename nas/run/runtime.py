@@ -79,6 +79,7 @@ class Run:
         else:
             found = self.dist.on_main(lambda: (str(resume), load_checkpoint(resume / CHECKPOINT, kind)))
         self.dir, self.state = Path(found[0]), found[1]
+        self.saved_at = (self.state["epoch"], self.state["step"]) if self.state else None  # the last checkpoint's
         self.log = RunLog(self.dir, quiet, writes=main)
         if resume is None:
             self.log.write_text(CONFIG, config_yaml)
@@ -108,6 +109,7 @@ class Run:
 
         if self.dist.main:
             save_checkpoint(self.checkpoint_path, state)
+        self.saved_at = (state["epoch"], state["step"])
 
     def discard(self) -> None:
         """Remove what this new run has written (rank 0; the others wrote nothing): its run files, and its folder
@@ -123,6 +125,12 @@ class Run:
     def resume_hint(self) -> str:
         """The command that continues this run, from any directory."""
         return f"python -m nas {TOOL[self.kind]} --resume {self.dir}"
+
+    def checkpoint_place(self) -> str:
+        """Where the last checkpoint stands: "after epoch 2", or "at epoch 3 step 40" in the middle of one."""
+        assert self.saved_at is not None, "a checkpoint comes first"
+        epoch, step = self.saved_at
+        return f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1} step {step}"
 
     def restore(self, objects: dict[str, Any], records: tuple[str, ...]) -> tuple[int, int, dict[str, Any] | None]:
         """Load the checkpoint's state into ``objects`` (name in the checkpoint -> anything with load_state_dict;
@@ -241,7 +249,9 @@ class Loop:
         self.progress.end_epoch()
 
     def epoch_done(self) -> None:
-        """After the epoch's records: a checkpoint, then the stop if a signal asked for one."""
+        """After the epoch's records: the agreement on a signal that landed while they were written (after the last
+        step's agreement), a checkpoint, then the stop if a signal asked for one."""
+        self.run.dist.agree(self.stop, torch.zeros((), device=self.run.device))  # a finite loss: the signal alone
         self.save(self.epoch + 1, 0, None)
         self.stop.stop_if_asked(f"after epoch {self.epoch + 1}", self.run.resume_hint())
 
@@ -260,23 +270,30 @@ _STARTED: list[Run] = []  # the runs this process has started inside removed_if_
 
 @contextlib.contextmanager
 def removed_if_unsaved() -> Iterator[None]:
-    """A new run stopped (Ctrl-C, SIGTERM) before its first checkpoint, as a search of no epochs is while it scores
-    cells, removes what it wrote and says so: the same command starts it again, and nothing is left that --resume
-    could not continue. A run with a checkpoint keeps it."""
+    """A stop (Ctrl-C, SIGTERM) wherever it lands keeps the promise of a stop in the loop. A new run stopped before its
+    first checkpoint, as a search of no epochs is while it scores cells, removes what it wrote and says so: the same
+    command starts it again, and nothing is left that --resume could not continue. A run with a checkpoint keeps it,
+    and a stop outside the loop's graceful stop (in derivation, while the result is written, a second Ctrl-C) says
+    which checkpoint is kept and how to resume from it."""
     from nas.run.checkpoint import Stopped
 
     mark = len(_STARTED)
     try:
         yield
     except (KeyboardInterrupt, Stopped) as e:
-        fresh = [r for r in _STARTED[mark:] if r.new and not r.checkpoint_path.exists()]
-        if not fresh:
-            raise
-        for r in fresh:
-            r.discard()
+        started = _STARTED[mark:]
+        fresh = [r for r in started if r.new and r.saved_at is None]
         signum = getattr(e, "signum", None) or signal.SIGINT
-        raise Stopped(signum, f"stopped before the first checkpoint; removed what the run had written in "
-                              f"{fresh[0].dir}; run the same command to start it again") from None
+        if fresh:
+            for r in fresh:
+                r.discard()
+            raise Stopped(signum, f"stopped before the first checkpoint; removed what the run had written in "
+                                  f"{fresh[0].dir}; run the same command to start it again") from None
+        if isinstance(e, Stopped) or not started:
+            raise
+        run = started[-1]
+        raise Stopped(signum, f"stopped; the checkpoint {run.checkpoint_place()} is kept; resume with: "
+                              f"{run.resume_hint()}") from None
     finally:
         del _STARTED[mark:]
 
