@@ -1,6 +1,6 @@
 """A stop signal wherever it lands: between epochs, at the end of the last epoch, in the zero-cost scoring of derivation
 and in the final stage. Each stops the run with a checkpoint and the command that resumes it, and the resumed search
-ends with the genotype of a search never stopped."""
+ends with the genotype of a search never stopped, derived in the state of its last epoch (tau, dropout)."""
 
 from __future__ import annotations
 
@@ -98,3 +98,28 @@ def test_a_signal_no_agreement_saw_is_raised_as_the_loop_ends() -> None:
     with GracefulStop() as stop:  # agreed on: the loop's own stop raises Stopped; the frame adds nothing
         stop._handle(signal.SIGINT, None)
         stop.signum = stop.received
+
+
+def test_a_search_resumed_in_derivation_derives_in_its_last_epochs_state(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SNAS's perturbation selection measures the supernet by its soft samples at tau: a search stopped in
+    derivation and resumed derives at the last epoch's tau and dropout, and chooses the same cell."""
+    from nas.searching import bilevel, derive
+
+    args = [*SEARCH, "search.epochs=3", "search.mixer=snas", "search.derive=perturb", "search.param_free_dropout=0.3"]
+    seen: list[tuple[float, list[float]]] = []
+    real = derive.derive_genotype
+
+    def noted(cfg: Any, model: Any, *rest: Any) -> Any:
+        drops = [m.drop for m in model.modules() if hasattr(m, "drop")]
+        seen.append((model.mixer.tau, drops))
+        return real(cfg, model, *rest)
+
+    monkeypatch.setattr(bilevel, "derive_genotype", noted)
+    assert search_main([*args, f"run.dir={tmp_path / 'whole'}"]) == 0
+    signal_in(monkeypatch, bilevel, "derive_genotype")
+    assert search_main([*args, f"run.dir={tmp_path / 'cut'}"]) == 143
+    monkeypatch.setattr(bilevel, "derive_genotype", noted)
+    assert search_main(["--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert seen[0] == seen[1] and seen[0][0] == pytest.approx(0.1)  # tau_min: the last epoch's
+    assert (tmp_path / "cut" / "genotype.json").read_text() == (tmp_path / "whole" / "genotype.json").read_text()

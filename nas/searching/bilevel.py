@@ -219,6 +219,14 @@ def search_mixer(s: SearchOptions) -> Mixer:
     return create_mixer(s.mixer, **{k: v for k, v in options.items() if k in mixer_options(s.mixer)})
 
 
+def schedule_epoch(s: SearchOptions, mixer: Mixer, model: Supernet, epoch: int) -> None:
+    """What changes from epoch to epoch besides the learning rate: tau (after the warm-up) and the dropout on
+    parameter-free ops. Set as each epoch starts, and for the last epoch again before derivation, so that a search
+    resumed after its last epoch derives in the state that epoch left."""
+    mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
+    model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
+
+
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result). A finished run is left as it is; a new one stopped before its first checkpoint
@@ -295,8 +303,7 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
         for epoch in frame.epochs():
             warm = epoch < s.warmup_epochs  # weights only; alpha and the tau schedule start after the warm-up
             frozen = warm or not mixer.learns_alpha  # alpha's batch is then only measured
-            mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
-            model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
+            schedule_epoch(s, mixer, model, epoch)
             lr = w_sched.get_last_lr()[0]
             # train loss sum, train correct, valid loss sum, valid correct; weight images, alpha images
             meter, first = frame.start_epoch(epoch, sums=4, streams=2)
@@ -320,6 +327,8 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
             frame.epoch_done()
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
+    if s.epochs:  # resumed after the last epoch, the loop ran none: derive in the state the last epoch left
+        schedule_epoch(s, mixer, model, s.epochs - 1)
     genotype, final = derive_genotype(cfg, model, d, score_batch, amp, memory_format, log)
     if final is not None:
         log.write_text(FINAL, json.dumps(final, indent=2) + "\n")
