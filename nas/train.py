@@ -214,15 +214,15 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                "wall_time_s": progress_state["wall"] + time.perf_counter() - start,
                "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
-    log.write_json(RESULTS, results)
-    if dist.main:
+    if dist.main:  # the model before results.json, which marks the run finished: a kill between leaves it resumable
         from nas.model import save_model
         from nas.run.files import MODEL
 
         settings = {"C": cfg.model.C, "layers": cfg.model.layers, "num_classes": num_classes,
                     "in_channels": in_channels, "auxiliary": aux_weight > 0,
                     "stem_multiplier": cfg.model.stem_multiplier}
-        save_model(run.dir / MODEL, model, genotype, settings, classes, mean, std, size)
+        save_model(run.dir / MODEL, model, genotype, settings, classes, mean, std, size)  # atomic: files.replacing
+    log.write_json(RESULTS, results)
     run.finish()
     log.print(f"done: test accuracy {test_acc:.2f}% after the last epoch; results in {run.dir / RESULTS}")
     return {**results, "run_dir": str(run.dir)}

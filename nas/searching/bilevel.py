@@ -337,14 +337,14 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
         genotype, record = fit_budget(model, genotype, log)
         log.write_text(BUDGET, json.dumps(record, indent=2) + "\n")
         repaired = record["repaired"]
-    log.write_text(GENOTYPE, genotype.to_json())
-    warning = dominance_warning(genotype, derived, len(repaired))
-    if warning:
-        log.print(warning)
     from nas.space.plot import draw_cells
 
     if dist.main:
         draw_cells(genotype, run.dir / "cells")
+    log.write_text(GENOTYPE, genotype.to_json())  # last: it marks the run finished
+    warning = dominance_warning(genotype, derived, len(repaired))
+    if warning:
+        log.print(warning)
     run.finish()
     log.print(f"done: genotype written to {run.dir / GENOTYPE}; cell drawings in {run.dir / 'cells'}")
     return run.dir
