@@ -34,3 +34,33 @@ def test_a_training_stopped_while_its_model_is_written_is_not_finished(tmp_path:
     assert run_state(run_dir, "train") == "done"
     model = nas.model.load_model(run_dir)
     assert model.classes and model.image_size == 8
+
+
+def test_a_run_records_its_kind_and_is_told_by_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """meta.json records the kind of run, which run_kind reads before anything in config.yaml; a run written before
+    meta.json recorded it is told by its config's sections. --resume asks the run's kind and state: another kind
+    names its tool, and a run stopped before its first checkpoint is said to start again."""
+    import json
+
+    from nas.cli import search_main
+    from nas.run.files import run_kind
+
+    run_dir = tmp_path / "run"
+    assert evaluate_main([*TRAIN, f"run.dir={run_dir}"]) == 0
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["kind"] == "train" and run_kind(run_dir) == "train"
+    config = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(config + "search: {}\n")  # a section of the other kind's
+    assert run_kind(run_dir) == "train"
+    (run_dir / "config.yaml").write_text(config)
+    (run_dir / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "kind"}))  # an older run
+    assert run_kind(run_dir) == "train"
+    capsys.readouterr()
+    assert search_main(["--resume", str(run_dir)]) == 2
+    assert f"is a train run; resume it with python -m nas evaluate --resume {run_dir}" in capsys.readouterr().err
+    for name in ("checkpoint.pt", "results.json", "model.pt"):  # as a run killed before its first checkpoint
+        (run_dir / name).unlink()
+    assert run_state(run_dir, "train") == "started"
+    assert evaluate_main(["--resume", str(run_dir)]) == 2
+    assert ("has no checkpoint.pt: the run stopped before its first checkpoint, and the command that started it "
+            "starts it again") in capsys.readouterr().err

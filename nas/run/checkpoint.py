@@ -51,11 +51,6 @@ def load_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     return state
 
 
-def read_kind(path: Path) -> str:
-    """The kind of run ("search" or "train") that wrote the checkpoint at ``path``."""
-    return str(_read(path).get("kind"))
-
-
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")

@@ -247,8 +247,9 @@ def record_data(run_dir: Path, info: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
 
 
-def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
-    """Append this session (start or resume) to meta.json: command line, git commit, versions, device."""
+def record_session(run_dir: Path, device: torch.device, resumed: bool, kind: str) -> None:
+    """Append this session (start or resume) to meta.json: command line, git commit, versions, device; and note the
+    kind of run (a key of nas.run.files.TOOL), which nas.run.files.run_kind reads."""
     from importlib.metadata import PackageNotFoundError, version
 
     import numpy
@@ -259,6 +260,7 @@ def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
         vision = None
     path = run_dir / META
     meta = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    meta["kind"] = kind
     dev = {"type": device.type}
     if device.type == "cuda":
         dev["name"] = torch.cuda.get_device_name(device)

@@ -17,11 +17,9 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.run.files import CONFIG, META, RESULT, is_finished, remove_run_files
+from nas.run.files import CONFIG, META, RESULT, is_finished, remove_run_files, resume_command
 from nas.run.runlog import Board, Progress, RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
 from nas.text import count
-
-TOOL = {"search": "search", "train": "evaluate"}  # the tool that runs, and resumes, each kind of run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,7 +82,7 @@ class Run:
         if resume is None:
             self.log.write_text(CONFIG, config_yaml)
         if main:
-            record_session(self.dir, self.device, resumed=resume is not None)
+            record_session(self.dir, self.device, resumed=resume is not None, kind=kind)
         self.checkpoint_path = self.dir / CHECKPOINT
         _STARTED.append(self)
 
@@ -124,7 +122,7 @@ class Run:
 
     def resume_hint(self) -> str:
         """The command that continues this run, from any directory."""
-        return f"python -m nas {TOOL[self.kind]} --resume {self.dir}"
+        return resume_command(self.kind, self.dir)
 
     def checkpoint_place(self) -> str:
         """Where the last checkpoint stands: "after epoch 2", or "at epoch 3 step 40" in the middle of one."""
