@@ -235,7 +235,7 @@ def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: st
     from nas.run.runtime import resolve_device
 
     d, _ = setup(resolve_device(cfg.run.device))  # under torchrun, rank 0 alone creates the folder
-    parent = Path(d.on_main(lambda: str(prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite))))
+    parent = Path(d.on_main(lambda: str(prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite, "train"))))
     runs = []
     for seed in seeds:
         sub = dataclasses.replace(cfg, seed=seed, run=dataclasses.replace(cfg.run, dir=str(parent / f"seed-{seed}")))

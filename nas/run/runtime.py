@@ -72,19 +72,19 @@ class Run:
         self.new = resume is None
         self.created = self.new and not (run_cfg.dir and Path(run_cfg.dir).exists())  # the folder is this run's
         if resume is None:  # (directory, checkpoint state), as rank 0 found them
-            found = self.dist.on_main(lambda: (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)), None))
+            found = self.dist.on_main(lambda: (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite, kind)), None))
             seed_everything(seed)
         else:
             found = self.dist.on_main(lambda: (str(resume), load_checkpoint(resume / CHECKPOINT, kind)))
         self.dir, self.state = Path(found[0]), found[1]
         self.saved_at = (self.state["epoch"], self.state["step"]) if self.state else None  # the last checkpoint's
+        self.checkpoint_path = self.dir / CHECKPOINT
+        _STARTED.append(self)  # from here on, what this new run writes is removed if it fails before a checkpoint
         self.log = RunLog(self.dir, quiet, writes=main)
         if resume is None:
             self.log.write_text(CONFIG, config_yaml)
         if main:
             record_session(self.dir, self.device, resumed=resume is not None, kind=kind)
-        self.checkpoint_path = self.dir / CHECKPOINT
-        _STARTED.append(self)
 
     def finish(self) -> None:
         """Note in meta.json's record of this session its wall time and the CPU time of this process (every thread;
@@ -227,11 +227,10 @@ class Loop:
         from nas.run.checkpoint import NumericalFault
 
         if self.run.dist.agree(self.stop, loss):
-            path = self.run.checkpoint_path
-            last = str(path) if path.exists() else "none yet"
+            kept = f"the last good checkpoint is kept: {self.run.checkpoint_path}" if self.run.saved_at else \
+                "there is no checkpoint yet, and the run leaves nothing behind"
             what = losses() if losses is not None else str(loss.item())
-            raise NumericalFault(f"the loss is not finite ({what}) at epoch {self.epoch + 1} step {step}; the last "
-                                 f"good checkpoint is kept: {last}")
+            raise NumericalFault(f"the loss is not finite ({what}) at epoch {self.epoch + 1} step {step}; {kept}")
 
     def stepped(self, step: int, postfix: Callable[[EpochMeter], dict[str, str]]) -> None:
         """After a step: the progress (``postfix(meter)``, figures read from the device, only when shown), a checkpoint
@@ -268,11 +267,13 @@ _STARTED: list[Run] = []  # the runs this process has started inside removed_if_
 
 @contextlib.contextmanager
 def removed_if_unsaved() -> Iterator[None]:
-    """A stop (Ctrl-C, SIGTERM) wherever it lands keeps the promise of a stop in the loop. A new run stopped before its
-    first checkpoint, as a search of no epochs is while it scores cells, removes what it wrote and says so: the same
-    command starts it again, and nothing is left that --resume could not continue. A run with a checkpoint keeps it,
-    and a stop outside the loop's graceful stop (in derivation, while the result is written, a second Ctrl-C) says
-    which checkpoint is kept and how to resume from it."""
+    """A new run that fails or is stopped before its first checkpoint removes what it wrote: nothing is left that
+    --resume could not continue or that would refuse the same command. A stop (Ctrl-C, SIGTERM) wherever it lands keeps
+    the promise of a stop in the loop: before the first checkpoint, as a search of no epochs is while it scores cells,
+    it says what it removed and that the same command starts the run again; after it, the checkpoint is kept, and a
+    stop outside the loop's graceful stop (in derivation, while the result is written, a second Ctrl-C) says which
+    checkpoint that is and how to resume from it. A failure (bad data found late, a non-finite loss, out of memory) is
+    raised as it is."""
     from nas.run.checkpoint import Stopped
 
     mark = len(_STARTED)
@@ -280,20 +281,29 @@ def removed_if_unsaved() -> Iterator[None]:
         yield
     except (KeyboardInterrupt, Stopped) as e:
         started = _STARTED[mark:]
-        fresh = [r for r in started if r.new and r.saved_at is None]
         signum = getattr(e, "signum", None) or signal.SIGINT
-        if fresh:
-            for r in fresh:
-                r.discard()
+        fresh = discard_unsaved(started)
+        if fresh is not None:
             raise Stopped(signum, f"stopped before the first checkpoint; removed what the run had written in "
-                                  f"{fresh[0].dir}; run the same command to start it again") from None
+                                  f"{fresh.dir}; run the same command to start it again") from None
         if isinstance(e, Stopped) or not started:
             raise
         run = started[-1]
         raise Stopped(signum, f"stopped; the checkpoint {run.checkpoint_place()} is kept; resume with: "
                               f"{run.resume_hint()}") from None
+    except Exception:
+        discard_unsaved(_STARTED[mark:])
+        raise
     finally:
         del _STARTED[mark:]
+
+
+def discard_unsaved(started: list[Run]) -> Run | None:
+    """Remove what the new runs among ``started`` that have no checkpoint wrote; returns the first of them."""
+    fresh = [r for r in started if r.new and r.saved_at is None]
+    for r in fresh:
+        r.discard()
+    return fresh[0] if fresh else None
 
 
 class EpochMeter:

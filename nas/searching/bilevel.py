@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
-from nas.data.pipeline import SearchData, batch_seed, load_dataset, split_data
+from nas.data.pipeline import SearchData, batch_seed, bilevel_split, load_dataset, split_data
 from nas.errors import UserError
 from nas.loader import dump_yaml
 from nas.run.distributed import Dist, check_global_batch, use_global_batchnorm
@@ -248,13 +248,14 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     # ---- data: the training set only, split into a weight half and an alpha half; search never reads test.
     # Read before the run directory exists, so that a refused data set leaves nothing behind
     data = load_dataset(cfg.data, "train")
+    halves = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)  # or refused: an empty half
     budget_notes: list[str] = []
     budget = make_budget(cfg, len(data.classes), data.images.shape[1], data.images.shape[-1],
                          resolve_device(cfg.run.device), budget_notes.append)  # refused before anything is written
     run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
 
-    d = split_data(cfg, data, run)
+    d = split_data(cfg, data, halves, run)
     del data
     train, valid = d.train, d.valid
     steps = min(len(train), len(valid))
