@@ -190,7 +190,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="evaluate.py", description="Train a genotype from scratch and test it; or --summary its size.",
         epilog="example: python evaluate.py --config configs/eval/darts-cifar10.yaml --genotype DARTS_V2 --summary")
-    add_run_arguments(parser, "training")
+    add_run_arguments(parser, "training (or the repeated trainings of --seeds)")
     parser.add_argument("--genotype", metavar="G",
                         help="a published name (DARTS_V2, GDAS_V1, ...), genotype.json, a search run directory, "
                              "a DARTS Genotype(...) text file or an NB201 string")
@@ -205,15 +205,20 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         import json
 
         from nas.space.genotype import load_genotype, read_genotype
-        from nas.train import run_repeats, run_train, summarize
+        from nas.train import repeated_seeds, run_repeats, run_train, summarize
 
         if args.resume:
             if args.config or args.genotype or args.seeds or args.summary:
                 raise UserError("--resume continues with the run directory's own config.yaml and genotype.json; "
                                 "drop --config, --genotype, --seeds and --summary")
+            path = Path(args.resume)
+            if path.is_dir() and run_kind(path) == "repeats":  # evaluate --seeds: every seed carries on
+                cfg = resume_config(TrainConfig, args.resume, args.overrides, "repeats")
+                run_repeats(cfg, read_genotype(path / GENOTYPE), repeated_seeds(path), quiet=args.quiet,
+                            resume=path)
+                return
             cfg = resume_config(TrainConfig, args.resume, args.overrides, "train")
-            run_train(cfg, read_genotype(Path(args.resume) / GENOTYPE), resume=Path(args.resume),
-                      quiet=args.quiet)
+            run_train(cfg, read_genotype(path / GENOTYPE), resume=path, quiet=args.quiet)
             return
         cfg = load_config(TrainConfig, args.config, args.overrides)
         genotype = load_genotype(args.genotype)

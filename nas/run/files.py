@@ -91,8 +91,9 @@ STUDY_DIRS = ("configs", "search", "random", "train", "bench", "plots")
 
 # ---------------------------------------------------------------------------------------------- kinds and states
 
-TOOL = {"search": "search", "train": "evaluate", "study": "compare"}  # the tool that starts and resumes each kind
-RESULT = {"search": GENOTYPE, "train": RESULTS}  # the file whose presence means a run of that kind is done
+# the tool that starts and resumes each kind; "repeats" is evaluate --seeds: trainings of one genotype, one a seed
+TOOL = {"search": "search", "train": "evaluate", "repeats": "evaluate", "study": "compare"}
+RESULT = {"search": GENOTYPE, "train": RESULTS, "repeats": SUMMARY}  # the file that means a run of that kind is done
 
 
 def resume_command(kind: str, run_dir: Path | str) -> str:
@@ -123,14 +124,15 @@ def run_kind(run_dir: Path) -> str | None:
 
 
 def run_state(run_dir: Path, kind: str) -> str:
-    """Where the ``kind`` run ("search" or "train") in ``run_dir`` stands: "done" (its result file is written),
+    """Where the ``kind`` run (a key of RESULT) in ``run_dir`` stands: "done" (its result file is written),
     "interrupted" (a config and a checkpoint: --resume continues it), "started" (a config but no checkpoint yet:
-    it starts again) or "not started"."""
+    it starts again) or "not started". Repeated trainings with a config are interrupted: each of their trainings
+    carries on from its own state."""
     if (run_dir / RESULT[kind]).exists():
         return "done"
     if not (run_dir / CONFIG).exists():
         return "not started"
-    return "interrupted" if (run_dir / CHECKPOINT).exists() else "started"
+    return "interrupted" if kind == "repeats" or (run_dir / CHECKPOINT).exists() else "started"
 
 
 def is_finished(run_dir: Path, kind: str) -> bool:

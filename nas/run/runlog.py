@@ -24,7 +24,8 @@ from nas.run.files import atomic_write_text as atomic_write_text  # re-exported:
 def prepare_run_dir(path: str, default_name: str, overwrite: bool, kind: str) -> Path:
     """Create the run directory of a new ``kind`` run. A run already there is refused, saying what continues it,
     unless ``overwrite``, or unless it is a ``kind`` run that stopped before its first checkpoint (run_state
-    "started": nothing to resume), which the same command starts again over what it left."""
+    "started", or killed before its config.yaml: nothing to resume), which the same command starts again over what it
+    left."""
     if not path:
         path = os.path.join("runs", f"{default_name}-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = Path(path)
@@ -33,7 +34,7 @@ def prepare_run_dir(path: str, default_name: str, overwrite: bool, kind: str) ->
     existing = [f for f in RUN_FILES if (run_dir / f).exists()]
     held = run_kind(run_dir) if existing else None
     state = run_state(run_dir, held) if held in RESULT else None
-    if existing and not overwrite and not (held == kind and state == "started"):
+    if existing and not overwrite and not (held == kind and state in ("started", "not started")):
         raise UserError(f"run.dir={path!r} already holds a run{held_run(run_dir, held, state, existing[0])}; choose "
                         "another run.dir, or set run.overwrite=true to replace it")
     try:

@@ -52,12 +52,13 @@ class Run:
     problem rank 0 finds (an existing run, a damaged checkpoint) is raised on every process alike."""
 
     def __init__(self, run_cfg: Any, seed: int, name: str, kind: str, config_yaml: str, resume: Path | None,
-                 quiet: bool):
+                 quiet: bool, part_of: Path | None = None):
         from nas.run.checkpoint import CHECKPOINT, load_checkpoint
         from nas.run.distributed import setup
 
         self.started = time.perf_counter()
         self.kind = kind
+        self.part_of = part_of  # the parent of the repeated trainings this run is one of: what resuming continues
         self.dist, self.device = setup(resolve_device(run_cfg.device))
         if run_cfg.amp == "fp16" and self.device.type != "cuda":
             raise UserError(f"run.amp=fp16 needs a CUDA device, and this run is on {self.device.type}; "
@@ -121,8 +122,8 @@ class Run:
                 self.dir.rmdir()
 
     def resume_hint(self) -> str:
-        """The command that continues this run, from any directory."""
-        return resume_command(self.kind, self.dir)
+        """The command that continues this run (or the repeated trainings it is one of), from any directory."""
+        return resume_command("repeats", self.part_of) if self.part_of else resume_command(self.kind, self.dir)
 
     def checkpoint_place(self) -> str:
         """Where the last checkpoint stands: "after epoch 2", or "at epoch 3 step 40" in the middle of one."""
@@ -284,8 +285,9 @@ def removed_if_unsaved() -> Iterator[None]:
         signum = getattr(e, "signum", None) or signal.SIGINT
         fresh = discard_unsaved(started)
         if fresh is not None:
+            again = f"run the same command, or {fresh.resume_hint()}," if fresh.part_of else "run the same command"
             raise Stopped(signum, f"stopped before the first checkpoint; removed what the run had written in "
-                                  f"{fresh.dir}; run the same command to start it again") from None
+                                  f"{fresh.dir}; {again} to start it again") from None
         if isinstance(e, Stopped) or not started:
             raise
         run = started[-1]
