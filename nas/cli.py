@@ -14,7 +14,7 @@ from typing import Any
 
 from nas.config import SearchConfig, StudyConfig, TrainConfig, load_config
 from nas.errors import UserError
-from nas.run.files import CHECKPOINT, CONFIG, GENOTYPE, is_finished
+from nas.run.files import CHECKPOINT, CONFIG, GENOTYPE, resume_command, run_kind, run_state
 from nas.study.plan import check_resumable, load_plan
 
 
@@ -80,24 +80,21 @@ def run_guarded(fn: Callable[[], object]) -> int:
 
 
 def resume_config(cls: type, run_dir: str, overrides: list[str], kind: str) -> Any:
-    """The config of the run in ``run_dir``, with only the run.* keys that may change on resume overridden."""
+    """The config of the ``kind`` run in ``run_dir``, with only the run.* keys that may change on resume overridden.
+    The run's kind and state are the run directory's own (files.run_kind, files.run_state): a finished run (a search
+    of no epochs has no checkpoint) or an interrupted one continues; a run of another kind names its tool."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"--resume {run_dir!r} is not a directory")
-    if (path / CONFIG).is_file() and not (path / CHECKPOINT).is_file() and is_finished(path, kind):
-        check_resumable(overrides)  # a finished run with no checkpoint (a search of no epochs): nothing to do
-        return load_config(cls, path / CONFIG, overrides)
-    if not (path / CONFIG).is_file() or not (path / CHECKPOINT).is_file():
-        missing = CONFIG if not (path / CONFIG).is_file() else CHECKPOINT
-        raise UserError(f"--resume {run_dir!r} is not a run directory with a checkpoint (no {missing})")
-    from nas.run.checkpoint import read_kind
-
-    written = read_kind(path / CHECKPOINT)  # the checkpoint says which loop wrote it
-    if written != kind:
-        tool = {"search": "search", "train": "evaluate"}.get(written)
-        if tool is None:
-            raise UserError(f"{run_dir!r}: its checkpoint is of kind {written!r}; valid: search or train")
-        raise UserError(f"{run_dir!r} is a {written} run; resume it with python -m nas {tool} --resume {run_dir}")
+    found = run_kind(path)
+    if found is not None and found != kind:
+        raise UserError(f"{run_dir!r} is a {found} run; resume it with {resume_command(found, run_dir)}")
+    state = run_state(path, kind)
+    if state == "not started":
+        raise UserError(f"--resume {run_dir!r} is not a run directory with a checkpoint (no {CONFIG})")
+    if state == "started":
+        raise UserError(f"--resume {run_dir!r} has no {CHECKPOINT}: the run stopped before its first checkpoint, "
+                        "and the command that started it starts it again")
     check_resumable(overrides)
     return load_config(cls, path / CONFIG, overrides)
 
@@ -193,7 +190,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
         prog="evaluate.py", description="Train a genotype from scratch and test it; or --summary its size.",
         epilog="example: python evaluate.py --config configs/eval/darts-cifar10.yaml --genotype DARTS_V2 --summary")
-    add_run_arguments(parser, "training")
+    add_run_arguments(parser, "training (or the repeated trainings of --seeds)")
     parser.add_argument("--genotype", metavar="G",
                         help="a published name (DARTS_V2, GDAS_V1, ...), genotype.json, a search run directory, "
                              "a DARTS Genotype(...) text file or an NB201 string")
@@ -208,15 +205,20 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         import json
 
         from nas.space.genotype import load_genotype, read_genotype
-        from nas.train import run_repeats, run_train, summarize
+        from nas.train import repeated_seeds, run_repeats, run_train, summarize
 
         if args.resume:
             if args.config or args.genotype or args.seeds or args.summary:
                 raise UserError("--resume continues with the run directory's own config.yaml and genotype.json; "
                                 "drop --config, --genotype, --seeds and --summary")
+            path = Path(args.resume)
+            if path.is_dir() and run_kind(path) == "repeats":  # evaluate --seeds: every seed carries on
+                cfg = resume_config(TrainConfig, args.resume, args.overrides, "repeats")
+                run_repeats(cfg, read_genotype(path / GENOTYPE), repeated_seeds(path), quiet=args.quiet,
+                            resume=path)
+                return
             cfg = resume_config(TrainConfig, args.resume, args.overrides, "train")
-            run_train(cfg, read_genotype(Path(args.resume) / GENOTYPE), resume=Path(args.resume),
-                      quiet=args.quiet)
+            run_train(cfg, read_genotype(path / GENOTYPE), resume=path, quiet=args.quiet)
             return
         cfg = load_config(TrainConfig, args.config, args.overrides)
         genotype = load_genotype(args.genotype)

@@ -15,6 +15,7 @@ from nas.loader import dump_yaml as dump_yaml  # re-exported with the schemas: w
 from nas.loader import key as _key
 from nas.loader import key_table as key_table
 from nas.loader import to_dict as to_dict
+from nas.run.files import TOOL
 
 
 def _check_network(space: str, **settings: Any) -> None:
@@ -527,15 +528,16 @@ class StudyConfig:
         # What each method's search and the eval recipe become is checked by nas.study.plan.check_plan.
 
 
-# What kind of recipe a file is, by the sections only that kind has, and the tool that runs it
-RECIPE_KINDS = {"study": (("methods", "per_method", "seeds", "eval", "random"), "comparison study", "compare"),
-                "train": (("train",), "training", "evaluate"),
-                "search": (("search",), "search", "search")}
+# What kind of recipe a file is, by the sections only that kind has, and what it is called (nas.run.files.TOOL names
+# the tool that runs it)
+RECIPE_KINDS = {"study": (("methods", "per_method", "seeds", "eval", "random"), "comparison study"),
+                "train": (("train",), "training"),
+                "search": (("search",), "search")}
 
 
 def recipe_kind(raw: dict[str, Any]) -> str | None:
     """"study", "train" or "search": the kind of recipe whose sections ``raw`` has (None: it has none of them)."""
-    return next((kind for kind, (keys, _, _) in RECIPE_KINDS.items() if any(k in raw for k in keys)), None)
+    return next((kind for kind, (keys, _) in RECIPE_KINDS.items() if any(k in raw for k in keys)), None)
 
 
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> C:
@@ -545,9 +547,8 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | tu
         kind = recipe_kind(read_yaml(Path(path)))
         wanted = {SearchConfig: "search", TrainConfig: "train", StudyConfig: "study"}.get(cls)
         if kind is not None and wanted is not None and kind != wanted:
-            _, what, tool = RECIPE_KINDS[kind]
-            raise ConfigError(f"{path} is a {what} recipe, not a {RECIPE_KINDS[wanted][1]} one; run it with "
-                              f"python -m nas {tool} --config {path}")
+            raise ConfigError(f"{path} is a {RECIPE_KINDS[kind][1]} recipe, not a {RECIPE_KINDS[wanted][1]} one; run "
+                              f"it with python -m nas {TOOL[kind]} --config {path}")
     # a study's search section serves methods with different mixers: only its data keys are conditional
     return load(cls, path, overrides, CONDITIONAL if cls in (SearchConfig, TrainConfig) else CONDITIONAL[:1])
 

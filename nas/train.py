@@ -22,11 +22,23 @@ from nas.data.pipeline import Batches, batch_notes, channel_stats, data_notes, d
 from nas.errors import UserError
 from nas.loader import dump_yaml, to_dict
 from nas.run.distributed import Dist, check_global_batch, is_main_process, use_global_batchnorm
-from nas.run.files import GENOTYPE, METRICS, RESULTS, SUMMARY
-from nas.run.runlog import RunLog, peak_memory_mib, prepare_run_dir, read_jsonl
+from nas.run.files import (
+    CONFIG,
+    GENOTYPE,
+    META,
+    METRICS,
+    RESULTS,
+    SUMMARY,
+    is_finished,
+    remove_run_files,
+    resume_command,
+    run_kind,
+    run_state,
+)
+from nas.run.runlog import RunLog, atomic_write_text, peak_memory_mib, prepare_run_dir, read_jsonl, record_session
 from nas.run.runtime import EpochMeter, Loop, Run, finished, removed_if_unsaved
 from nas.run.steps import autocast, backward_step, grad_scaler
-from nas.space.genotype import Genotype
+from nas.space.genotype import Genotype, read_genotype
 from nas.space.network import build_network, check_network, count_flops, count_parameters
 from nas.text import count
 
@@ -81,17 +93,19 @@ def step_postfix(meter: EpochMeter) -> dict[str, str]:
 
 
 def run_train(cfg: TrainConfig, genotype: Genotype, name: str = "train", *, resume: Path | None = None,
-              quiet: bool = False) -> dict[str, Any]:
+              quiet: bool = False, part_of: Path | None = None) -> dict[str, Any]:
     """Train ``genotype``'s network as ``cfg`` says (or continue the run in ``resume``); writes results.json in
     the run directory and returns it, with the run directory added (run_dir). A finished run is left as it is; a
-    new one stopped before its first checkpoint leaves nothing behind."""
+    new one stopped before its first checkpoint leaves nothing behind. ``part_of``: the parent directory of the
+    repeated trainings this is one of, which the run's stop messages name to continue them all."""
     if resume is not None and finished(resume, "train", cfg.train.epochs, quiet):
         return {**json.loads((resume / RESULTS).read_text()), "run_dir": str(resume)}
     with removed_if_unsaved():
-        return train(cfg, genotype, name, resume, quiet)
+        return train(cfg, genotype, name, resume, quiet, part_of)
 
 
-def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, quiet: bool) -> dict[str, Any]:
+def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, quiet: bool,
+          part_of: Path | None = None) -> dict[str, Any]:
     """run_train's setup and loop."""
     # ---- setup: a new run directory, or the checkpoint of the run being resumed
     check_genotype_fits(cfg, genotype)
@@ -100,7 +114,7 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
     # before the run directory exists, so that a refused data set leaves nothing behind
     train_set = load_dataset(cfg.data, "train")
     test_set = load_dataset(cfg.data, "test")
-    run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet)
+    run = Run(cfg.run, cfg.seed, name, "train", dump_yaml(cfg), resume, quiet, part_of=part_of)
     device, log, state, dist = run.device, run.log, run.state, run.dist
     t = cfg.train
     if resume is None:
@@ -214,32 +228,56 @@ def train(cfg: TrainConfig, genotype: Genotype, name: str, resume: Path | None, 
                "wall_time_s": progress_state["wall"] + time.perf_counter() - start,
                "images_per_s": progress_state["seen"] / max(progress_state["train_time"], 1e-9), "seed": cfg.seed,
                "device": str(device), "genotype": genotype.to_dict(), "config": to_dict(cfg)}
-    log.write_json(RESULTS, results)
-    if dist.main:
+    if dist.main:  # the model before results.json, which marks the run finished: a kill between leaves it resumable
         from nas.model import save_model
         from nas.run.files import MODEL
 
         settings = {"C": cfg.model.C, "layers": cfg.model.layers, "num_classes": num_classes,
                     "in_channels": in_channels, "auxiliary": aux_weight > 0,
                     "stem_multiplier": cfg.model.stem_multiplier}
-        save_model(run.dir / MODEL, model, genotype, settings, classes, mean, std, size)
+        save_model(run.dir / MODEL, model, genotype, settings, classes, mean, std, size)  # atomic: files.replacing
+    log.write_json(RESULTS, results)
     run.finish()
     log.print(f"done: test accuracy {test_acc:.2f}% after the last epoch; results in {run.dir / RESULTS}")
     return {**results, "run_dir": str(run.dir)}
 
 
-def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str = "train",
-                quiet: bool = False) -> dict[str, Any]:
-    """Train once per seed, each in <run.dir>/seed-<s>; writes summary.json with mean and std over the runs."""
+def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str = "train", quiet: bool = False,
+                resume: Path | None = None) -> dict[str, Any]:
+    """Train once per seed, each in <run.dir>/seed-<s>; writes summary.json with mean and std over the runs. The
+    parent directory records the recipe, the genotype and the seeds, so that the same command, or ``resume`` (the
+    parent directory), carries on: finished trainings are kept, an interrupted one resumes from its checkpoint, the
+    others run. A new parent that fails before any of its trainings is kept leaves nothing."""
     from nas.run.distributed import setup
     from nas.run.runtime import resolve_device
 
-    d, _ = setup(resolve_device(cfg.run.device))  # under torchrun, rank 0 alone creates the folder
-    parent = Path(d.on_main(lambda: str(prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite))))
+    if resume is not None and is_finished(resume, "repeats"):
+        if not quiet and is_main_process():
+            print(f"{resume} has finished its {count(len(seeds), 'training')}; {SUMMARY} is its result", flush=True)
+        return dict(json.loads((resume / SUMMARY).read_text()))
+    check_genotype_fits(cfg, genotype)  # refused before the parent directory exists
+    d, device = setup(resolve_device(cfg.run.device))  # under torchrun, rank 0 alone prepares the parent
+    created = resume is None and not (cfg.run.dir and Path(cfg.run.dir).exists())
+    where, states, new = d.on_main(lambda: repeats_dir(cfg, genotype, seeds, name, resume, device))
+    parent = Path(where)
+    if not new and not quiet and is_main_process():
+        print(f"continuing the trainings of {count(len(seeds), 'seed')} in {parent}: " + ", ".join(
+            f"seed {s} {SEED_STATES[states[s]]}" for s in seeds), flush=True)
     runs = []
-    for seed in seeds:
-        sub = dataclasses.replace(cfg, seed=seed, run=dataclasses.replace(cfg.run, dir=str(parent / f"seed-{seed}")))
-        runs.append(run_train(sub, genotype, name, quiet=quiet))
+    try:
+        for seed in seeds:
+            sub_dir = parent / f"seed-{seed}"
+            sub = dataclasses.replace(cfg, seed=seed, run=dataclasses.replace(cfg.run, dir=str(sub_dir)))
+            again = states[seed] in ("done", "interrupted")  # else new: a "started" one starts again over its files
+            runs.append(run_train(sub, genotype, name, resume=sub_dir if again else None, quiet=quiet,
+                                  part_of=parent))
+    except Exception:
+        if new and d.main and not any(run_state(parent / f"seed-{s}", "train") != "not started" for s in seeds):
+            remove_run_files(parent)  # nothing of it is kept: the corrected command starts anew
+            if created:
+                with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+                    parent.rmdir()
+        raise
 
     def stats(key: str) -> dict[str, float]:
         values = [r[key] for r in runs]
@@ -255,6 +293,75 @@ def run_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: st
     print(f"{count(len(seeds), 'run')}: final test accuracy {final['mean']:.2f} ± {final['std']:.2f}% (sample std); "
           f"summary in {Path(parent) / SUMMARY}", flush=True)
     return summary
+
+
+SEED_STATES = {"done": "has finished", "interrupted": "resumes from its checkpoint", "started": "starts again",
+               "not started": "starts"}
+
+
+def repeats_dir(cfg: TrainConfig, genotype: Genotype, seeds: list[int], name: str, resume: Path | None,
+                device: torch.device) -> tuple[str, dict[int, str], bool]:
+    """(Rank 0.) The parent directory of repeated trainings, the state of each seed's training in it, and whether the
+    parent is new: the one resumed, the one the same command wrote before, or a new one with its record (meta.json
+    naming the seeds, genotype.json, then config.yaml)."""
+    parent = resume or continued_repeats(cfg, genotype, seeds)
+    new = parent is None
+    if parent is None:
+        parent = prepare_run_dir(cfg.run.dir, name, cfg.run.overwrite, "repeats")
+        held = [f"seed-{s}" for s in seeds if run_kind(parent / f"seed-{s}") is not None]
+        if held and not cfg.run.overwrite:
+            raise UserError(f"run.dir={str(parent)!r} holds trainings ({', '.join(held)}) that no record of repeated "
+                            f"trainings names ({CONFIG}); choose another run.dir, or set run.overwrite=true to "
+                            "replace them")
+        record_repeats(parent, device, seeds, resumed=False)
+        RunLog(parent).write_text(GENOTYPE, genotype.to_json())
+        RunLog(parent).write_text(CONFIG, dump_yaml(recorded(cfg, parent)))
+    else:
+        record_repeats(parent, device, seeds, resumed=True)
+    states = {s: "not started" if cfg.run.overwrite else run_state(parent / f"seed-{s}", "train") for s in seeds}
+    return str(parent), states, new
+
+
+def recorded(cfg: TrainConfig, parent: Path) -> TrainConfig:
+    """The recipe that repeated trainings in ``parent`` record in its config.yaml."""
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(parent), overwrite=False))
+
+
+def continued_repeats(cfg: TrainConfig, genotype: Genotype, seeds: list[int]) -> Path | None:
+    """The parent directory of repeated trainings that the same command started before and that carries on (None:
+    there is none, and a new one is prepared). Trainings of another recipe, genotype or seeds are refused."""
+    if cfg.run.overwrite or not cfg.run.dir:
+        return None
+    parent = Path(cfg.run.dir)
+    if run_kind(parent) != "repeats" or run_state(parent, "repeats") != "interrupted":
+        return None  # none, or finished: prepare_run_dir refuses a finished one, saying so
+    other = repeated_seeds(parent)
+    differs = ("of another recipe (its config.yaml differs)"
+               if (parent / CONFIG).read_text() != dump_yaml(recorded(cfg, parent)) else
+               "of another genotype" if read_genotype(parent / GENOTYPE) != genotype else
+               f"of seeds {', '.join(map(str, other))}" if other != seeds else None)
+    if differs is not None:
+        raise UserError(f"run.dir={cfg.run.dir!r} already holds repeated trainings {differs}; continue them with "
+                        f"{resume_command('repeats', parent)}, choose another run.dir, or set run.overwrite=true to "
+                        "replace them")
+    return parent
+
+
+def record_repeats(parent: Path, device: torch.device, seeds: list[int], resumed: bool) -> None:
+    """This session in the parent's meta.json, with the seeds its trainings run (what --resume reads)."""
+    record_session(parent, device, resumed=resumed, kind="repeats")
+    meta = json.loads((parent / META).read_text())
+    meta["seeds"] = seeds
+    atomic_write_text(parent / META, json.dumps(meta, indent=2) + "\n")
+
+
+def repeated_seeds(parent: Path) -> list[int]:
+    """The seeds of the repeated trainings in ``parent``, as its meta.json records them."""
+    seeds = json.loads((parent / META).read_text()).get("seeds")
+    if not isinstance(seeds, list) or not seeds:
+        raise UserError(f"{parent / META} names no seeds of repeated trainings; give the command that started them, "
+                        "with --seeds, to carry them on")
+    return [int(s) for s in seeds]
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ format, and bad input as one-line errors with exit status 2."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +115,93 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
 def test_missing_genotype_flag_is_a_usage_error() -> None:
     proc = run_cli("--summary")
     assert proc.returncode == 2 and "--genotype" in proc.stderr
+
+
+REPEATS = [*TINY, "--genotype", "DARTS_V1", "--seeds", "0,1,2", "run.deterministic=true", "run.tensorboard=false",
+           "--quiet"]
+
+
+def stop_in(monkeypatch: pytest.MonkeyPatch, name: str, when: Callable[..., bool]) -> None:
+    """SIGTERM to this process as nas.train's ``name`` is called, when ``when`` says so."""
+    import nas.train
+
+    real = getattr(nas.train, name)
+
+    def signalled(*args: Any, **kwargs: Any) -> Any:
+        if when(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nas.train, name, signalled)
+
+
+def results(run_dir: Path, seed: int) -> bytes:
+    return (run_dir / f"seed-{seed}" / "results.json").read_bytes()
+
+
+def test_seeds_stopped_before_a_checkpoint_carry_on_with_the_same_command(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Stopped as seed 1's training starts, before its first checkpoint: seed 1's files are removed, and the same
+    command keeps seed 0's training, runs seeds 1 and 2 and writes the summary."""
+    run_dir = tmp_path / "rep"
+    args = [*REPEATS, "train.epochs=1", f"run.dir={run_dir}"]
+    stop_in(monkeypatch, "make_network", lambda cfg, *a: cfg.seed == 1)
+    assert evaluate_main(args) == 143
+    monkeypatch.undo()
+    assert (f"removed what the run had written in {run_dir / 'seed-1'}; run the same command, or python -m nas "
+            f"evaluate --resume {run_dir}, to start it again") in capsys.readouterr().err
+    assert not (run_dir / "seed-1").exists() and not (run_dir / "summary.json").exists()
+    first = results(run_dir, 0)
+    assert evaluate_main([a for a in args if a != "--quiet"]) == 0  # the same command, saying what it does
+    out = capsys.readouterr().out
+    assert f"continuing the trainings of 3 seeds in {run_dir}: seed 0 has finished, seed 1 starts, seed 2 starts" in out
+    assert results(run_dir, 0) == first  # kept as it was
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and all((run_dir / f"seed-{s}" / "model.pt").exists() for s in (0, 1, 2))
+
+
+def test_seeds_stopped_with_a_checkpoint_carry_on_with_resume_on_their_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stopped after seed 1's first epoch: the hint names the parent directory, whose --resume keeps seed 0, resumes
+    seed 1 from its checkpoint, runs seed 2 and writes the summary of an uninterrupted run. Another genotype into the
+    same directory is refused and changes nothing; resuming the finished trainings writes nothing."""
+    whole, run_dir = tmp_path / "whole", tmp_path / "rep"
+    args = [*REPEATS, "train.epochs=2", "train.eval_every=1"]
+    assert evaluate_main([*args, f"run.dir={whole}"]) == 0
+    calls = {"n": 0}
+
+    def third(*a: Any) -> bool:  # 2 tests a training: the 3rd is seed 1's first
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    stop_in(monkeypatch, "evaluate", third)
+    assert evaluate_main([*args, f"run.dir={run_dir}"]) == 143
+    monkeypatch.undo()
+    assert (f"stopped after epoch 1 with a checkpoint; resume with: python -m nas evaluate --resume {run_dir}\n"
+            in capsys.readouterr().err)
+    before = (run_dir / "seed-1" / "checkpoint.pt").read_bytes()
+    other = [a if a != "DARTS_V1" else "DARTS_V2" for a in args]
+    assert evaluate_main([*other, f"run.dir={run_dir}"]) == 2
+    assert (f"run.dir={str(run_dir)!r} already holds repeated trainings of another genotype; continue them with "
+            f"python -m nas evaluate --resume {run_dir}, choose another run.dir") in capsys.readouterr().err
+    assert (run_dir / "seed-1" / "checkpoint.pt").read_bytes() == before and not (run_dir / "seed-2").exists()
+    assert evaluate_main(["--resume", str(run_dir)]) == 0
+    assert "seed 1 resumes from its checkpoint" in capsys.readouterr().out
+    for s in (0, 1, 2):
+        a, b = (json.loads(results(d, s)) for d in (whole, run_dir))
+        assert a["final_test_acc"] == b["final_test_acc"], s
+    summary = (run_dir / "summary.json").read_text()
+    assert json.loads(summary)["final_test_acc"] == json.loads((whole / "summary.json").read_text())["final_test_acc"]
+    assert evaluate_main(["--resume", str(run_dir)]) == 0
+    assert capsys.readouterr().out == f"{run_dir} has finished its 3 trainings; summary.json is its result\n"
+    assert (run_dir / "summary.json").read_text() == summary
+
+
+def test_seeds_refused_by_their_data_leave_nothing(tmp_path: Path) -> None:
+    """Repeated trainings whose first training refuses its data leave no parent directory behind."""
+    run_dir = tmp_path / "rep"
+    args = ["--config", "configs/eval/quick.yaml", "--genotype", "DARTS_V1", "--seeds", "2", "data.name=imagefolder",
+            f"data.root={tmp_path / 'none'}", "--quiet"]
+    assert evaluate_main([*args, f"run.dir={run_dir}"]) == 2
+    assert not run_dir.exists()

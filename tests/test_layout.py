@@ -213,6 +213,30 @@ def test_the_layout_page_names_every_module() -> None:
     assert sorted(str(p.relative_to(NAS.parent)) for p in MODULES.values()) == sorted(listed)
 
 
+def test_the_tool_of_each_run_kind_is_written_only_in_the_run_files_module() -> None:
+    """nas/run/files.py's TOOL maps each kind of run to the tool that starts and resumes it; no other module writes
+    that mapping again, as a table from a kind to its tool or as a choice between tools."""
+    from nas.run.files import TOOL
+
+    tools = set(TOOL.values())
+    renamed = {(kind, tool) for kind, tool in TOOL.items() if kind != tool}  # ("train", "evaluate"), ...
+    found = []
+    for m, p in MODULES.items():
+        if m == "run.files":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values, strict=True):
+                    inside = {c.value for c in ast.walk(v) if isinstance(c, ast.Constant)}
+                    if isinstance(k, ast.Constant) and any((k.value, t) in renamed for t in inside):
+                        found.append((m, k.value))
+            elif isinstance(node, ast.IfExp):  # "search" if kind == "search" else "evaluate"
+                branches = [c.value for c in (node.body, node.orelse) if isinstance(c, ast.Constant)]
+                if len(branches) == 2 and set(branches) <= tools:
+                    found.append((m, ast.unparse(node)))
+    assert found == []
+
+
 def test_run_file_names_are_written_only_in_their_one_module() -> None:
     """nas/run/files.py names every file of a run and a study; the other modules use its names, never the literals."""
     from nas.run import files

@@ -216,8 +216,9 @@ ZERO = ["--config", "configs/search/zc-train-nb201-small.yaml", "data.name=synth
 
 def test_a_stop_before_the_first_checkpoint_leaves_nothing_behind(tmp_path: Path) -> None:
     run_dir, log = tmp_path / "scoring", tmp_path / "out.txt"
-    proc = start("search.py", [*ZERO, "search.samples=100000", f"run.dir={run_dir}"], log)  # scoring for long
-    wait_for(log, "scoring 100000 random cells", proc)
+    # scoring for minutes; a pool larger than the space's 15,625 cells would take minutes to draw first
+    proc = start("search.py", [*ZERO, "search.samples=3000", f"run.dir={run_dir}"], log)
+    wait_for(log, "scoring 3000 random cells", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     text = log.read_text()

@@ -203,12 +203,13 @@ class SearchData:
     notes: list[str]                          # what the reader and the batching want the user to know
 
 
-def split_data(cfg: SearchConfig, data: ImageSet, run: Run) -> SearchData:
-    """Split the training set into the weight half and the alpha half, batched on the run's device and recorded in
-    meta.json; search never reads the test split."""
+def split_data(cfg: SearchConfig, data: ImageSet, halves: tuple[torch.Tensor, torch.Tensor], run: Run) -> SearchData:
+    """The training set's weight half and alpha half (``halves``: bilevel_split's indices, found before the run
+    directory is created, which a split that leaves an empty half refuses), batched on the run's device and recorded
+    in meta.json; search never reads the test split."""
     dist = run.dist
     mean, std = channel_stats(data.images)
-    w_idx, a_idx = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)
+    w_idx, a_idx = halves
     common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, mean=mean, std=std, device=run.device,
                                   augment=cfg.data.augment, cutout=cfg.data.cutout, shard=(dist.rank, dist.world))
     train = Batches(data, w_idx, seed=cfg.seed, **common)

@@ -51,11 +51,6 @@ def load_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     return state
 
 
-def read_kind(path: Path) -> str:
-    """The kind of run ("search" or "train") that wrote the checkpoint at ``path``."""
-    return str(_read(path).get("kind"))
-
-
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -100,9 +95,10 @@ def truncate_jsonl(path: Path, lines: int) -> None:
 
 
 class GracefulStop:
-    """While active, SIGINT and SIGTERM only set ``received``; once per step the loop agrees on it with the other
-    processes (Dist.agree sets ``signum``, the same on every process), then checkpoints and exits with 128 + signum
-    (130 for SIGINT, 143 for SIGTERM). A second signal to this process stops it at once."""
+    """While active, SIGINT and SIGTERM only set ``received``; once per step and at each epoch's end the loop agrees on
+    it with the other processes (Dist.agree sets ``signum``, the same on every process), then checkpoints and exits
+    with 128 + signum (130 for SIGINT, 143 for SIGTERM). A second signal to this process stops it at once, and so does
+    leaving the loop with a signal received that no agreement has seen: the signal is never lost."""
 
     def __init__(self) -> None:
         self.received: int | None = None  # the signal that reached this process
@@ -111,7 +107,7 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if self.received is not None:  # asked twice: give up waiting for the step
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise interruption(signum)
         self.received = signum
 
     def checkpoint_due(self, step: int, steps: int, every: int) -> bool:
@@ -132,9 +128,11 @@ class GracefulStop:
                 pass
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if kind is None and self.received is not None and self.signum is None:  # landed after the last agreement
+            raise interruption(self.received)
 
 
 class Stopped(Exception):
@@ -150,6 +148,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM outside a loop's graceful stop, as Ctrl-C raises KeyboardInterrupt (exit 143)."""
 
     signum = signal.SIGTERM
+
+
+def interruption(signum: int) -> KeyboardInterrupt:
+    """What a signal raises where it lands: Terminated for SIGTERM, KeyboardInterrupt (Ctrl-C) otherwise."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def raise_on_sigterm(signum: int, frame: types.FrameType | None) -> None:

@@ -103,10 +103,10 @@ class Dist:
         self._broadcast([*model.parameters(), *model.buffers()])
 
     def agree(self, stop: Any, loss: torch.Tensor) -> bool:
-        """Once per step: whether the loss is non-finite on any process, and, should a signal have reached any
-        process (``stop.received``), the same signal on all as ``stop.signum``, so that every process checkpoints and
-        stops (or fails) at the same step. ``stop.signum`` changes only here: a signal that lands after this call
-        counts at the next step, on every process alike."""
+        """Once per step and at each epoch's end: whether the loss is non-finite on any process, and, should a signal
+        have reached any process (``stop.received``), the same signal on all as ``stop.signum``, so that every process
+        checkpoints and stops (or fails) at the same step. ``stop.signum`` changes only here: a signal that lands after
+        this call counts at the next step or epoch's end, on every process alike."""
         if not self.active:
             stop.signum = stop.received
             return not bool(torch.isfinite(loss))

@@ -1,8 +1,9 @@
-"""What runs and studies are on disk, defined once: the names of their files, where a run stands and whether it has
-finished, and which loop wrote it (every other module asks here). And files that several processes may write at once
-(torchrun ranks, a study's jobs, two runs sharing a cache): each is written under a temporary name of its own beside
-the target, flushed to disk, then renamed over it, so that a reader sees the old file or the new one and two writers
-never share a temporary file; and a lock file for work that one process does while the others wait."""
+"""What runs and studies are on disk, defined once: the names of their files, the kinds of run and the tool that
+starts and resumes each, where a run stands and whether it has finished, and which kind it is (every other module asks
+here). And files that several processes may write at once (torchrun ranks, a study's jobs, two runs sharing a cache):
+each is written under a temporary name of its own beside the target, flushed to disk, then renamed over it, so that a
+reader sees the old file or the new one and two writers never share a temporary file; and a lock file for work that
+one process does while the others wait."""
 
 from __future__ import annotations
 
@@ -77,7 +78,6 @@ FINAL = "final.json"            # a search's final stage: every short-listed cel
 RUN_FILES = (CONFIG, METRICS, GENOTYPES, ALPHA, GENOTYPE, RESULTS, SUMMARY, CHECKPOINT, META, LOG, BUDGET, FINAL,
              MODEL)
 RUN_DIRS = ("tb", "cells")
-RESULT = {"search": GENOTYPE, "train": RESULTS}  # the file whose presence means a run of that kind is done
 
 STUDY_FILE = "study.yaml"
 SPACE = "space.json"            # bench/: the whole space's distribution on each data set (the table only)
@@ -89,11 +89,31 @@ REPORT_JSON = "report.json"
 STUDY_FILES = (STUDY_FILE, REPORT_MD, REPORT_JSON, LOG, META, FAILURES, LOCK)
 STUDY_DIRS = ("configs", "search", "random", "train", "bench", "plots")
 
+# ---------------------------------------------------------------------------------------------- kinds and states
+
+# the tool that starts and resumes each kind; "repeats" is evaluate --seeds: trainings of one genotype, one a seed
+TOOL = {"search": "search", "train": "evaluate", "repeats": "evaluate", "study": "compare"}
+RESULT = {"search": GENOTYPE, "train": RESULTS, "repeats": SUMMARY}  # the file that means a run of that kind is done
+
+
+def resume_command(kind: str, run_dir: Path | str) -> str:
+    """The command that continues the ``kind`` run in ``run_dir``, from any directory."""
+    return f"python -m nas {TOOL[kind]} --resume {run_dir}"
+
 
 def run_kind(run_dir: Path) -> str | None:
-    """Which loop wrote the run in ``run_dir``: "search" or "train", read from its config.yaml (None: no run)."""
+    """Which kind of run ``run_dir`` holds (a key of TOOL), as its meta.json records it; a run written before
+    meta.json recorded its kind is told by its config.yaml's sections (None: no run)."""
+    import json
+
     import yaml
 
+    try:
+        kind = json.loads((run_dir / META).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):  # no meta.json, a damaged one, or not an object
+        kind = None
+    if kind in TOOL:
+        return str(kind)
     try:
         raw = yaml.safe_load((run_dir / CONFIG).read_text())
     except (OSError, yaml.YAMLError):
@@ -104,14 +124,15 @@ def run_kind(run_dir: Path) -> str | None:
 
 
 def run_state(run_dir: Path, kind: str) -> str:
-    """Where the ``kind`` run ("search" or "train") in ``run_dir`` stands: "done" (its result file is written),
+    """Where the ``kind`` run (a key of RESULT) in ``run_dir`` stands: "done" (its result file is written),
     "interrupted" (a config and a checkpoint: --resume continues it), "started" (a config but no checkpoint yet:
-    it starts again) or "not started"."""
+    it starts again) or "not started". Repeated trainings with a config are interrupted: each of their trainings
+    carries on from its own state."""
     if (run_dir / RESULT[kind]).exists():
         return "done"
     if not (run_dir / CONFIG).exists():
         return "not started"
-    return "interrupted" if (run_dir / CHECKPOINT).exists() else "started"
+    return "interrupted" if kind == "repeats" or (run_dir / CHECKPOINT).exists() else "started"
 
 
 def is_finished(run_dir: Path, kind: str) -> bool:

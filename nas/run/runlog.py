@@ -17,24 +17,29 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.run.files import LOG, META, RUN_FILES, remove_run_files, temp_path
+from nas.run.files import LOG, META, RESULT, RUN_FILES, remove_run_files, resume_command, run_kind, run_state, temp_path
 from nas.run.files import atomic_write_text as atomic_write_text  # re-exported: runs write their JSON files by it
 
 
-def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
-    """Create the run directory. An existing run there is an error unless ``overwrite``."""
+def prepare_run_dir(path: str, default_name: str, overwrite: bool, kind: str) -> Path:
+    """Create the run directory of a new ``kind`` run. A run already there is refused, saying what continues it,
+    unless ``overwrite``, or unless it is a ``kind`` run that stopped before its first checkpoint (run_state
+    "started", or killed before its config.yaml: nothing to resume), which the same command starts again over what it
+    left."""
     if not path:
         path = os.path.join("runs", f"{default_name}-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run.dir={path!r} is a file, not a directory")
     existing = [f for f in RUN_FILES if (run_dir / f).exists()]
-    if existing and not overwrite:
-        raise UserError(f"run.dir={path!r} already holds a run ({existing[0]}); choose another run.dir, resume it "
-                        "with --resume, or set run.overwrite=true to replace it")
+    held = run_kind(run_dir) if existing else None
+    state = run_state(run_dir, held) if held in RESULT else None
+    if existing and not overwrite and not (held == kind and state in ("started", "not started")):
+        raise UserError(f"run.dir={path!r} already holds a run{held_run(run_dir, held, state, existing[0])}; choose "
+                        "another run.dir, or set run.overwrite=true to replace it")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite:
+        if existing:  # overwritten, or started again
             remove_run_files(run_dir)
         probe = temp_path(run_dir / "write-test")
         probe.write_text("")
@@ -42,6 +47,17 @@ def prepare_run_dir(path: str, default_name: str, overwrite: bool) -> Path:
     except OSError as e:
         raise UserError(f"cannot write run.dir={path!r}: {e.strerror or e}") from None
     return run_dir
+
+
+def held_run(run_dir: Path, kind: str | None, state: str | None, first: str) -> str:
+    """What prepare_run_dir says of the run it found in ``run_dir``: its kind and state, and what continues it."""
+    if kind is None or state is None:
+        return f" ({first})"
+    if state == "done":
+        return f": a finished {kind} run ({RESULT[kind]})"
+    if state == "interrupted":
+        return f": an interrupted {kind} run; resume it with {resume_command(kind, run_dir)}"
+    return f": a {kind} run stopped before its first checkpoint"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -247,8 +263,9 @@ def record_data(run_dir: Path, info: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
 
 
-def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
-    """Append this session (start or resume) to meta.json: command line, git commit, versions, device."""
+def record_session(run_dir: Path, device: torch.device, resumed: bool, kind: str) -> None:
+    """Append this session (start or resume) to meta.json: command line, git commit, versions, device; and note the
+    kind of run (a key of nas.run.files.TOOL), which nas.run.files.run_kind reads."""
     from importlib.metadata import PackageNotFoundError, version
 
     import numpy
@@ -259,6 +276,7 @@ def record_session(run_dir: Path, device: torch.device, resumed: bool) -> None:
         vision = None
     path = run_dir / META
     meta = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    meta["kind"] = kind
     dev = {"type": device.type}
     if device.type == "cuda":
         dev["name"] = torch.cuda.get_device_name(device)

@@ -17,11 +17,9 @@ from typing import Any
 import torch
 
 from nas.errors import UserError
-from nas.run.files import CONFIG, META, RESULT, is_finished, remove_run_files
+from nas.run.files import CONFIG, META, RESULT, is_finished, remove_run_files, resume_command
 from nas.run.runlog import Board, Progress, RunLog, atomic_write_text, prepare_run_dir, record_data, record_session
 from nas.text import count
-
-TOOL = {"search": "search", "train": "evaluate"}  # the tool that runs, and resumes, each kind of run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,12 +52,13 @@ class Run:
     problem rank 0 finds (an existing run, a damaged checkpoint) is raised on every process alike."""
 
     def __init__(self, run_cfg: Any, seed: int, name: str, kind: str, config_yaml: str, resume: Path | None,
-                 quiet: bool):
+                 quiet: bool, part_of: Path | None = None):
         from nas.run.checkpoint import CHECKPOINT, load_checkpoint
         from nas.run.distributed import setup
 
         self.started = time.perf_counter()
         self.kind = kind
+        self.part_of = part_of  # the parent of the repeated trainings this run is one of: what resuming continues
         self.dist, self.device = setup(resolve_device(run_cfg.device))
         if run_cfg.amp == "fp16" and self.device.type != "cuda":
             raise UserError(f"run.amp=fp16 needs a CUDA device, and this run is on {self.device.type}; "
@@ -74,18 +73,19 @@ class Run:
         self.new = resume is None
         self.created = self.new and not (run_cfg.dir and Path(run_cfg.dir).exists())  # the folder is this run's
         if resume is None:  # (directory, checkpoint state), as rank 0 found them
-            found = self.dist.on_main(lambda: (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite)), None))
+            found = self.dist.on_main(lambda: (str(prepare_run_dir(run_cfg.dir, name, run_cfg.overwrite, kind)), None))
             seed_everything(seed)
         else:
             found = self.dist.on_main(lambda: (str(resume), load_checkpoint(resume / CHECKPOINT, kind)))
         self.dir, self.state = Path(found[0]), found[1]
+        self.saved_at = (self.state["epoch"], self.state["step"]) if self.state else None  # the last checkpoint's
+        self.checkpoint_path = self.dir / CHECKPOINT
+        _STARTED.append(self)  # from here on, what this new run writes is removed if it fails before a checkpoint
         self.log = RunLog(self.dir, quiet, writes=main)
         if resume is None:
             self.log.write_text(CONFIG, config_yaml)
         if main:
-            record_session(self.dir, self.device, resumed=resume is not None)
-        self.checkpoint_path = self.dir / CHECKPOINT
-        _STARTED.append(self)
+            record_session(self.dir, self.device, resumed=resume is not None, kind=kind)
 
     def finish(self) -> None:
         """Note in meta.json's record of this session its wall time and the CPU time of this process (every thread;
@@ -108,6 +108,7 @@ class Run:
 
         if self.dist.main:
             save_checkpoint(self.checkpoint_path, state)
+        self.saved_at = (state["epoch"], state["step"])
 
     def discard(self) -> None:
         """Remove what this new run has written (rank 0; the others wrote nothing): its run files, and its folder
@@ -121,8 +122,14 @@ class Run:
                 self.dir.rmdir()
 
     def resume_hint(self) -> str:
-        """The command that continues this run, from any directory."""
-        return f"python -m nas {TOOL[self.kind]} --resume {self.dir}"
+        """The command that continues this run (or the repeated trainings it is one of), from any directory."""
+        return resume_command("repeats", self.part_of) if self.part_of else resume_command(self.kind, self.dir)
+
+    def checkpoint_place(self) -> str:
+        """Where the last checkpoint stands: "after epoch 2", or "at epoch 3 step 40" in the middle of one."""
+        assert self.saved_at is not None, "a checkpoint comes first"
+        epoch, step = self.saved_at
+        return f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1} step {step}"
 
     def restore(self, objects: dict[str, Any], records: tuple[str, ...]) -> tuple[int, int, dict[str, Any] | None]:
         """Load the checkpoint's state into ``objects`` (name in the checkpoint -> anything with load_state_dict;
@@ -221,11 +228,10 @@ class Loop:
         from nas.run.checkpoint import NumericalFault
 
         if self.run.dist.agree(self.stop, loss):
-            path = self.run.checkpoint_path
-            last = str(path) if path.exists() else "none yet"
+            kept = f"the last good checkpoint is kept: {self.run.checkpoint_path}" if self.run.saved_at else \
+                "there is no checkpoint yet, and the run leaves nothing behind"
             what = losses() if losses is not None else str(loss.item())
-            raise NumericalFault(f"the loss is not finite ({what}) at epoch {self.epoch + 1} step {step}; the last "
-                                 f"good checkpoint is kept: {last}")
+            raise NumericalFault(f"the loss is not finite ({what}) at epoch {self.epoch + 1} step {step}; {kept}")
 
     def stepped(self, step: int, postfix: Callable[[EpochMeter], dict[str, str]]) -> None:
         """After a step: the progress (``postfix(meter)``, figures read from the device, only when shown), a checkpoint
@@ -241,7 +247,9 @@ class Loop:
         self.progress.end_epoch()
 
     def epoch_done(self) -> None:
-        """After the epoch's records: a checkpoint, then the stop if a signal asked for one."""
+        """After the epoch's records: the agreement on a signal that landed while they were written (after the last
+        step's agreement), a checkpoint, then the stop if a signal asked for one."""
+        self.run.dist.agree(self.stop, torch.zeros((), device=self.run.device))  # a finite loss: the signal alone
         self.save(self.epoch + 1, 0, None)
         self.stop.stop_if_asked(f"after epoch {self.epoch + 1}", self.run.resume_hint())
 
@@ -260,25 +268,44 @@ _STARTED: list[Run] = []  # the runs this process has started inside removed_if_
 
 @contextlib.contextmanager
 def removed_if_unsaved() -> Iterator[None]:
-    """A new run stopped (Ctrl-C, SIGTERM) before its first checkpoint, as a search of no epochs is while it scores
-    cells, removes what it wrote and says so: the same command starts it again, and nothing is left that --resume
-    could not continue. A run with a checkpoint keeps it."""
+    """A new run that fails or is stopped before its first checkpoint removes what it wrote: nothing is left that
+    --resume could not continue or that would refuse the same command. A stop (Ctrl-C, SIGTERM) wherever it lands keeps
+    the promise of a stop in the loop: before the first checkpoint, as a search of no epochs is while it scores cells,
+    it says what it removed and that the same command starts the run again; after it, the checkpoint is kept, and a
+    stop outside the loop's graceful stop (in derivation, while the result is written, a second Ctrl-C) says which
+    checkpoint that is and how to resume from it. A failure (bad data found late, a non-finite loss, out of memory) is
+    raised as it is."""
     from nas.run.checkpoint import Stopped
 
     mark = len(_STARTED)
     try:
         yield
     except (KeyboardInterrupt, Stopped) as e:
-        fresh = [r for r in _STARTED[mark:] if r.new and not r.checkpoint_path.exists()]
-        if not fresh:
-            raise
-        for r in fresh:
-            r.discard()
+        started = _STARTED[mark:]
         signum = getattr(e, "signum", None) or signal.SIGINT
-        raise Stopped(signum, f"stopped before the first checkpoint; removed what the run had written in "
-                              f"{fresh[0].dir}; run the same command to start it again") from None
+        fresh = discard_unsaved(started)
+        if fresh is not None:
+            again = f"run the same command, or {fresh.resume_hint()}," if fresh.part_of else "run the same command"
+            raise Stopped(signum, f"stopped before the first checkpoint; removed what the run had written in "
+                                  f"{fresh.dir}; {again} to start it again") from None
+        if isinstance(e, Stopped) or not started:
+            raise
+        run = started[-1]
+        raise Stopped(signum, f"stopped; the checkpoint {run.checkpoint_place()} is kept; resume with: "
+                              f"{run.resume_hint()}") from None
+    except Exception:
+        discard_unsaved(_STARTED[mark:])
+        raise
     finally:
         del _STARTED[mark:]
+
+
+def discard_unsaved(started: list[Run]) -> Run | None:
+    """Remove what the new runs among ``started`` that have no checkpoint wrote; returns the first of them."""
+    fresh = [r for r in started if r.new and r.saved_at is None]
+    for r in fresh:
+        r.discard()
+    return fresh[0] if fresh else None
 
 
 class EpochMeter:

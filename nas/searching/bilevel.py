@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nas.bench201 import describe_epoch, epoch_lookup, load_benchmark
-from nas.data.pipeline import SearchData, batch_seed, load_dataset, split_data
+from nas.data.pipeline import SearchData, batch_seed, bilevel_split, load_dataset, split_data
 from nas.errors import UserError
 from nas.loader import dump_yaml
 from nas.run.distributed import Dist, check_global_batch, use_global_batchnorm
@@ -219,6 +219,14 @@ def search_mixer(s: SearchOptions) -> Mixer:
     return create_mixer(s.mixer, **{k: v for k, v in options.items() if k in mixer_options(s.mixer)})
 
 
+def schedule_epoch(s: SearchOptions, mixer: Mixer, model: Supernet, epoch: int) -> None:
+    """What changes from epoch to epoch besides the learning rate: tau (after the warm-up) and the dropout on
+    parameter-free ops. Set as each epoch starts, and for the last epoch again before derivation, so that a search
+    resumed after its last epoch derives in the state that epoch left."""
+    mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
+    model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
+
+
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
     """Search an architecture as ``cfg`` says, or continue the one in ``resume``; returns the run directory
     (genotype.json is the result). A finished run is left as it is; a new one stopped before its first checkpoint
@@ -240,13 +248,14 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     # ---- data: the training set only, split into a weight half and an alpha half; search never reads test.
     # Read before the run directory exists, so that a refused data set leaves nothing behind
     data = load_dataset(cfg.data, "train")
+    halves = bilevel_split(len(data), cfg.data.train_portion, cfg.seed, cfg.data.subset)  # or refused: an empty half
     budget_notes: list[str] = []
     budget = make_budget(cfg, len(data.classes), data.images.shape[1], data.images.shape[-1],
                          resolve_device(cfg.run.device), budget_notes.append)  # refused before anything is written
     run = Run(cfg.run, cfg.seed, name, "search", dump_yaml(cfg), resume, quiet)
     device, log, state, dist = run.device, run.log, run.state, run.dist
 
-    d = split_data(cfg, data, run)
+    d = split_data(cfg, data, halves, run)
     del data
     train, valid = d.train, d.valid
     steps = min(len(train), len(valid))
@@ -295,8 +304,7 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
         for epoch in frame.epochs():
             warm = epoch < s.warmup_epochs  # weights only; alpha and the tau schedule start after the warm-up
             frozen = warm or not mixer.learns_alpha  # alpha's batch is then only measured
-            mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
-            model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
+            schedule_epoch(s, mixer, model, epoch)
             lr = w_sched.get_last_lr()[0]
             # train loss sum, train correct, valid loss sum, valid correct; weight images, alpha images
             meter, first = frame.start_epoch(epoch, sums=4, streams=2)
@@ -320,6 +328,8 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
             frame.epoch_done()
 
     # ---- the result: genotype.json and drawings of its cells, and a warning if it is mostly parameter-free
+    if s.epochs:  # resumed after the last epoch, the loop ran none: derive in the state the last epoch left
+        schedule_epoch(s, mixer, model, s.epochs - 1)
     genotype, final = derive_genotype(cfg, model, d, score_batch, amp, memory_format, log)
     if final is not None:
         log.write_text(FINAL, json.dumps(final, indent=2) + "\n")
@@ -328,14 +338,14 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
         genotype, record = fit_budget(model, genotype, log)
         log.write_text(BUDGET, json.dumps(record, indent=2) + "\n")
         repaired = record["repaired"]
-    log.write_text(GENOTYPE, genotype.to_json())
-    warning = dominance_warning(genotype, derived, len(repaired))
-    if warning:
-        log.print(warning)
     from nas.space.plot import draw_cells
 
     if dist.main:
         draw_cells(genotype, run.dir / "cells")
+    log.write_text(GENOTYPE, genotype.to_json())  # last: it marks the run finished
+    warning = dominance_warning(genotype, derived, len(repaired))
+    if warning:
+        log.print(warning)
     run.finish()
     log.print(f"done: genotype written to {run.dir / GENOTYPE}; cell drawings in {run.dir / 'cells'}")
     return run.dir

@@ -41,6 +41,7 @@ from nas.run.files import (  # the run files, named once
     FAILURES,
     GENOTYPE,
     STUDY_FILE,
+    TOOL,
     run_state,
 )
 
@@ -241,11 +242,10 @@ class Piece:
 
     def command(self, extra: Sequence[str] = ()) -> list[str]:
         """An interrupted run resumes from its checkpoint; a started one starts again over what it left."""
-        tool = "search" if self.kind == "search" else "evaluate"
         status = self.status()
         if status == "interrupted":
-            return [tool, "--resume", str(self.dir), *extra]
-        return [tool, *self.args, *(["run.overwrite=true"] if status == "started" else []), *extra]
+            return [TOOL[self.kind], "--resume", str(self.dir), *extra]
+        return [TOOL[self.kind], *self.args, *(["run.overwrite=true"] if status == "started" else []), *extra]
 
 
 def pieces(lay: StudyLayout) -> list[Piece]:

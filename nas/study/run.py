@@ -201,7 +201,7 @@ def execute(lay: StudyLayout, todo: list[Piece], jobs: int, extra: Sequence[str]
 
     study_dir, cfg = lay.dir, lay.cfg
     log = RunLog(study_dir, quiet)
-    record_session(study_dir, resolve_device(cfg.run.device), resumed=resumed)
+    record_session(study_dir, resolve_device(cfg.run.device), resumed=resumed, kind="study")
     failures = read_failures(study_dir)
     slots = job_settings(cfg, jobs, nproc)
     n_search = sum(1 for p in todo if p.kind == "search")
