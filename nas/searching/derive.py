@@ -14,7 +14,6 @@ from nas.data.datasets import ImageSet
 from nas.data.pipeline import Batches, SearchData, resize
 from nas.searching.budget import fmt
 from nas.searching.supernet import Supernet
-from nas.searching.zerocost import rank_cells
 from nas.space.genotype import Genotype, alpha_rule
 
 if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the search code
@@ -34,6 +33,8 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
     plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
                     device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
     ranked: list[Genotype]
+    from nas.searching.zerocost import rank_cells
+
     if s.derive == "score":
         from nas.searching.zerocost import cells_from_alpha, random_cells
 
