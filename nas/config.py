@@ -243,6 +243,15 @@ class SearchOptions(SGDOptions):
     unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
                                  "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
                                  "darts mixer only")
+    schedule: str = _key("epochs", "alpha's learning rate. epochs: search.arch_lr as given (the published "
+                                   "schedules); steps: search.arch_lr times 97,750 (the alpha steps of "
+                                   "NAS-Bench-201's 250-epoch GDAS search) over this run's alpha steps, so that a "
+                                   "shorter search gives alpha the movement of the official one",
+                          choices=("epochs", "steps"))
+    warmup_sampling: str = _key("mixer", "the ops the warm-up's weight steps train (search.warmup_epochs): mixer "
+                                         "(the mixer's, as after the warm-up) or uniform (one op per edge drawn "
+                                         "uniformly, so every op is trained as often before alpha judges it)",
+                                choices=("mixer", "uniform"))
     warmup_epochs: int = _key(0, "first epochs with weight steps only: alpha frozen, the tau schedule starting after "
                                  "them (PC-DARTS: 15 of 50)", low=0)
     param_free_dropout: float = _key(0.0, "dropout on the outputs of parameter-free ops (skip_connect, pooling) "
@@ -352,6 +361,14 @@ class SearchOptions(SGDOptions):
                                   f"valid: 1 to {f.epochs}")
         elif f != FinalOptions():
             raise ConfigError("search.final.* applies only with search.final.cells > 0")
+        if self.warmup_sampling != "mixer" and not self.warmup_epochs:
+            raise ConfigError(f"search.warmup_sampling={self.warmup_sampling} applies only with "
+                              "search.warmup_epochs > 0")
+        from nas.searching.mixing import create_mixer
+
+        if self.schedule == "steps" and not create_mixer(self.mixer).learns_alpha:
+            raise ConfigError(f"search.schedule=steps scales alpha's learning rate, which search.mixer="
+                              f"{self.mixer} never steps")
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"search.warmup_epochs={self.warmup_epochs} leaves no epoch for alpha in "
                               f"search.epochs={self.epochs}; valid: warmup_epochs < epochs")
