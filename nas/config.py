@@ -181,6 +181,13 @@ class FinalOptions:
                                 "(0: none)", low=0)
     local_size: int = _key(0, "neighbours trained per round, the first by search.score (0: every neighbour no stage "
                               "has trained)", low=0)
+    shared_epochs: int = _key(0, "0: each finalist trains alone; more: the finalists share one supernet's weights, "
+                                 "trained this many epochs by GDAS over the list (each step draws one finalist by "
+                                 "hard Gumbel-softmax over its logit beta) and ranked by search.final.shared_rank",
+                              low=0)
+    shared_rank: str = _key("beta", "with search.final.shared_epochs: beta (the learned logits) or accuracy (the "
+                                    "shared network's, on the alpha half, with each finalist's ops)",
+                            choices=("beta", "accuracy"))
     inits: int = _key(1, "initialisations each finalist trains from; its figures are their means (a steadier "
                          "judge at that many times the cost)", low=1)
     image_size: int | None = _key(None, "the finalists' images resized to this many pixels a side (null: the data's "
@@ -353,6 +360,11 @@ class SearchOptions(SGDOptions):
             if f.average > 1 and f.rank == "tse":
                 raise ConfigError(f"search.final.average={f.average} averages validation figures; rank=tse reads "
                                   "none (it sums every epoch's training loss already); valid: rank=accuracy or loss")
+            if f.shared_epochs and (f.local_rounds or f.inits > 1 or f.together or f.eta != FinalOptions().eta):
+                raise ConfigError("search.final.shared_epochs trains the finalists as one weight-sharing supernet; "
+                                  "drop search.final.local_rounds, inits, together and eta, which train them alone")
+            if f.shared_rank != "beta" and not f.shared_epochs:
+                raise ConfigError("search.final.shared_rank applies only with search.final.shared_epochs > 0")
             if f.local_size and not f.local_rounds:
                 raise ConfigError(f"search.final.local_size={f.local_size} applies only with "
                                   "search.final.local_rounds > 0")
