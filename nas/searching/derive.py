@@ -99,7 +99,9 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                  together=f.together, memory_format=memory_format)  # how every finalist and neighbour trains
     best, finalists = halving(ranked[:f.cells], train, judged, eta=f.eta, rank=f.rank, average=f.average,
                               say=log.print, **alike)
+    record: dict[str, Any] = {"rank": f.rank}
     if f.local_rounds:
+        record["short_list_winner"] = str(best.genotype)  # the final stage's own pick, before the local search
         fits = model.budget.fits if model.budget is not None else None
 
         def order(cells: list[Genotype]) -> list[Genotype]:  # the neighbours that fit, best first by the scores
@@ -114,7 +116,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                                   size=f.local_size, rank=f.rank, average=f.average, order=order, say=log.print,
                                   **alike)
         finalists += more
-    return best.genotype, {"rank": f.rank, "cells": [g.record() for g in finalists], "winner": str(best.genotype)}
+    return best.genotype, {**record, "cells": [g.record() for g in finalists], "winner": str(best.genotype)}
 
 
 
