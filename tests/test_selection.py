@@ -206,3 +206,25 @@ def test_bad_selection_keys_are_refused_in_one_line(overrides: list[str], messag
     with pytest.raises(ConfigError) as e:
         load_config(SearchConfig, None, ["model.space=nb201", "model.layers=1", *overrides])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_small_data_recipe_runs_unchanged_in_the_darts_space(tmp_path: Path) -> None:
+    """The small-data recipe's own keys, with only its sizes shrunk, in the DARTS space: the cells are scored, the
+    finalists trained (resized, ranked, searched around), and a valid DARTS genotype is written."""
+    from nas.cli import search_main
+
+    recipe = load_config(SearchConfig, "configs/search/zc-train-nb201-small.yaml")
+    shrink = ["data.name=synthetic", "data.synthetic.train=128", "data.image_size=16", "data.batch_size=8",
+              "model.space=darts", "model.layers=3", "model.C=4", "search.samples=4", "search.score_batch=8",
+              "search.final.cells=3", "search.final.epochs=2", "search.final.eta=3", "search.final.average=1",
+              "run.threads=1", "run.tensorboard=false", "--quiet"]
+    if recipe.search.final.local_rounds:  # the recipe searches around its best finalist: two neighbours a round
+        shrink.append("search.final.local_size=2")
+    if recipe.search.final.image_size:  # the recipe resizes its finalists: here to half the shrunk images
+        shrink.append("search.final.image_size=8")
+    run = tmp_path / "run"
+    assert search_main(["--config", "configs/search/zc-train-nb201-small.yaml", *shrink, f"run.dir={run}"]) == 0
+    g = check_genotype(read_genotype(run / "genotype.json"))
+    assert g.space == "darts" and len(g.normal) == 4 and len(g.reduce) == 4  # 4 nodes of 2 inputs each
+    final = json.loads((run / "final.json").read_text())
+    assert len(final["cells"]) >= 3
