@@ -243,11 +243,6 @@ def search_space(name: str, ops: tuple[str, ...] | None = None, macro: str | Non
     return get_space(name).searching(ops, macro)
 
 
-def space_ops(name: str) -> list[str]:
-    """The ops a cell of the space ``name`` may hold."""
-    return get_space(name).cell_ops()
-
-
 def spaces_where(fact: Callable[[Space], bool]) -> str:
     """The names of the spaces of which ``fact`` holds, for messages: "nb201", "darts, nb201"."""
     return ", ".join(name for name, space in _SPACES.items() if fact(space))
