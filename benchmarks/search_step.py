@@ -148,6 +148,7 @@ def worker(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     stack = contextlib.ExitStack()
     if frame is not None:
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # its progress lines: stdout is the report's
         stack.enter_context(frame)
         meter, _ = frame.start_epoch(0, sums=4, streams=2)
     for i in range(steps):
