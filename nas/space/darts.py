@@ -55,7 +55,7 @@ class DartsSpace(Space):
     def with_macro(self, macro: str) -> Space:
         """gdas_frc searches the normal cell only: the reduction cell is the fixed one."""
         space = super().with_macro(macro)
-        return dataclasses.replace(space, cell_types=("normal",)) if macro == "gdas_frc" else space
+        return dataclasses.replace(space, cell_types=("normal",) if macro == "gdas_frc" else ("normal", "reduce"))
 
     # ------------------------------------------------------------------------------------------ cells and genotypes
 
