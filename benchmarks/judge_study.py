@@ -11,7 +11,7 @@ Each subset seed is a search's seed: it draws the 5,000-image subset, its weight
 distinct random cells and the networks' initialisation, exactly as ``search.py`` does with that seed. A setting is
 ``eE[:sS][:rR][:cC][:lL]``: E epochs of the final stage's schedule (SGD, cosine from 0.1), the S-th other
 initialisation (S=0: the search's own), images at R pixels (default: the data's), C channels (default 8), L cells per
-stage (default 1). Every epoch's training
+stage (default 1); ``a1`` trains on both halves (then only the training losses judge: TSE). Every epoch's training
 loss is recorded, and the accuracy and loss on the alpha half after each of the last ``--measured`` epochs.
 
 Every (cell, setting) is one line of the JSON-lines file ``--out``, written as it finishes; a run that stops goes on
@@ -46,8 +46,8 @@ SCORES = ("naswot", "synflow", "zico")
 
 def parse_setting(text: str) -> dict[str, int]:
     """"e12:s1:r16" -> {"epochs": 12, "init": 1, "px": 16, "C": 8, "layers": 1}; px 0 is the data's own size."""
-    out = {"epochs": 0, "init": 0, "px": 0, "C": 8, "layers": 1}
-    names = {"e": "epochs", "s": "init", "r": "px", "c": "C", "l": "layers"}
+    out = {"epochs": 0, "init": 0, "px": 0, "C": 8, "layers": 1, "all": 0}
+    names = {"e": "epochs", "s": "init", "r": "px", "c": "C", "l": "layers", "a": "all"}
     for part in text.split(":"):
         if not part or part[0] not in names or not part[1:].isdigit():
             raise SystemExit(f"bad setting {text!r}: expected eE[:sS][:rR][:cC][:lL], e.g. e12:s1")
@@ -79,7 +79,7 @@ class Subset:
                             seed=self.seed, memory_format=torch.channels_last, say=lambda _: None)
         return [g for g, _ in ranked[:finalists]]
 
-    def halves(self, px: int) -> tuple[Batches, Batches]:
+    def halves(self, px: int, both: bool = False) -> tuple[Batches, Batches]:
         data = self.data
         if px and px != data.images.shape[-1]:
             if px not in self.resized:
@@ -87,14 +87,15 @@ class Subset:
             data = self.resized[px]
         common: dict[str, Any] = dict(batch_size=self.batch_size, mean=self.mean, std=self.std)
         pad = 4 * data.images.shape[-1] // 32  # the crop's padding in proportion to the image (4 px at 32 px)
-        train = Batches(data, self.w_idx, seed=self.seed, augment=True, pad=pad, **common)
+        idx = torch.cat([self.w_idx, self.a_idx]) if both else self.w_idx
+        train = Batches(data, idx, seed=self.seed, augment=True, pad=pad, **common)
         valid = Batches(data, self.a_idx, shuffle=False, drop_last=False, **common)
         return train, valid
 
 
 def train_one(cell: Genotype, sub: Subset, setting: dict[str, int], measured: int) -> dict[str, Any]:
     """The cell trained alone as the final stage trains it, with every epoch's figures."""
-    train, valid = sub.halves(setting["px"])
+    train, valid = sub.halves(setting["px"], bool(setting["all"]))
     fmt = torch.channels_last
     init = sub.seed + 1000 * setting["init"]
     net = scoring_network(cell, C=setting["C"], layers=setting["layers"], num_classes=sub.classes,
@@ -173,6 +174,19 @@ def report(path: Path, table: Any, dataset: str, settings: list[str], subsets: l
               f"{mean(best):.2f} | {mean(best) - mean(picked):.2f} | {hits}/{n} | {cost:.0f} |")
 
     line("the scores' order", {s: [-float(i) for i in range(len(lists[s]))] for s in subsets}, 0.0)
+    agreement = []
+    for a, b in itertools.combinations(settings, 2):  # one judge from two initialisations: how far it repeats
+        if {**parse_setting(a), "init": 0} == {**parse_setting(b), "init": 0}:
+            for name in ("acc3", "tse"):
+                taus = []
+                for s in subsets:
+                    ra = [got.get((s, c, a)) for c in lists[s]]
+                    rb = [got.get((s, c, b)) for c in lists[s]]
+                    if all(ra) and all(rb) and (name == "tse" or ra[0]["valid_acc"]):  # type: ignore[index]
+                        fn = judges([a])[f"{a} {name}"][1]
+                        taus.append(kendall_tau([fn([r]) for r in ra], [fn([r]) for r in rb]))  # type: ignore[list-item]
+                if taus:
+                    agreement.append(f"{a} and {b}, {name}: tau {mean(taus):.2f} over {len(taus)} subsets")
     for name, (needs, fn) in judges(settings).items():
         per: dict[int, list[float]] = {}
         cost = []
@@ -183,6 +197,10 @@ def report(path: Path, table: Any, dataset: str, settings: list[str], subsets: l
                 cost += [sum(r["cpu_s"] for r in rs) for rs in recs]  # type: ignore[index]
         if per:
             line(name, per, mean(cost))
+    if agreement:
+        print("\nThe same judge from two initialisations, Kendall's tau between them among the finalists:")
+        for a in agreement:
+            print(f"- {a}")
 
 
 def main(argv: list[str] | None = None) -> int:

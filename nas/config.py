@@ -191,6 +191,13 @@ class FinalOptions:
                                 "(0: none)", low=0)
     local_size: int = _key(0, "neighbours trained per round, the first by search.score (0: every neighbour no stage "
                               "has trained)", low=0)
+    shared_epochs: int = _key(0, "0: each finalist trains alone; more: the finalists share one supernet's weights, "
+                                 "trained this many epochs by GDAS over the list (each step draws one finalist by "
+                                 "hard Gumbel-softmax over its logit beta) and ranked by search.final.shared_rank",
+                              low=0)
+    shared_rank: str = _key("beta", "with search.final.shared_epochs: beta (the learned logits) or accuracy (the "
+                                    "shared network's, on the alpha half, with each finalist's ops)",
+                            choices=("beta", "accuracy"))
     inits: int = _key(1, "initialisations each finalist trains from; its figures are their means (a steadier "
                          "judge at that many times the cost)", low=1)
     image_size: int | None = _key(None, "the finalists' images resized to this many pixels a side (null: the data's "
@@ -253,6 +260,15 @@ class SearchOptions(SGDOptions):
     unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
                                  "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
                                  "darts mixer only")
+    schedule: str = _key("epochs", "alpha's learning rate. epochs: search.arch_lr as given (the published "
+                                   "schedules); steps: search.arch_lr times 97,750 (the alpha steps of "
+                                   "NAS-Bench-201's 250-epoch GDAS search) over this run's alpha steps, so that a "
+                                   "shorter search gives alpha the movement of the official one",
+                          choices=("epochs", "steps"))
+    warmup_sampling: str = _key("mixer", "the ops the warm-up's weight steps train (search.warmup_epochs): mixer "
+                                         "(the mixer's, as after the warm-up) or uniform (one op per edge drawn "
+                                         "uniformly, so every op is trained as often before alpha judges it)",
+                                choices=("mixer", "uniform"))
     warmup_epochs: int = _key(0, "first epochs with weight steps only: alpha frozen, the tau schedule starting after "
                                  "them (PC-DARTS: 15 of 50)", low=0)
     param_free_dropout: float = _key(0.0, "dropout on the outputs of parameter-free ops (skip_connect, pooling) "
@@ -354,6 +370,11 @@ class SearchOptions(SGDOptions):
             if f.average > 1 and f.rank == "tse":
                 raise ConfigError(f"search.final.average={f.average} averages validation figures; rank=tse reads "
                                   "none (it sums every epoch's training loss already); valid: rank=accuracy or loss")
+            if f.shared_epochs and (f.local_rounds or f.inits > 1 or f.together or f.eta != FinalOptions().eta):
+                raise ConfigError("search.final.shared_epochs trains the finalists as one weight-sharing supernet; "
+                                  "drop search.final.local_rounds, inits, together and eta, which train them alone")
+            if f.shared_rank != "beta" and not f.shared_epochs:
+                raise ConfigError("search.final.shared_rank applies only with search.final.shared_epochs > 0")
             if f.local_size and not f.local_rounds:
                 raise ConfigError(f"search.final.local_size={f.local_size} applies only with "
                                   "search.final.local_rounds > 0")
@@ -362,6 +383,14 @@ class SearchOptions(SGDOptions):
                                   f"valid: 1 to {f.epochs}")
         elif f != FinalOptions():
             raise ConfigError("search.final.* applies only with search.final.cells > 0")
+        if self.warmup_sampling != "mixer" and not self.warmup_epochs:
+            raise ConfigError(f"search.warmup_sampling={self.warmup_sampling} applies only with "
+                              "search.warmup_epochs > 0")
+        from nas.searching.mixing import create_mixer
+
+        if self.schedule == "steps" and not create_mixer(self.mixer).learns_alpha:
+            raise ConfigError(f"search.schedule=steps scales alpha's learning rate, which search.mixer="
+                              f"{self.mixer} never steps")
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"search.warmup_epochs={self.warmup_epochs} leaves no epoch for alpha in "
                               f"search.epochs={self.epochs}; valid: warmup_epochs < epochs")

@@ -154,11 +154,13 @@ SMALL = ["data.synthetic.train=96", "data.image_size=8", "data.batch_size=16", "
                "search.final.epochs=2", "search.final.image_size=4", "search.final.together=true",
                "search.final.rank=loss", "search.final.inits=2", "search.final.local_rounds=1",
                "search.final.local_size=2"]),
+    ("nb201", ["search.derive=score", "search.score=[naswot]", "search.samples=4", "search.final.cells=3",
+               "search.final.shared_epochs=2", "search.final.shared_rank=accuracy"]),
     ("darts", ["search.derive=score", "search.score=[naswot,synflow]", "search.samples=3", "search.final.cells=2",
                "search.final.epochs=1"]),
     ("darts", ["search.derive=perturb", "search.perturb_by=score", "search.score=[naswot]"]),
-], ids=["nb201-final", "nb201-prior-vote", "nb201-zc-pt", "nb201-final-small-together", "darts-final",
-      "darts-zc-pt"])
+], ids=["nb201-final", "nb201-prior-vote", "nb201-zc-pt", "nb201-final-small-together", "nb201-final-shared",
+      "darts-final", "darts-zc-pt"])
 def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str, extra: list[str]) -> None:
     layers = "model.layers=1" if space == "nb201" else "model.layers=3"
     cfg = load_config(SearchConfig, None, [*SMALL, f"model.space={space}", layers, *extra, f"run.dir={tmp_path}"])
@@ -170,7 +172,7 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
     if final.exists():
         record = json.loads(final.read_text())
         assert record["winner"] == str(g)
-        assert sum(c["local_round"] == 0 for c in record["cells"]) == cfg.search.final.cells
+        assert sum(c.get("local_round", 0) == 0 for c in record["cells"]) == cfg.search.final.cells
     log = (run_dir / "log.txt").read_text()  # 48 images in the alpha half, the default score batch is 64
     assert "search.score_batch=64 is more than the 48 images of the alpha half; the zero-cost scores read all 48" in log
     assert " 0 epochs" in log and "1 epochs" not in log and "1 cells" not in log
@@ -195,6 +197,8 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
      "search.final.average=2 averages validation figures; rank=tse reads none"),
     (["search.derive=score", "search.final.cells=2", "search.final.rank=accuracy", "search.final.epochs=3",
       "search.final.average=4"], "search.final.average=4 is more than search.final.epochs=3; valid: 1 to 3"),
+    (["search.derive=score", "search.final.cells=2", "search.final.shared_epochs=3", "search.final.inits=2"],
+     "search.final.shared_epochs trains the finalists as one weight-sharing supernet"),
     (["search.derive=score", "search.final.cells=2", "search.final.local_size=3"],
      "search.final.local_size=3 applies only with search.final.local_rounds > 0"),
     (["search.derive=score", "search.final.cells=2", "search.final.image_size=2"],

@@ -182,3 +182,24 @@ def test_local_search_climbs_while_a_neighbour_wins_and_stops_where_none_does() 
     assert "it is the new best" in lines[1]
     rounds = max(f.round for f in trained)
     assert rounds == 3 or "the best stays" in lines[-1] or "every neighbour" in lines[-1]
+
+
+def test_gdas_over_a_short_list_learns_to_draw_the_cell_that_learns() -> None:
+    from nas.searching.shortlist import gdas_over_list
+
+    data = make_synthetic(128, 3, 12, seed=0)
+    train = Batches(data, batch_size=32, mean=[0.5] * 3, std=[0.25] * 3, seed=0, augment=True)
+    valid = Batches(make_synthetic(128, 3, 12, seed=1), batch_size=32, mean=[0.5] * 3, std=[0.25] * 3, seed=1)
+    plain = Batches(make_synthetic(128, 3, 12, seed=1), batch_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                    shuffle=False, drop_last=False)
+    empty, conv = from_nb201_string(ODD[1]), from_nb201_string(ODD[2])
+    lines: list[str] = []
+    winner, records = gdas_over_list([empty, conv], train, valid, plain, space=get_space("nb201"), C=4, layers=1,
+                                     num_classes=3, epochs=6, beta_lr=0.05, seed=0, say=lines.append)
+    assert winner == conv and records[1]["beta"] > records[0]["beta"]
+    assert sum(r["drawn"] for r in records) == 6 * 4  # one finalist per weight step
+    assert records[0]["shared_acc"] < records[1]["shared_acc"]  # the cell that passes nothing on is at chance
+    assert [r["place"] for r in records] == [2, 1] and "sharing one supernet's weights" in lines[0]
+    again, by_acc = gdas_over_list([empty, conv], train, valid, plain, space=get_space("nb201"), C=4, layers=1,
+                                   num_classes=3, epochs=6, beta_lr=0.05, seed=0, rank="accuracy", say=lambda _: None)
+    assert again == conv and [r["beta"] for r in by_acc] == [r["beta"] for r in records]  # seeded: the same run

@@ -220,11 +220,29 @@ def search_mixer(s: SearchOptions) -> Mixer:
 
 
 def schedule_epoch(s: SearchOptions, mixer: Mixer, model: Supernet, epoch: int) -> None:
-    """What changes from epoch to epoch besides the learning rate: tau (after the warm-up) and the dropout on
-    parameter-free ops. Set as each epoch starts, and for the last epoch again before derivation, so that a search
-    resumed after its last epoch derives in the state that epoch left."""
+    """What changes from epoch to epoch besides the learning rate: tau (after the warm-up), the dropout on
+    parameter-free ops and the ops the weight steps train (uniformly drawn ones with search.weight_sampling=uniform,
+    or during a warm-up with search.warmup_sampling=uniform; else the mixer's). Set as each epoch starts, and for the
+    last epoch again before derivation, so that a search resumed after its last epoch derives in the state that
+    epoch left."""
     mixer.set_epoch(max(epoch - s.warmup_epochs, 0), s.epochs - s.warmup_epochs)
     model.set_param_free_dropout(s.param_free_dropout * (1 - epoch / max(s.epochs - 1, 1)))
+    uniform = s.weight_sampling == "uniform" or (epoch < s.warmup_epochs and s.warmup_sampling == "uniform")
+    model.weight_mixer = create_mixer("random") if uniform else None  # random: every op of an edge as often
+
+
+# NAS-Bench-201's GDAS search (Dong & Yang, ICLR 2020; AutoDL-Projects): 250 epochs of 391 alpha steps, one per batch
+# of 64 images of the 25,000-image alpha half, at alpha's Adam learning rate 3e-4
+REFERENCE_ALPHA_STEPS = 250 * 391
+
+
+def alpha_lr(s: SearchOptions, steps: int) -> float:
+    """alpha's Adam learning rate: search.arch_lr as it stands (search.schedule=epochs), or scaled by the reference
+    search's alpha steps over this run's (search.schedule=steps), so that alpha can move as far in fewer steps as
+    the official schedule lets it move in 97,750."""
+    if s.schedule == "epochs":
+        return s.arch_lr
+    return s.arch_lr * REFERENCE_ALPHA_STEPS / max(1, (s.epochs - s.warmup_epochs) * steps)
 
 
 def run_search(cfg: SearchConfig, name: str = "search", *, resume: Path | None = None, quiet: bool = False) -> Path:
@@ -265,8 +283,6 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     model = make_supernet(cfg, d, mixer, device)
     model.beta_decay = s.beta_decay
     model.budget = budget
-    if s.weight_sampling == "uniform":
-        model.weight_mixer = create_mixer("random")  # fair training: every op of an edge sampled as often
     if cfg.run.sync_bn and dist.active:
         use_global_batchnorm(model)
     dist.broadcast_parameters(model)  # the same seed built the same network; this makes sure of it
@@ -279,10 +295,14 @@ def search(cfg: SearchConfig, name: str, resume: Path | None, quiet: bool) -> Pa
     w_opt = torch.optim.SGD(weights, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
                             weight_decay=s.weight_decay)
     w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=s.epochs, eta_min=s.lr_min)
-    a_opt = torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas,
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=alpha_lr(s, steps), betas=s.arch_betas,
                              weight_decay=s.arch_weight_decay)
     for line in [*setup_lines(cfg, run, d, weights, steps), *budget_notes, *([budget.describe()] if budget else [])]:
         log.print(line)
+    if s.schedule == "steps" and mixer.learns_alpha:
+        log.print(f"alpha's Adam at learning rate {alpha_lr(s, steps):.3g}: search.arch_lr={s.arch_lr:g} times the "
+                  f"reference search's {REFERENCE_ALPHA_STEPS:,} alpha steps over this run's "
+                  f"{(s.epochs - s.warmup_epochs) * steps:,} (search.schedule=steps)")
 
     if s.zero_cost and s.score_batch > len(valid.labels):
         log.print(f"search.score_batch={s.score_batch} is more than the {len(valid.labels)} images of the alpha half; "

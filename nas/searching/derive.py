@@ -82,13 +82,27 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                         mean=mean, std=std, device=device, shuffle=False, drop_last=False)
     train = Batches(ImageSet(train_images, d.train.labels, []), batch_size=cfg.data.batch_size, mean=mean,
                     std=std, device=device, seed=cfg.seed, augment=cfg.data.augment, pad=pad)  # every process: all
+    if f.shared_epochs:
+        from nas.searching.shortlist import gdas_over_list
+
+        valid_images = plain.images  # the alpha half at the finalists' size, augmented as the search's batches are
+        draws = Batches(ImageSet(valid_images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
+                        device=device, seed=cfg.seed + 1, augment=cfg.data.augment, pad=pad)
+        winner, shared = gdas_over_list(
+            ranked[:f.cells], train, draws, plain, space=model.space, C=f.C or cfg.model.C,
+            layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.shared_epochs, rank=f.shared_rank,
+            lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed, memory_format=memory_format,
+            say=log.print)
+        return winner, {"rank": f"shared-{f.shared_rank}", "cells": shared, "winner": str(winner)}
     judged = plain if f.rank != "tse" else None
     alike = dict(C=f.C or cfg.model.C, layers=f.layers or cfg.model.layers, num_classes=d.classes, epochs=f.epochs,
                  lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay, seed=cfg.seed, inits=f.inits,
                  together=f.together, memory_format=memory_format)  # how every finalist and neighbour trains
     best, finalists = halving(ranked[:f.cells], train, judged, eta=f.eta, rank=f.rank, average=f.average,
                               say=log.print, **alike)
+    record: dict[str, Any] = {"rank": f.rank}
     if f.local_rounds:
+        record["short_list_winner"] = str(best.genotype)  # the final stage's own pick, before the local search
         fits = model.budget.fits if model.budget is not None else None
 
         def order(cells: list[Genotype]) -> list[Genotype]:  # the neighbours that fit, best first by the scores
@@ -103,7 +117,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
                                   size=f.local_size, rank=f.rank, average=f.average, order=order, say=log.print,
                                   **alike)
         finalists += more
-    return best.genotype, {"rank": f.rank, "cells": [g.record() for g in finalists], "winner": str(best.genotype)}
+    return best.genotype, {**record, "cells": [g.record() for g in finalists], "winner": str(best.genotype)}
 
 
 
