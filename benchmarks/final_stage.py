@@ -22,7 +22,7 @@ from nas.data.datasets import make_synthetic
 from nas.data.pipeline import Batches
 from nas.searching.finalists import OneByOne, Recipe, Together
 from nas.searching.zerocost import scoring_network
-from nas.space.genotype import random_genotype
+from nas.space.derivation import random_genotype
 from nas.space.spaces import get_space
 
 

@@ -37,7 +37,8 @@ from nas.data.datasets import ImageSet, load_image_folder
 from nas.data.pipeline import Batches, bilevel_split, channel_stats, resize
 from nas.searching.finalists import evaluate, train_epoch
 from nas.searching.zerocost import kendall_tau, random_cells, rank_cells, scoring_network
-from nas.space.genotype import Genotype, from_nb201_string, to_nb201_string
+from nas.space.genotype import Genotype
+from nas.space.nb201 import from_nb201_string, to_nb201_string
 from nas.space.spaces import get_space
 
 SCORES = ("naswot", "synflow", "zico")

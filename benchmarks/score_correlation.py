@@ -28,7 +28,7 @@ from nas.data.datasets import load_image_folder
 from nas.data.pipeline import channel_stats
 from nas.searching.scores import get_score, score_names
 from nas.searching.zerocost import aggregate, kendall_tau, random_cells, scoring_network, spearman
-from nas.space.genotype import from_nb201_string, to_nb201_string
+from nas.space.nb201 import from_nb201_string, to_nb201_string
 from nas.space.spaces import get_space
 
 DEFAULT_SCORES = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "zico", "swap", "meco", "ntk", "params",

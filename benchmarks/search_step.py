@@ -12,6 +12,10 @@ A GDAS step costs what its samples cost, so each round draws its own samples (an
 rounds x steps different networks, not the same few networks timed again.
 Each variant is timed in both memory formats (NCHW and channels-last, which decide how fast oneDNN's CPU kernels
 and cuDNN's run) and judged by its faster one: every method at its best, as a user would run it.
+The search steps (every variant but the child) run inside the search loop's frame (nas.run.runtime.Loop, on a run in a
+temporary directory), which does after each step what the search does: the agreement on faults and signals, the
+epoch's sums, progress, the checkpoint when due and the stop. Its time is measured apart from the step's, in the same
+run: "*_frame_ms" per step, and "*_frame_share" of the step.
 
     python benchmarks/search_step.py --space darts            # C=16, 8 cells, batch 64, 2 threads, CPU
     python benchmarks/search_step.py --space nb201            # C=16, N=5, batch 64
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,16 +62,30 @@ def fixed_sample(model: object, indices: dict[str, list[int]]) -> dict:
     return out
 
 
+def loop_frame(args: argparse.Namespace, objects: dict, steps: int, tmp: Path) -> object:
+    """The search loop's frame (nas.run.runtime.Loop) around ``steps`` steps, on a new run in ``tmp``: what the search
+    does after each step besides the step itself."""
+    from nas.config import RunConfig
+    from nas.run.runtime import Loop, Run
+
+    run_cfg = RunConfig(dir=str(tmp / f"run-{args.variant}"), device=args.device, tensorboard=False)
+    run = Run(run_cfg, 0, "bench", "search", "", None, quiet=False)  # a piped run's progress, as a job's
+    return Loop(run, run_cfg, 1, steps, objects, ())
+
+
 def worker(args: argparse.Namespace) -> dict:
-    """One variant in this process: returns per-step times (ms), peak memory above the pre-step baseline (MiB) and
-    the share of step time spent producing batches."""
+    """One variant in this process: returns per-step times (ms) of the step and of the loop frame's work after it,
+    peak memory above the pre-step baseline (MiB) and the share of step time spent producing batches."""
+    import contextlib
+    import tempfile
+
     import torch
 
     sys.path.insert(0, str(ROOT))
     from nas.data.datasets import make_synthetic
     from nas.data.pipeline import Batches, batch_seed, channel_stats
     from nas.run.distributed import Dist, setup
-    from nas.searching.bilevel import bilevel_step, weight_step
+    from nas.searching.bilevel import bilevel_step, step_postfix, weight_step
     from nas.searching.mixing import GdasSample, create_mixer, has_tau
     from nas.searching.supernet import build_supernet
 
@@ -118,12 +137,20 @@ def worker(args: argparse.Namespace) -> dict:
 
         model.mixings = recording  # type: ignore[method-assign]
 
+    searching = args.variant != "child" and not d.active  # the search's own steps, in its loop frame
+    frame: Any = loop_frame(args, {"model": model, "w_opt": w_opt, "a_opt": a_opt}, steps,
+                            Path(tempfile.mkdtemp())) if searching else None
     torch.manual_seed(1 + args.round)  # each round draws its own GDAS samples (the child replays them)
-    times, data_times = [], []
+    times, data_times, frame_times = [], [], []
     batches = zip(train.epoch(0), valid.epoch(0), strict=False)
     base = torch.cuda.memory_allocated(device) if cuda else rss_mib()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    stack = contextlib.ExitStack()
+    if frame is not None:
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # its progress lines: stdout is the report's
+        stack.enter_context(frame)
+        meter, _ = frame.start_epoch(0, sums=4, streams=2)
     for i in range(steps):
         if cuda:
             torch.cuda.synchronize(device)
@@ -141,23 +168,34 @@ def worker(args: argparse.Namespace) -> dict:
                 weight_step(model, x, y, w_opt, weights, 5.0)
         else:  # the loop's own step (nas.searching.bilevel.bilevel_step): DARTS takes the alpha step first, darts2
             # is second order, random only measures the alpha batch; under torchrun it is the data-parallel step
-            bilevel_step(model, (xw, yw), (xa, ya), w_opt, a_opt, weights,
-                         order="alpha_first" if args.variant in ("darts", "darts2") else "weights_first",
-                         frozen=args.variant == "random", xi=0.025 if args.variant == "darts2" else None, dist=d)
+            w_loss, w_correct, a_loss, a_correct = bilevel_step(
+                model, (xw, yw), (xa, ya), w_opt, a_opt, weights,
+                order="alpha_first" if args.variant in ("darts", "darts2") else "weights_first",
+                frozen=args.variant == "random", xi=0.025 if args.variant == "darts2" else None, dist=d)
         if cuda:
             torch.cuda.synchronize(device)
         t2 = time.perf_counter()
+        if frame is not None:  # what nas.searching.bilevel's loop does after each step, as it does it
+            step = i + 1
+            frame.check(w_loss + a_loss, step, lambda: "")
+            meter.add([w_loss * len(yw), w_correct, a_loss * len(ya), a_correct], len(yw), len(ya))
+            frame.stepped(step, lambda m: step_postfix(m, mixer.tau))
+            if cuda:
+                torch.cuda.synchronize(device)
+        t3 = time.perf_counter()
         if i >= args.warmup:
             times.append(1000 * (t2 - t0))
             data_times.append(1000 * (t1 - t0))
+            frame_times.append(1000 * (t3 - t2))
+    stack.close()
     if args.variant == "gdas" and not d.active:
         samples.write_text(json.dumps(drawn))
     if cuda:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:  # the high-water mark of resident memory above what the process held before the first step
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return {"times_ms": times, "data_ms": data_times, "peak_mib": peak, "rank": d.rank,
-            "reduced_mib_per_step": d.bytes_reduced / steps / 2**20}
+    return {"times_ms": times, "data_ms": data_times, "frame_ms": frame_times if frame is not None else [],
+            "peak_mib": peak, "rank": d.rank, "reduced_mib_per_step": d.bytes_reduced / steps / 2**20}
 
 
 def scaling(args: argparse.Namespace) -> None:
@@ -263,6 +301,10 @@ def main() -> None:
             report[f"{v}_ms_{f}"] = round(medians[f], 1)
         report[f"{v}_peak_mib"] = round(max(r["peak_mib"] for r in results[(v, best)]), 1)
         report[f"{v}_data_share"] = round(sum(t for r in results[(v, best)] for t in r["data_ms"]) / sum(times), 4)
+        frame = [t for r in results[(v, best)] for t in r["frame_ms"]]
+        if frame:  # the loop frame's work after each step, beside the step, in the same processes
+            report[f"{v}_frame_ms"] = round(statistics.median(frame), 3)
+            report[f"{v}_frame_share"] = round(sum(frame) / sum(times), 5)
     if "gdas" in variants and "child" in variants:
         report["gdas_over_child"] = round(report["gdas_ms"] / report["child_ms"], 3)  # type: ignore[operator]
         same = report["gdas_format"]  # memory compared in the same format

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import UserError
-from nas.space.genotype import Genotype, to_nb201_string
+from nas.space.genotype import Genotype
+from nas.space.nb201 import from_nb201_string, to_nb201_string
+from nas.space.spaces import get_space, spaces_where
 
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 RECIPES = ("200", "12")  # training epochs of the benchmark's two recipes
@@ -47,9 +49,9 @@ class BenchmarkError(UserError):
 
 
 def arch_string(genotype: Genotype) -> str:
-    if genotype.space != "nb201":
-        raise BenchmarkError("NAS-Bench-201 holds only nb201-space cells; this genotype is in the "
-                             f"{genotype.space} space")
+    if not get_space(genotype.space).benchmarked:
+        raise BenchmarkError(f"NAS-Bench-201 holds only {spaces_where(lambda s: s.benchmarked)}-space cells; this "
+                             f"genotype is in the {genotype.space} space")
     return to_nb201_string(genotype)
 
 
@@ -146,7 +148,6 @@ def convolution_only_cells(ops: tuple[str, ...] = NB201_OPS) -> list[Genotype]:
     nor_conv_3x3): what a user who only knows "use convolutions" would pick from."""
     from itertools import product
 
-    from nas.space.genotype import from_nb201_string
     from nas.space.ops import is_parameter_free
 
     convs = [op for op in ops if not is_parameter_free(op)]
@@ -158,7 +159,6 @@ def baselines(bench: Any) -> dict[str, Any]:
     """The benchmark's records of the cells a user would pick without a search: the ResNet cell, and every
     convolution-only cell (the distribution of a random one). A benchmark file that holds part of the space gives
     the records it has: the ResNet cell is None when it lacks it."""
-    from nas.space.genotype import from_nb201_string
 
     def held(g: Genotype) -> dict[str, Any] | None:
         try:

@@ -346,7 +346,8 @@ def latency_main(argv: list[str] | None = None) -> int:
 
         from nas.data.pipeline import load_dataset
         from nas.run.runtime import resolve_device
-        from nas.searching.budget import budget_network, fmt, latency_table, save_costs
+        from nas.searching.budget import budget_network
+        from nas.searching.costs import fmt, latency_table, save_costs
         from nas.space.spaces import search_space
 
         cfg = load_config(SearchConfig, args.config, args.overrides)

@@ -19,7 +19,7 @@ from nas.run.files import TOOL
 
 
 def _check_network(space: str, **settings: Any) -> None:
-    from nas.space.network import check_network  # network.py owns what a network can be built from
+    from nas.space.network import check_network  # the space owns what its networks can be built from
 
     try:
         check_network(space, **settings)
@@ -27,8 +27,18 @@ def _check_network(space: str, **settings: Any) -> None:
         raise ConfigError(str(e)) from None
 
 
+def _space(name: str) -> Any:
+    """The registered space ``name`` (model.space): the registry is the authority on space names, as on mixers."""
+    from nas.space.spaces import check_space_name, get_space
+
+    try:
+        check_space_name(name)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
+    return get_space(name)
+
+
 DATASETS = ("synthetic", "cifar10", "cifar100", "fashion-mnist", "imagenet16-120", "imagefolder")
-SPACES = ("darts", "nb201")
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     space: str = _key("darts", "search space: darts (8 ops, 14 edges, normal + reduce cells) or nb201 "
-                               "(5 ops, 6 edges, one cell)", choices=SPACES)
+                               "(5 ops, 6 edges, one cell), or any name given to nas.space.spaces.register_space")
     C: int = _key(16, "initial channels", low=1)
     layers: int = _key(8, "darts: cells in the network; nb201: cells per stage (N)", low=1)
     stem_multiplier: int | None = _key(None, "stem channels = stem_multiplier * C (null: 3 for darts; nb201 "
@@ -73,26 +83,26 @@ class ModelConfig:
     macro: str = _key("darts", "darts space's search network: darts (DARTS's: a BN after every pooling op), gdas "
                                "(GDAS's NASNet one: no BN after pooling, a BN-ReLU before the final pooling; the "
                                "official GDAS search uses it with 6 cells) or gdas_frc (that network with GDAS-FRC's "
-                               "fixed reduction cell: only the normal cell is searched)",
-                      choices=("darts", "gdas", "gdas_frc"))
+                               "fixed reduction cell: only the normal cell is searched)")
     bn_stats: bool = _key(True, "the supernet's BatchNorms keep running statistics; false: none, every forward pass "
                                 "normalises by its batch's (NATS-Bench's track_running_stats=False)")
 
     def check(self) -> None:
-        if self.macro != "darts" and self.space != "darts":
-            raise ConfigError(f"model.macro={self.macro} applies only to model.space=darts; NAS-Bench-201 has one "
-                              "search network")
+        space = _space(self.space)
+        try:
+            space.with_macro(self.macro)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
         if self.macro == "gdas_frc" and self.C % 4:
             raise ConfigError(f"model.C={self.C} does not suit model.macro=gdas_frc, whose fixed reduction cells split "
                               "2*C and 4*C channels into 8 conv groups; valid: a multiple of 4")
         _check_network(self.space, layers=self.layers, stem_multiplier=self.stem_multiplier)
         if self.ops is not None:
             from nas.space.ops import check_op_name  # the registry is the authority on op names
-            from nas.space.spaces import space_ops
 
             for op in self.ops:
                 try:
-                    check_op_name(op, space_ops(self.space), where=f" in model.ops of the {self.space} space")
+                    check_op_name(op, space.cell_ops(), where=f" in model.ops of the {self.space} space")
                 except UserError as e:
                     raise ConfigError(str(e)) from None
             if len(set(self.ops)) != len(self.ops):
@@ -104,7 +114,7 @@ class ModelConfig:
     def stem(self) -> int:
         if self.stem_multiplier is not None:
             return self.stem_multiplier
-        return 3 if self.space == "darts" else 1
+        return _space(self.space).stem_multiplier
 
 
 @dataclass(frozen=True)
@@ -438,21 +448,32 @@ class SearchConfig:
         if s.unrolled and self.run.amp != "off":
             raise ConfigError(f"search.unrolled=true runs in float32 only (run.amp={self.run.amp!r}): its finite "
                               "differences are smaller than half precision resolves; valid: run.amp=off")
-        if s.final.together and self.model.space != "nb201":
-            raise ConfigError(f"search.final.together applies only to model.space=nb201, whose networks stack; not "
-                              f"{self.model.space}")
-        if s.benchmark and self.model.space != "nb201":
-            raise ConfigError(f"search.benchmark applies only to model.space=nb201 (NAS-Bench-201's cells), not "
-                              f"{self.model.space}")
-        if self.model.space == "nb201" and s.derive == "gdas":
-            raise ConfigError("search.derive=gdas applies only to model.space=darts; nb201 genotypes take the argmax "
-                              "op of every edge (or search.derive=perturb)")
+        self.check_space()
+
+    def check_space(self) -> None:
+        """What the search asks of its space: networks that stack, cells NAS-Bench-201 holds, an alpha rule of its
+        own."""
+        from nas.space.derivation import ALPHA_RULES
+        from nas.space.spaces import spaces_where
+
+        s, name = self.search, self.model.space
+        space = _space(name)
+        if s.final.together and not space.stacks:
+            raise ConfigError(f"search.final.together applies only to model.space={spaces_where(lambda p: p.stacks)}, "
+                              f"whose networks stack; not {name}")
+        if s.benchmark and not space.benchmarked:
+            raise ConfigError(f"search.benchmark applies only to model.space={spaces_where(lambda p: p.benchmarked)} "
+                              f"(NAS-Bench-201's cells), not {name}")
+        if s.derive in ALPHA_RULES and s.derive not in space.alpha_rules:
+            raise ConfigError(f"search.derive={s.derive} applies only to model.space="
+                              f"{spaces_where(lambda p: s.derive in p.alpha_rules)}; {name} genotypes take "
+                              f"{space.derivation} (or search.derive=perturb)")
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    space: str | None = _key(None, "space of the genotypes this recipe trains (null: whichever the genotype has)",
-                             choices=(None, *SPACES))
+    space: str | None = _key(None, "space of the genotypes this recipe trains: darts, nb201 or any name given to "
+                                   "nas.space.spaces.register_space (null: whichever the genotype has)")
     C: int = _key(36, "initial channels", low=1)
     layers: int = _key(20, "darts: cells in the network; nb201: cells per stage (N)", low=1)
     stem_multiplier: int | None = _key(None, "stem channels = stem_multiplier * C (null: 3 for darts, 1 for nb201)",
@@ -460,6 +481,10 @@ class NetworkConfig:
     auxiliary_weight: float = _key(0.4, "weight of the auxiliary head's loss (0: no head; darts only)", low=0.0)
     drop_path: float = _key(0.2, "drop-path probability at the last epoch, growing linearly from 0 (darts only)",
                             low=0.0, high=1.0, high_open=True)
+
+    def check(self) -> None:
+        if self.space is not None:
+            _space(self.space)
 
 
 @dataclass(frozen=True)

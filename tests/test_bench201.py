@@ -17,7 +17,8 @@ import pytest
 
 from nas.bench201 import BenchmarkError, epoch_metrics, load_benchmark, lookup
 from nas.cli import bench201_main
-from nas.space.genotype import from_nb201_string, published_genotype, write_genotype
+from nas.space.genotype import published_genotype, write_genotype
+from nas.space.nb201 import from_nb201_string
 
 nats = pytest.importorskip("nats_bench")
 
@@ -253,7 +254,8 @@ def test_a_study_scores_its_cells_by_lookup_instead_of_retraining(tmp_path: Path
 
 def nb201_string(study: Path, cell: str) -> str:
     """The NB201 string of a study's cell."""
-    from nas.space.genotype import read_genotype, to_nb201_string
+    from nas.space.genotype import read_genotype
+    from nas.space.nb201 import to_nb201_string
 
     folder = study / ("random" if cell.startswith("random") else "search") / cell
     return to_nb201_string(read_genotype(folder / "genotype.json"))

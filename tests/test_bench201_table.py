@@ -20,7 +20,8 @@ from nas.bench201 import (
     score,
 )
 from nas.cli import bench201_main
-from nas.space.genotype import Genotype, from_nb201_string, published_genotype
+from nas.space.genotype import Genotype, published_genotype
+from nas.space.nb201 import from_nb201_string
 
 SKIPS = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"

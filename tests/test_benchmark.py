@@ -1,5 +1,5 @@
-"""benchmarks/search_step.py at a toy size: the report's fields and ratios, and the GDAS samples the child replays
-(recorded per step, different in every round)."""
+"""benchmarks/search_step.py at a toy size: the report's fields and ratios (the loop frame's time beside the search
+steps'), and the GDAS samples the child replays (recorded per step, different in every round)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def test_report_fields_and_ratios() -> None:
         assert report[f"{v}_format"] in ("nchw", "nhwc")
         assert report[f"{v}_peak_mib"] >= 0
         assert 0 <= report[f"{v}_data_share"] < 1
+    for v in ("gdas", "darts"):  # the search loop's frame after each step, beside the step
+        assert report[f"{v}_frame_ms"] > 0 and 0 < report[f"{v}_frame_share"] < 1
+    assert "child_frame_ms" not in report  # the child trains plain networks, outside the search's frame
     assert abs(report["gdas_over_child"] - report["gdas_ms"] / report["child_ms"]) < 1e-3
     assert abs(report["darts_over_gdas"] - report["darts_ms"] / report["gdas_ms"]) < 1e-2
     assert report["settings"] == {"space": "nb201", "C": 4, "layers": 1, "batch": 8, "steps": 2, "warmup": 1,

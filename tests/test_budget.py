@@ -13,10 +13,12 @@ import torch
 
 from nas.cli import latency_main, search_main
 from nas.errors import UserError
-from nas.searching.budget import Budget, CostModel, count_costs, cover_genotypes, latency_table, load_costs, save_costs
+from nas.searching.budget import Budget
+from nas.searching.costs import CostModel, count_costs, latency_table, load_costs, save_costs
 from nas.searching.mixing import create_mixer
 from nas.searching.supernet import build_supernet
-from nas.space.genotype import from_nb201_string, random_genotype
+from nas.space.derivation import random_genotype
+from nas.space.nb201 import from_nb201_string
 from nas.space.network import build_network, count_flops, count_parameters
 from nas.space.spaces import get_space
 
@@ -58,7 +60,7 @@ def test_sizes_match_the_benchmark_table(nb201_params: CostModel) -> None:
 def test_cover_genotypes_hold_the_op_on_every_edge() -> None:
     for space in (NB201, DARTS):
         seen = set()
-        for g in cover_genotypes(space, "skip_connect"):
+        for g in space.cover_genotypes("skip_connect"):
             for node_id, node in zip(space.nodes, g.normal, strict=True):
                 assert len({src for _, src in node}) == len(node)  # distinct inputs
                 seen |= {space.edges.index((src, node_id)) for _, src in node}

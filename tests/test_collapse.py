@@ -17,7 +17,9 @@ from nas.searching import perturb
 from nas.searching.collapse import dominance_warning, edge_stats
 from nas.searching.mixing import DARTS, GDAS
 from nas.searching.supernet import build_supernet
-from nas.space.genotype import PUBLISHED, derive, from_nb201_string, published_genotype, random_genotype, read_genotype
+from nas.space.derivation import derive, random_genotype
+from nas.space.genotype import PUBLISHED, published_genotype, read_genotype
+from nas.space.nb201 import from_nb201_string
 from nas.space.spaces import get_space
 
 TINY = ["model.space=nb201", "model.C=4", "model.layers=1", "data.synthetic.train=256", "data.image_size=8",
@@ -163,7 +165,7 @@ def test_perturbation_keeps_the_ops_the_supernet_needs() -> None:
 
 @pytest.mark.parametrize("space_name", ["nb201", "darts"])
 def test_op_masks_of_a_genotype_run_exactly_that_cell(space_name: str) -> None:
-    from nas.space.genotype import genotype_of, masks_of
+    from nas.space.derivation import genotype_of, masks_of
 
     space = get_space(space_name)
     rng = random.Random(0)

@@ -21,7 +21,8 @@ import yaml
 
 from nas.cli import compare_main, genotype_main, search_main
 from nas.config import StudyConfig, load_config
-from nas.space.genotype import check_genotype, load_genotype, random_genotype
+from nas.space.derivation import random_genotype
+from nas.space.genotype import check_genotype, load_genotype
 from nas.space.spaces import get_space
 from nas.study.jobs import job_settings, study_lock
 from nas.study.report import compare, markdown

@@ -26,7 +26,8 @@ from nas.data.pipeline import Batches, batch_seed, channel_stats
 from nas.run.distributed import Dist, GlobalBatchNorm2d, setup, teardown
 from nas.searching.bilevel import alpha_step, weight_step
 from nas.searching.mixing import create_mixer
-from nas.searching.supernet import DartsSupernet, MixedEdge, build_supernet
+from nas.searching.supernet import MixedEdge, build_supernet
+from nas.space.darts import DartsSearchCell
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 16
@@ -81,7 +82,7 @@ def run_steps(d: Dist, steps: int, sync_bn: bool) -> dict[str, Any]:
             out["with_grad"].append(sum(p.numel() for p in weights if p.grad is not None))
             index = sampled[-1]
             for cell in model.cells:  # every op that was not sampled has no gradient at all
-                assert isinstance(model, DartsSupernet)
+                assert isinstance(cell, DartsSearchCell)
                 kind = "reduce" if cell.reduction else "normal"
                 for e, edge in enumerate(cell.dag.edges):
                     assert isinstance(edge, MixedEdge)

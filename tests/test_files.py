@@ -47,7 +47,7 @@ def _time_table(cache: str, out: str) -> None:
     os.environ["NAS_CACHE_DIR"] = cache
     import torch
 
-    from nas.searching.budget import latency_table
+    from nas.searching.costs import latency_table
     from nas.space.spaces import get_space
 
     torch.set_num_threads(1)

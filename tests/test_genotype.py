@@ -9,23 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas.space.darts import DARTS_OPS, from_darts_text, to_darts_text
+from nas.space.derivation import derive, random_genotype
 from nas.space.genotype import (
     Genotype,
     GenotypeError,
-    derive,
-    from_darts_text,
     from_dict,
-    from_nb201_string,
     load_genotype,
     parse_genotype,
     published_genotype,
-    random_genotype,
     read_genotype,
-    to_darts_text,
-    to_nb201_string,
     write_genotype,
 )
-from nas.space.spaces import DARTS_OPS, NB201_OPS, get_space, search_space
+from nas.space.nb201 import NB201_OPS, from_nb201_string, to_nb201_string
+from nas.space.spaces import get_space, search_space
 
 D = {op: k for k, op in enumerate(DARTS_OPS)}
 N = {op: k for k, op in enumerate(NB201_OPS)}

@@ -248,3 +248,84 @@ def test_run_file_names_are_written_only_in_their_one_module() -> None:
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
     assert found == []
     assert not reach("run.runlog") & {"study.plan"} and not reach("run.checkpoint") & {"study.plan"}
+
+
+# What else is named like a space, and where code may name it: a name of one of these in a context that says which
+SHARED_NAMES = ("mixer", "method", "macro", "rule", "derive")
+
+
+def shared_names() -> dict[str, set[str]]:
+    """The names of the things that may share a space's name: mixers (and a study's methods, which default to
+    mixers), search networks (model.macro) and alpha derivation rules (search.derive)."""
+    from nas.searching.mixing import mixer_names
+    from nas.space.derivation import ALPHA_RULES
+    from nas.space.spaces import get_space, list_spaces
+
+    macros = {m for name in list_spaces() for m in get_space(name).macros}
+    return {"mixer": set(mixer_names()), "method": set(mixer_names()), "macro": macros, "rule": set(ALPHA_RULES),
+            "derive": set(ALPHA_RULES)}
+
+
+def literal_context(node: ast.AST, parents: dict[int, ast.AST]) -> tuple[str, bool]:
+    """What the code around a literal says it is: the other side of its comparison, the keyword or parameter it is
+    passed as or is the default of, the function it is passed to, the name it is assigned to, or, for a config key's
+    ``_key(...)``, the key; and whether it is that key's default value."""
+    child, p = node, parents[id(node)]
+    while isinstance(p, (ast.Tuple, ast.List, ast.Set)):  # a literal among others: the container's context
+        child, p = p, parents[id(p)]
+    if isinstance(p, ast.Compare):
+        return " ".join(ast.unparse(x) for x in (p.left, *p.comparators) if x is not child), False
+    if isinstance(p, ast.keyword):
+        call = parents[id(p)]
+        if isinstance(call, ast.Call) and ast.unparse(call.func) == "_key":  # a config key's choices: the key's
+            return literal_context(call, parents)[0], False
+        return str(p.arg), False
+    if isinstance(p, ast.arguments):
+        args = [*p.posonlyargs, *p.args]
+        names = {id(d): a.arg for a, d in zip(args[len(args) - len(p.defaults):], p.defaults, strict=True)}
+        names |= {id(d): a.arg for a, d in zip(p.kwonlyargs, p.kw_defaults, strict=True) if d is not None}
+        return names.get(id(child), ""), False
+    if isinstance(p, ast.Call) and ast.unparse(p.func) == "_key":  # a config key: its name, and its default
+        key = parents[id(p)]
+        target = ast.unparse(key.target) if isinstance(key, ast.AnnAssign) else ""
+        return target, bool(p.args) and p.args[0] is child
+    if isinstance(p, ast.Call):
+        return ast.unparse(p.func), False
+    if isinstance(p, (ast.Assign, ast.AnnAssign)):
+        targets = p.targets if isinstance(p, ast.Assign) else [p.target]
+        return " ".join(ast.unparse(t) for t in targets), False
+    return ast.unparse(p), False
+
+
+def test_no_module_outside_the_space_package_names_a_space() -> None:
+    """A space is asked, never named (shared/DESIGN.md): outside nas/space/, no module compares a space's name, keys a
+    table by it or passes it, so a new space is one module under nas/space/ and its registration. A string equal to a
+    registered space's name ("darts", "nb201") may appear outside nas/space/ only
+    - in nas/config.py as a key's default value (model.space's default: recipes are data), or
+    - where it names something else that shares the name, and the code around it says so: the mixer registry
+      (nas/searching/mixing.py), or a literal whose comparison, keyword, parameter, function or assignment names a
+      mixer, a study's method, a search network (macro) or a derivation rule (rule, derive), which must then be one
+      of those (a registered mixer, a space's search network, an alpha rule).
+    Help strings and messages are text, not literals that equal a name."""
+    from nas.space.spaces import list_spaces
+
+    spaces, shared = set(list_spaces()), shared_names()
+    found = []
+    for m, path in MODULES.items():
+        if m.split(".")[0] == "space" or m == "searching.mixing":
+            continue
+        tree = ast.parse(path.read_text())
+        parents = {id(c): n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and node.value in spaces) or isinstance(parents[id(node)],
+                                                                                       ast.JoinedStr):
+                continue
+            context, default = literal_context(node, parents)
+            if m == "config" and default:
+                continue  # a key's default value: recipes are data
+            said = [role for role in SHARED_NAMES if role in context.lower()]
+            if "space" in context.lower() or not said:
+                found.append(f"{m}: {node.value!r} as {context or '?'}")
+            elif node.value not in shared[said[0]]:
+                found.append(f"{m}: {node.value!r} is no {said[0]}")
+    assert found == [], found

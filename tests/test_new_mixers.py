@@ -91,7 +91,7 @@ def test_relu_kernel_and_naswot_equal_the_formula_on_a_hand_built_network() -> N
 
 
 def test_naswot_ranks_a_cell_of_convolutions_above_a_cell_of_none() -> None:
-    from nas.space.genotype import from_nb201_string
+    from nas.space.nb201 import from_nb201_string
 
     cells = [from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
              from_nb201_string("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|"

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from nas.config import UserError
+from nas.space.darts import DARTS_OPS
+from nas.space.nb201 import NB201_OPS
 from nas.space.ops import (
     DilConv,
     FactorizedReduce,
@@ -20,7 +22,6 @@ from nas.space.ops import (
     list_ops,
     register_op,
 )
-from nas.space.spaces import DARTS_OPS, NB201_OPS
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -14,7 +14,7 @@ from torch import nn
 from nas.errors import UserError
 from nas.searching.scores import get_score, register_score, score_names
 from nas.searching.zerocost import aggregate, kendall_tau, ranks, score_cells, scoring_network, spearman
-from nas.space.genotype import random_genotype
+from nas.space.derivation import random_genotype
 from nas.space.spaces import get_space
 
 
@@ -118,7 +118,7 @@ def test_every_score_runs_on_a_cell_network_and_leaves_it_as_it_was(space: str) 
 
 
 def test_a_cell_that_passes_nothing_on_scores_lowest() -> None:
-    from nas.space.genotype import from_nb201_string
+    from nas.space.nb201 import from_nb201_string
 
     g = from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
     net = scoring_network(g, C=4, layers=1, num_classes=5)

@@ -19,7 +19,9 @@ from nas.searching.finalists import rungs, successive_halving
 from nas.searching.mixing import create_mixer
 from nas.searching.perturb import Measure, accuracy, select_by_perturbation, supernet_score
 from nas.searching.supernet import build_supernet
-from nas.space.genotype import check_genotype, from_nb201_string, random_genotype, read_genotype
+from nas.space.derivation import random_genotype
+from nas.space.genotype import check_genotype, read_genotype
+from nas.space.nb201 import from_nb201_string
 from nas.space.spaces import get_space
 
 EMPTY = from_nb201_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")  # its output is 0: it cannot learn

@@ -13,7 +13,8 @@ from nas.data.datasets import make_synthetic
 from nas.data.pipeline import Batches
 from nas.searching.finalists import successive_halving
 from nas.searching.zerocost import scoring_network
-from nas.space.genotype import from_nb201_string, random_genotype
+from nas.space.derivation import random_genotype
+from nas.space.nb201 import from_nb201_string
 from nas.space.spaces import get_space
 from nas.space.stacked import StackedNB201, clip_grad_norms
 
@@ -146,7 +147,7 @@ def test_a_finalist_from_several_initialisations_has_their_mean_figures() -> Non
 
 
 def test_neighbours_differ_from_the_cell_by_one_op() -> None:
-    from nas.space.genotype import neighbours
+    from nas.space.derivation import neighbours
 
     for space, n in (("nb201", 24), ("darts", 96)):
         sp = get_space(space)

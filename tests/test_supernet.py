@@ -12,7 +12,9 @@ from torch import nn
 
 from nas.searching.bilevel import alpha_step, weight_step
 from nas.searching.mixing import GdasSample, create_mixer
-from nas.searching.supernet import DartsSupernet, MixedEdge, NB201Supernet, SearchCell, Supernet, build_supernet
+from nas.searching.supernet import MixedEdge, SearchCell, Supernet, build_supernet
+from nas.space.darts import DartsSearchCell, DartsSpace
+from nas.space.nb201 import NB201Space
 from nas.space.ops import FactorizedReduce, FixedReductionCell, ResBlock, Zero
 from nas.space.spaces import get_space, search_space
 
@@ -38,7 +40,7 @@ def count_op_calls(model: nn.Module) -> dict[tuple[int, int], int]:
 
 
 def edges_by_cell_type(model: Supernet) -> list[tuple[str, MixedEdge]]:
-    if isinstance(model, DartsSupernet):
+    if isinstance(model.space, DartsSpace):
         return [("reduce" if c.reduction else "normal", e) for c in model.cells for e in c.dag.edges]
     return [("normal", e) for c in model.cells if isinstance(c, SearchCell) for e in c.edges]
 
@@ -187,7 +189,8 @@ def test_parameter_split_is_a_partition() -> None:
 def test_darts_supernet_layout() -> None:
     torch.manual_seed(0)
     model = build_supernet("darts", C=4, layers=8, num_classes=10, mixer=create_mixer("gdas"))
-    assert isinstance(model, DartsSupernet)
+    assert isinstance(model.space, DartsSpace)
+    assert all(isinstance(c, DartsSearchCell) for c in model.cells)
     reductions = [i for i, cell in enumerate(model.cells) if cell.reduction]
     assert reductions == [2, 5]  # layers // 3 and 2 * layers // 3
     after = model.cells[3]
@@ -201,7 +204,7 @@ def test_darts_supernet_layout() -> None:
 def test_nb201_supernet_layout() -> None:
     torch.manual_seed(0)
     model = build_supernet("nb201", C=4, layers=2, num_classes=10, mixer=create_mixer("darts"))
-    assert isinstance(model, NB201Supernet)
+    assert isinstance(model.space, NB201Space)
     kinds = ["cell" if isinstance(c, SearchCell) else "res" for c in model.cells]
     assert kinds == ["cell", "cell", "res", "cell", "cell", "res", "cell", "cell"]
     assert all(isinstance(c, ResBlock) for c in model.cells if not isinstance(c, SearchCell))
@@ -259,7 +262,7 @@ def test_the_gdas_macro_network_is_the_official_six_cell_one() -> None:
     torch.manual_seed(0)
     gdas = build_supernet("darts", num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6, macro="gdas")
     darts = build_supernet("darts", num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6)
-    assert isinstance(gdas, DartsSupernet)
+    assert isinstance(gdas.space, DartsSpace) and gdas.space.macro == "gdas"
     assert [c.reduction for c in gdas.cells] == [False, False, True, False, True, False]  # N=2: 2, R, 1, R, 1
     assert isinstance(gdas.lastact, nn.Sequential) and isinstance(gdas.lastact[0], nn.BatchNorm2d)
     assert isinstance(darts.lastact, nn.Identity)
@@ -291,7 +294,7 @@ def test_gdas_frc_searches_only_the_normal_cell_around_fixed_reduction_cells() -
     assert all(p.grad is not None for c in fixed for p in c.parameters())  # the fixed cells train with the weights
     g = model.genotype("gdas")
     assert g.reduce_fixed and g.reduce == () and len(g.normal) == 4 and list(g.cells()) == ["normal"]
-    with pytest.raises(ValueError, match="searches no reduction cell"):
+    with pytest.raises(ValueError, match="searches in its darts network, not gdas_frc"):
         build_supernet(get_space("darts"), num_classes=5, mixer=create_mixer("gdas"), C=4, layers=6,
                        macro="gdas_frc")
 

@@ -12,6 +12,7 @@ Without torchrun (no WORLD_SIZE in the environment, or 1) nothing here communica
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class Dist:
         this call counts at the next step or epoch's end, on every process alike."""
         if not self.active:
             stop.signum = stop.received
-            return not bool(torch.isfinite(loss))
+            return not math.isfinite(float(loss))  # one read of the loss; torch.isfinite would add an op to the step
         signal = torch.tensor(float(stop.received or 0), device=loss.device)
         flags = self.any(torch.stack([signal, (~torch.isfinite(loss)).float()]))
         stop.signum = int(flags[0]) or None

@@ -30,8 +30,8 @@ from nas.searching.derive import derive_genotype, fit_budget, set_prior
 from nas.searching.mixing import Mixer, create_mixer, mixer_options
 from nas.searching.supernet import Supernet, build_supernet
 from nas.searching.unrolled import unrolled_alpha_backward
-from nas.space.genotype import alpha_rule
-from nas.space.spaces import search_space
+from nas.space.derivation import alpha_rule
+from nas.space.spaces import get_space, search_space
 from nas.text import count
 
 if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the search code
@@ -189,7 +189,7 @@ def drop_running_stats(model: nn.Module) -> None:
 def setup_lines(cfg: SearchConfig, run: Run, d: SearchData, weights: list[nn.Parameter], steps: int) -> list[str]:
     """What a search prints before its first step: where it writes, the data, the supernet and the budget."""
     s, m = cfg.search, cfg.model
-    macro = f" ({m.macro} network)" if m.macro != "darts" else ""
+    macro = f" ({m.macro} network)" if m.macro != get_space(m.space).macro else ""  # not the space's own
     lines = [f"run directory {run.dir}", *d.notes,
              f"{cfg.data.name}: {d.train.num_images} images for weight steps, {d.valid.num_images} for alpha steps, "
              f"{d.classes} classes, {tuple(d.train.images.shape[1:])} per image; device {run.device}",

@@ -14,7 +14,8 @@ from nas.data.datasets import ImageSet
 from nas.data.pipeline import Batches, SearchData, resize
 from nas.searching.budget import fmt
 from nas.searching.supernet import Supernet
-from nas.space.genotype import Genotype, alpha_rule
+from nas.space.derivation import alpha_rule
+from nas.space.genotype import Genotype
 
 if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the search code
     from nas.config import SearchConfig

@@ -25,7 +25,9 @@ from torch import nn
 
 from nas.data.pipeline import Batches
 from nas.searching.zerocost import scoring_network
-from nas.space.genotype import Genotype, neighbours
+from nas.space.derivation import neighbours
+from nas.space.genotype import Genotype
+from nas.space.spaces import get_space, spaces_where
 from nas.text import count
 
 RANKED_BY = {"tse": "training speed (the sum of the epochs' training losses)", "accuracy": "validation accuracy",
@@ -215,8 +217,9 @@ def successive_halving(cells: Sequence[Genotype], train: Batches, valid: Batches
         raise ValueError(f"unknown rank {rank!r}; valid: {', '.join(RANKS)}")
     if rank != "tse" and valid is None:
         raise ValueError(f"rank={rank} needs validation batches")
-    if together and any(g.space != "nb201" for g in cells):
-        raise ValueError("only NAS-Bench-201 cells train together")
+    if together and not all(get_space(g.space).stacks for g in cells):
+        raise ValueError("only NAS-Bench-201 cells train together (the spaces whose networks stack: "
+                         f"{spaces_where(lambda s: s.stacks)})")
     plan = rungs(len(cells), epochs, eta)
     recipe = Recipe(lr, momentum, weight_decay, len(train) * plan[-1][1], memory_format)
     nets = [scoring_network(g, C=C, layers=layers, num_classes=num_classes, in_channels=train.images.shape[1],

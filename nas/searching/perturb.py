@@ -30,7 +30,9 @@ import torch
 from nas.data.pipeline import Batches
 from nas.searching.supernet import Supernet
 from nas.searching.zerocost import random_cells
-from nas.space.genotype import Genotype, genotype_of, masks_of
+from nas.space.derivation import genotype_of, masks_of
+from nas.space.genotype import Genotype
+from nas.space.spaces import Space
 
 
 @torch.no_grad()
@@ -104,14 +106,9 @@ def select_by_perturbation(model: Supernet, measure: Measure, seed: int,
     space = model.space
     device = model.alpha[space.cell_types[0]].device
     masks = {t: torch.ones(space.num_edges, space.num_ops, dtype=torch.bool, device=device) for t in space.cell_types}
-    # DARTS-space cells never keep `none`: it is no candidate there; NAS-Bench-201 keeps whatever the edge needs
-    candidates = [k for k, op in enumerate(space.ops) if not (space.name == "darts" and op == "none")]
+    # the ops a kept edge may hold (DARTS-space cells never keep `none`; NAS-Bench-201 keeps whatever the edge needs)
+    candidates = [k for k, op in enumerate(space.ops) if op in space.kept_ops]
     u = measure.unit
-
-    def only(k: int) -> torch.Tensor:
-        row = torch.zeros(space.num_ops, dtype=torch.bool, device=device)
-        row[k] = True
-        return row
 
     def whole() -> str:
         values = measure.fn()
@@ -133,28 +130,41 @@ def select_by_perturbation(model: Supernet, measure: Measure, seed: int,
             without = dict(zip(candidates, measure.of(results), strict=True))
             weight = model.alpha[t][e].detach()  # breaks ties (common on small data): the larger alpha wins
             keep = min(candidates, key=lambda k: (without[k], -float(weight[k])))  # the op whose removal hurts most
-            masks[t][e] = only(keep)
+            masks[t][e] = one_op(space, keep, device)
             src, dst = space.edges[e]
             say(f"  {t} edge {src}->{dst}: {space.ops[keep]} (without it {without[keep]:.2f}{u}, without the "
                 f"others {min(v for k, v in without.items() if k != keep):.2f}{u} or more)")
-        if space.name == "darts":
-            none = space.ops.index("none")
-            for t in space.cell_types:
-                for node in space.nodes:
-                    ids = space.edges_into(node)
-                    results = []
-                    for e in ids:
-                        kept = masks[t][e].clone()
-                        masks[t][e] = only(none)
-                        results.append(measure.fn())
-                        masks[t][e] = kept
-                    without = dict(zip(ids, measure.of(results), strict=True))
-                    for e in sorted(ids, key=lambda e: without[e])[2:]:  # all but the two most needed
-                        masks[t][e] = only(none)
+        if space.kept_inputs is not None:  # a node keeps some of its inputs (DARTS space: 2)
+            keep_inputs(space, masks, measure, space.kept_inputs)
         say(f"  the supernet with every edge decided: {whole()}")
     finally:
         model.op_mask = None
     return genotype_of(space, {t: m.cpu() for t, m in masks.items()})
+
+
+def one_op(space: Space, k: int, device: torch.device) -> torch.Tensor:
+    """(K,) the mask row that allows op k alone."""
+    row = torch.zeros(space.num_ops, dtype=torch.bool, device=device)
+    row[k] = True
+    return row
+
+
+def keep_inputs(space: Space, masks: dict[str, torch.Tensor], measure: Measure, kept: int) -> None:
+    """Per node, keep the ``kept`` input edges whose removal (`none` alone on the edge) lowers the measure most; the
+    others get `none` alone."""
+    for t in space.cell_types:
+        dropped = one_op(space, space.ops.index("none"), masks[t].device)
+        for node in space.nodes:
+            ids = space.edges_into(node)
+            results = []
+            for e in ids:
+                decided = masks[t][e].clone()
+                masks[t][e] = dropped
+                results.append(measure.fn())
+                masks[t][e] = decided
+            without = dict(zip(ids, measure.of(results), strict=True))
+            for e in sorted(ids, key=lambda e: without[e])[kept:]:  # all but the most needed
+                masks[t][e] = dropped
 
 
 def select_by_sampling(model: Supernet, batches: Batches, seed: int, samples: int, amp: Any,

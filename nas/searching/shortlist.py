@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from nas.data.pipeline import Batches
-from nas.searching.mixing import create_mixer, gumbel_softmax_hard, tau_at
+from nas.searching.gumbel import gumbel_softmax_hard
+from nas.searching.mixing import create_mixer, tau_at
 from nas.searching.perturb import accuracy
 from nas.searching.supernet import build_supernet
-from nas.space.genotype import Genotype, masks_of
+from nas.space.derivation import masks_of
+from nas.space.genotype import Genotype
 from nas.text import count
 
 RANKS = ("beta", "accuracy")

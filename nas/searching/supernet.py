@@ -1,9 +1,8 @@
-"""The supernet: every edge of every cell is a MixedEdge holding all candidate ops, combined by a mixer.
+"""The supernet: every edge of every searched cell is a MixedEdge holding all candidate ops, combined by a mixer.
 
-DARTS space: the search network of Liu et al. (ICLR 2019, Sec. 3.1): a 3x3 conv stem, ``layers`` cells
-with reduction cells at 1/3 and 2/3 of the depth, two-input cells with 1x1 (or factorized-reduce)
-preprocessing. NAS-Bench-201 space: the macro skeleton of Dong & Yang (ICLR 2020, Fig. 1): stem, three
-stages of N cells, residual reduction blocks between the stages, one cell shared by every position.
+The network around the searched cells is the space's (Space.search_layers, Space.search_forward: in the DARTS space
+the search network of Liu et al., ICLR 2019, Sec. 3.1, or GDAS's; in NAS-Bench-201 the macro skeleton of Dong & Yang,
+ICLR 2020, Fig. 1); the supernet adds alpha, the mixer and the split of parameters into alpha and weights.
 
 alpha holds one (num_edges, num_ops) logit matrix per cell type; one mixing (one GDAS sample) per cell
 type per forward pass is shared by all cells of that type.
@@ -17,19 +16,10 @@ import torch
 from torch import nn
 
 from nas.searching.mixing import Mixer, Mixing, beta_decay, masked
-from nas.space.genotype import Genotype, derive
-from nas.space.ops import (
-    FactorizedReduce,
-    FixedReductionCell,
-    ReLUConvBN,
-    ResBlock,
-    Zero,
-    create_search_op,
-    is_parameter_free,
-    sole_avg_pool,
-    split_final_bn,
-)
-from nas.space.spaces import SearchSpace, darts_skeleton, search_space
+from nas.space.derivation import derive
+from nas.space.genotype import Genotype
+from nas.space.ops import Zero, create_search_op, is_parameter_free, sole_avg_pool, split_final_bn
+from nas.space.spaces import Space, search_space
 
 
 class MixedEdge(nn.Module):
@@ -40,10 +30,10 @@ class MixedEdge(nn.Module):
     ``tails`` holds it) or "plain".
     """
 
-    def __init__(self, space: SearchSpace, index: int, C: int, stride: int, pool_bn: bool | None = None):
+    def __init__(self, space: Space, index: int, C: int, stride: int, pool_bn: bool | None = None):
         super().__init__()
         self.index = index  # row of alpha
-        pool_bn = space.name == "darts" if pool_bn is None else pool_bn  # DARTS's network: a BN after pooling
+        pool_bn = space.pool_bn if pool_bn is None else pool_bn  # DARTS's network: a BN after pooling
         self.ops = nn.ModuleList(create_search_op(name, C, stride, pool_bn=pool_bn) for name in space.ops)
         self.tails: list[Any] = [split_final_bn(op) or sole_avg_pool(op) for op in self.ops]  # not registered again
         self.kinds = ["zero" if isinstance(op, Zero) else "bn" if isinstance(tail, tuple) else
@@ -69,7 +59,7 @@ class MixedEdge(nn.Module):
 class SearchCell(nn.Module):
     """The DAG of one cell: node j = sum of the mixed edges from every earlier node."""
 
-    def __init__(self, space: SearchSpace, C: int, reduction: bool, pool_bn: bool | None = None):
+    def __init__(self, space: Space, C: int, reduction: bool, pool_bn: bool | None = None):
         super().__init__()
         self.space = space
         self.edges = nn.ModuleList(
@@ -98,31 +88,25 @@ class SearchCell(nn.Module):
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
-class DartsSearchCell(nn.Module):
-    """A DARTS cell: preprocess the outputs of the two previous cells to C channels, then the DAG."""
-
-    def __init__(self, space: SearchSpace, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool,
-                 pool_bn: bool = True):
-        super().__init__()
-        self.reduction = reduction
-        self.preprocess0: nn.Module = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
-                                       else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
-        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
-        self.dag = SearchCell(space, C, reduction, pool_bn)
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, mixing: Mixing) -> torch.Tensor:
-        return self.dag([self.preprocess0(s0), self.preprocess1(s1)], mixing)
-
-
 class Supernet(nn.Module):
-    """alpha per cell type, the mixer, and the split of parameters into arch (alpha) and weights."""
+    """alpha per cell type, the mixer, the split of parameters into arch (alpha) and weights, and the space's search
+    network (model.macro) with a SearchCell in every searched position: its layers (stem, cells, ...) are the
+    supernet's own modules."""
 
-    def __init__(self, space: SearchSpace, mixer: Mixer):
+    def __init__(self, space: Space, mixer: Mixer, *, C: int, layers: int, num_classes: int, in_channels: int = 3,
+                 stem_multiplier: int | None = None):
         super().__init__()
         self.space, self.mixer = space, mixer
         self.alpha = nn.ParameterDict({
             t: nn.Parameter(1e-3 * torch.randn(space.num_edges, space.num_ops))  # (E, K) edge x op logits
             for t in space.cell_types})
+
+        def dag(C: int, reduction: bool, pool_bn: bool) -> SearchCell:
+            return SearchCell(space, C, reduction, pool_bn)
+
+        for name, module in space.search_layers(dag, C=C, layers=layers, num_classes=num_classes,
+                                                in_channels=in_channels, stem_multiplier=stem_multiplier).items():
+            self.add_module(name, module)
         self._step: str | None = None
         self._weights: list[nn.Parameter] | None = None  # cached: walking ~5000 modules per step is costly
         self.op_mask: dict[str, torch.Tensor] | None = None  # (E, K) bool per cell type: the ops allowed
@@ -131,6 +115,9 @@ class Supernet(nn.Module):
         self.beta_decay = 0.0  # search.beta_decay: the weight of beta-DARTS's regulariser in the alpha loss
         self.budget: Any = None  # search.budget: a nas.searching.budget.Budget whose cost term joins the alpha loss
         self._mixings: dict[str, Mixing] = {}  # the last forward pass's, which the cost term reads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.space.search_forward(self, x, self.mixings())
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha.values())
@@ -198,76 +185,13 @@ class Supernet(nn.Module):
         return derive(self.space, alphas, rule, max_skip)
 
 
-class DartsSupernet(Supernet):
-    """The DARTS-space search network: a stem, ``layers`` cells with reductions at a third and two thirds, global
-    pooling and a linear classifier. ``macro="gdas"`` is the official GDAS (NASNet) one: the same cell layout (6
-    cells give its N=2: 2 normal, reduce, 1 normal, reduce, 1 normal), no BN after pooling ops, and a BN-ReLU before
-    the global pooling. ``macro="gdas_frc"`` is that network with GDAS-FRC's fixed reduction cell in both reduction
-    positions; then only the normal cell has an alpha (the space's cell_types say which cells are searched)."""
-
-    def __init__(self, space: SearchSpace, mixer: Mixer, *, C: int, layers: int, num_classes: int,
-                 in_channels: int = 3, stem_multiplier: int = 3, macro: str = "darts"):
-        super().__init__(space, mixer)
-        fixed = "reduce" not in space.cell_types  # GDAS-FRC: the fixed reduction cell (4 nodes out)
-        stem, places, outs = darts_skeleton(C, layers, stem_multiplier,
-                                            lambda reduction: 4 if reduction and fixed else len(space.concat))
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem))
-        self.cells = nn.ModuleList()
-        for p in places:
-            cell: nn.Module
-            if p.reduction and fixed:
-                cell = FixedReductionCell(p.C_pp, p.C_p, p.C, p.reduction_prev, affine=False)
-            else:
-                cell = DartsSearchCell(space, p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev,
-                                       pool_bn=macro == "darts")
-            self.cells.append(cell)
-        C_p = outs[-1]
-        self.lastact: nn.Module = (nn.Sequential(nn.BatchNorm2d(C_p), nn.ReLU(inplace=True)) if macro != "darts"
-                                   else nn.Identity())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_p, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mix = self.mixings()
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            kind = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, mix[kind]) if kind in mix else cell(s0, s1)  # the fixed cell: no mixing
-        return self.classifier(self.pool(self.lastact(s1)).flatten(1))
-
-
-class NB201Supernet(Supernet):
-    def __init__(self, space: SearchSpace, mixer: Mixer, *, C: int, layers: int, num_classes: int,
-                 in_channels: int = 3):
-        super().__init__(space, mixer)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        self.cells = nn.ModuleList()
-        C_prev = C
-        for stage in range(3):
-            C_curr = C * 2 ** stage
-            if stage > 0:
-                self.cells.append(ResBlock(C_prev, C_curr, stride=2))
-            self.cells.extend(SearchCell(space, C_curr, reduction=False) for _ in range(layers))
-            C_prev = C_curr
-        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixing = self.mixings()["normal"]
-        h = self.stem(x)
-        for cell in self.cells:
-            h = cell([h], mixing) if isinstance(cell, SearchCell) else cell(h)
-        return self.classifier(self.pool(self.lastact(h)).flatten(1))
-
-
-def build_supernet(space: str | SearchSpace, *, C: int, layers: int, num_classes: int, mixer: Mixer,
-                   in_channels: int = 3, stem_multiplier: int | None = None, macro: str = "darts") -> Supernet:
+def build_supernet(space: str | Space, *, C: int, layers: int, num_classes: int, mixer: Mixer,
+                   in_channels: int = 3, stem_multiplier: int | None = None, macro: str | None = None) -> Supernet:
+    """The supernet of ``space`` (a name, or the space a search runs in: nas.space.spaces.search_space) in its search
+    network ``macro`` (model.macro; null: the space's own)."""
     sp = search_space(space, macro=macro) if isinstance(space, str) else space
-    if macro == "gdas_frc" and "reduce" in sp.cell_types:
-        raise ValueError("macro gdas_frc searches no reduction cell: pass "
+    if macro is not None and macro != sp.macro:
+        raise ValueError(f"the space searches in its {sp.macro} network, not {macro}: pass "
                          "nas.space.spaces.search_space(..., macro=...)")
-    if sp.name == "darts":
-        return DartsSupernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
-                             stem_multiplier=3 if stem_multiplier is None else stem_multiplier, macro=macro)
-    return NB201Supernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels)
+    return Supernet(sp, mixer, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
+                    stem_multiplier=stem_multiplier)

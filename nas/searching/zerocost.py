@@ -19,7 +19,8 @@ from torch import nn
 from nas.errors import UserError
 from nas.searching.mixing import gumbel_like
 from nas.searching.scores import Batch, check_score_name, get_score
-from nas.space.genotype import Genotype, derive, masks_of, random_genotype
+from nas.space.derivation import derive, masks_of, random_genotype
+from nas.space.genotype import Genotype
 from nas.space.network import build_network
 from nas.text import count
 
@@ -97,7 +98,7 @@ def random_cells(space: Any, seed: int, samples: int, keep: Callable[[Genotype],
     for _ in range(50 * samples):
         if len(found) == samples:
             break
-        g = random_genotype(space, rng, "darts")
+        g = random_genotype(space, rng, rule="darts")
         if str(g) not in found and (keep is None or keep(g)):
             found[str(g)] = g
     return list(found.values())

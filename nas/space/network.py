@@ -12,14 +12,49 @@ Parameters are counted as the DARTS code counts them: every parameter except the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.errors import UserError
 from nas.space.genotype import Genotype, Node
 from nas.space.ops import FactorizedReduce, FixedReductionCell, ReLUConvBN, ResBlock, create_op, drop_path
-from nas.space.spaces import darts_skeleton
+from nas.space.spaces import get_space
+
+
+@dataclass(frozen=True)
+class CellPlace:
+    """One cell of the DARTS macro skeleton: the channels of its two inputs, its own channels (C), and whether it
+    and the cell before it reduce."""
+
+    C_pp: int
+    C_p: int
+    C: int
+    reduction: bool
+    reduction_prev: bool
+
+
+def darts_skeleton(C: int, layers: int, stem_multiplier: int, width: Callable[[bool], int]
+                   ) -> tuple[int, list[CellPlace], list[int]]:
+    """The DARTS macro skeleton (Liu et al. 2019), which the search network, the trained network and a budget's cost
+    network all follow: a stem of stem_multiplier * C channels, then ``layers`` cells, reductions at a third and two
+    thirds of the depth, each doubling C; a cell's output has width(reduction) * its C channels (the nodes it
+    concatenates). Returns the stem's channels, each cell's place, and each cell's output channels."""
+    stem = stem_multiplier * C
+    C_pp, C_p, C_curr = stem, stem, C
+    places, outs = [], []
+    reduction_prev = False
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_curr *= 2
+        places.append(CellPlace(C_pp, C_p, C_curr, reduction, reduction_prev))
+        reduction_prev = reduction
+        C_pp, C_p = C_p, width(reduction) * C_curr
+        outs.append(C_p)
+    return stem, places, outs
 
 
 class DartsCell(nn.Module):
@@ -172,28 +207,20 @@ class NB201Network(nn.Module):
 
 def check_network(space: str, *, layers: int, auxiliary: bool = False, drop_path: bool = False,
                   stem_multiplier: int | None = None) -> None:
-    """What a network of ``space`` (a searched supernet or a trained one) can be built from: the one place these
-    rules live; the config checks recipes with it and build_network networks."""
-    if space == "nb201":
-        if auxiliary or drop_path:
-            raise UserError("model.auxiliary_weight and model.drop_path apply only to darts-space networks (an "
-                            "auxiliary head exists only there); set both to 0 for an nb201 network")
-        if stem_multiplier not in (None, 1):
-            raise UserError(f"model.stem_multiplier={stem_multiplier} is not valid for model.space=nb201, whose "
-                            "stem has C channels; valid: null or 1")
-    elif layers < 3:
-        raise UserError(f"model.layers={layers} is too few for model.space=darts, which needs a normal cell before "
-                        "each of its 2 reduction cells; valid: model.layers >= 3")
+    """What a network of ``space`` (a searched supernet or a trained one) can be built from, as the space says; the
+    config checks recipes with it and build_network networks."""
+    get_space(space).check_network(layers=layers, auxiliary=auxiliary, drop_path=drop_path,
+                                   stem_multiplier=stem_multiplier)
 
 
 def build_network(genotype: Genotype, *, C: int, layers: int, num_classes: int, auxiliary: bool = False,
                   in_channels: int = 3, stem_multiplier: int | None = None) -> nn.Module:
-    """The network a genotype stands for. ``layers``: cells (darts) or cells per stage (nb201)."""
+    """The network a genotype stands for, as its space builds it. ``layers``: cells (darts) or cells per stage
+    (nb201)."""
     check_network(genotype.space, layers=layers, auxiliary=auxiliary, stem_multiplier=stem_multiplier)
-    if genotype.space == "nb201":
-        return NB201Network(genotype, C=C, N=layers, num_classes=num_classes, in_channels=in_channels)
-    return DartsNetwork(genotype, C=C, layers=layers, num_classes=num_classes, auxiliary=auxiliary,
-                        in_channels=in_channels, stem_multiplier=3 if stem_multiplier is None else stem_multiplier)
+    return get_space(genotype.space).network(genotype, C=C, layers=layers, num_classes=num_classes,
+                                             auxiliary=auxiliary, in_channels=in_channels,
+                                             stem_multiplier=stem_multiplier)
 
 
 def count_parameters(model: nn.Module) -> int:

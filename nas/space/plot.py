@@ -17,22 +17,25 @@ from matplotlib.figure import Figure
 
 from nas.run.runlog import Board
 from nas.space.genotype import Genotype, Node
-from nas.space.spaces import SearchSpace
+from nas.space.spaces import Space, get_space
 
 
 def _layout(g: Genotype, cell: str) -> tuple[list[str], list[tuple[int, int, str]], int]:
-    """(node labels, (src, dst, op) edges, output node) of one cell, nodes numbered as in the genotype."""
+    """(node labels, (src, dst, op) edges, output node) of one cell, nodes numbered as in the genotype: the space's
+    input labels, the intermediate nodes by number, and the output, a node of its own joined by gray edges where the
+    cell concatenates its nodes (DARTS), else its last node (NAS-Bench-201). `none` edges are not drawn."""
+    space = get_space(g.space)
     nodes: tuple[Node, ...] = g.normal if cell == "normal" else g.reduce
     concat = g.normal_concat if cell == "normal" else g.reduce_concat
-    if g.space == "nb201":
-        labels = ["in", "1", "2", "out"]
-        edges = [(src, i + 1, op) for i, node in enumerate(nodes) for op, src in node if op != "none"]
-        return labels, edges, 3
-    labels = ["c_{k-2}", "c_{k-1}"] + [str(i + 2) for i in range(len(nodes))] + ["c_{k}"]  # 2..5, as in genotypes
+    first = space.num_inputs
+    labels = [*space.input_labels, *(str(i + first) for i in range(len(nodes)))]
+    edges = [(src, i + first, op) for i, node in enumerate(nodes) for op, src in node if op != "none"]
+    if not space.concat_all:
+        labels[-1] = space.output_label
+        return labels, edges, len(labels) - 1
+    labels.append(space.output_label)
     out = len(labels) - 1
-    edges = [(src, i + 2, op) for i, node in enumerate(nodes) for op, src in node]
-    edges += [(c, out, "") for c in concat]
-    return labels, edges, out
+    return labels, edges + [(c, out, "") for c in concat], out
 
 
 def cell_dot(g: Genotype, cell: str = "normal") -> str:
@@ -40,7 +43,7 @@ def cell_dot(g: Genotype, cell: str = "normal") -> str:
     labels, edges, out = _layout(g, cell)
     lines = [f'digraph "{cell}" {{', "  rankdir=LR;", '  node [style=filled, shape=box, fontname="Helvetica"];',
              '  edge [fontname="Helvetica", fontsize=11];']
-    inputs = 1 if g.space == "nb201" else 2
+    inputs = get_space(g.space).num_inputs
     for i, label in enumerate(labels):
         color = "darkseagreen2" if i < inputs else "palegoldenrod" if i == out else "lightblue"
         lines.append(f'  n{i} [label="{label}", fillcolor={color}];')
@@ -53,7 +56,7 @@ def cell_dot(g: Genotype, cell: str = "normal") -> str:
 def cell_figure(g: Genotype, cell: str = "normal") -> Figure:
     """The cell drawn with matplotlib alone: nodes left to right, each edge labelled with its op."""
     labels, edges, out = _layout(g, cell)
-    inputs = 1 if g.space == "nb201" else 2
+    inputs = get_space(g.space).num_inputs
     n = len(labels)
     pos = {i: (0.0, 1.0 - 2.0 * i) for i in range(inputs)}
     for i in range(inputs, n):
@@ -107,7 +110,7 @@ def draw_cells(g: Genotype, out_dir: Path, engine: str = "auto", prefix: str = "
     return paths
 
 
-def alpha_figure(alpha: torch.Tensor, space: SearchSpace, title: str) -> Figure:
+def alpha_figure(alpha: torch.Tensor, space: Space, title: str) -> Figure:
     """softmax(alpha) as an (edges x ops) heatmap with the weights written in the cells."""
     w = alpha.detach().float().softmax(-1).cpu().numpy()  # (E, K)
     fig = Figure(figsize=(1.0 + 0.9 * w.shape[1], 0.8 + 0.32 * w.shape[0]))
@@ -139,7 +142,7 @@ if __name__ == "__main__":
     raise SystemExit(library_module("nas.space.plot", "plot"))
 
 
-def show_alpha(board: Board, alphas: dict[str, torch.Tensor], space: SearchSpace, step: int) -> None:
+def show_alpha(board: Board, alphas: dict[str, torch.Tensor], space: Space, step: int) -> None:
     """alpha of each cell type in TensorBoard: softmax(alpha) as a figure, the logits and the softmax as histograms."""
     for cell, a in alphas.items():
         board.figure(f"alpha/{cell}", alpha_figure(a, space, f"softmax(alpha) {cell}, epoch {step}"), step)

@@ -113,9 +113,12 @@ def train_config(cfg: StudyConfig, seed: int) -> TrainConfig:
 
 def benchmark_data(cfg: StudyConfig) -> str:
     """With eval.benchmark: the data set (data.name spelling) whose benchmark accuracy scores a cell."""
-    if cfg.model.space != "nb201":
-        raise ConfigError(f"eval.benchmark applies only to model.space=nb201 (NAS-Bench-201's cells), not "
-                          f"{cfg.model.space}; retrain the cells instead (leave eval.benchmark empty)")
+    from nas.space.spaces import get_space, spaces_where
+
+    if not get_space(cfg.model.space).benchmarked:
+        raise ConfigError(f"eval.benchmark applies only to model.space={spaces_where(lambda s: s.benchmarked)} "
+                          f"(NAS-Bench-201's cells), not {cfg.model.space}; retrain the cells instead (leave "
+                          "eval.benchmark empty)")
     name = cfg.eval.benchmark_data or cfg.data.name
     if name not in BENCHMARK_DATA:
         raise ConfigError(f"eval.benchmark scores a cell on one of NAS-Bench-201's data sets and data.name={name} "
@@ -206,13 +209,14 @@ def read_failures(study_dir: Path) -> dict[str, str]:
 def lookup_record(lay: StudyLayout, cell: Cell) -> dict[str, Any] | None:
     """With eval.benchmark: the cell's NAS-Bench-201 record, or None when its genotype or its record is missing, or
     the record is stale (of another genotype than the one now in the cell's folder)."""
-    from nas.space.genotype import read_genotype, to_nb201_string
+    from nas.bench201 import arch_string
+    from nas.space.genotype import read_genotype
 
     path = lay.lookup_file(cell)
     if not (cell.source / GENOTYPE).exists() or not path.exists():
         return None
     record: dict[str, Any] = json.loads(path.read_text())
-    return record if record["arch"] == to_nb201_string(read_genotype(cell.source / GENOTYPE)) else None
+    return record if record["arch"] == arch_string(read_genotype(cell.source / GENOTYPE)) else None
 
 
 def unscored(lay: StudyLayout) -> list[Cell]:

@@ -68,7 +68,7 @@ def prepare_study(cfg: StudyConfig, study_dir: Path) -> None:
     for training, and the random cells; with run.overwrite, first remove the study it holds. The caller holds
     the study's lock (jobs.study_lock), so that no other compare is running the study it replaces."""
     from nas.run.runlog import atomic_write_text
-    from nas.space.genotype import alpha_rule, random_genotype
+    from nas.space.derivation import alpha_rule, random_genotype
     from nas.space.plot import draw_cells
     from nas.space.spaces import search_space
 
