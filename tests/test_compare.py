@@ -25,7 +25,8 @@ from nas.space.derivation import random_genotype
 from nas.space.genotype import check_genotype, load_genotype
 from nas.space.spaces import get_space
 from nas.study.jobs import job_settings, study_lock
-from nas.study.report import compare, markdown
+from nas.study.markdown import markdown
+from nas.study.report import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 # 2 methods x 1 seed, 3 random cells, 1 epoch each: 2 searches of 16 steps, 5 trainings of 32 steps
