@@ -3,6 +3,7 @@ values, and the rules between keys. nas/loader.py reads them from YAML and comma
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from nas.loader import key as _key
 from nas.loader import key_table as key_table
 from nas.loader import to_dict as to_dict
 from nas.run.files import TOOL
+from nas.searching.rules import check_rule_name, get_rule, rule_names  # light: the rules' work is imported as it runs
+from nas.text import either
 
 
 def _check_network(space: str, **settings: Any) -> None:
@@ -225,14 +228,8 @@ class SearchOptions(SGDOptions):
     drnas_kl: float = _key(0.0, "drnas: weight of KL(Dirichlet(beta) || Dirichlet(1)) in the alpha loss (0: alpha's "
                                 "weight decay is the only regulariser, the official default)", low=0.0)
     order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
-    derive: str = _key("darts", "genotype rule: darts (by alpha; darts space: 2 distinct inputs per node), gdas "
-                                "(darts space: top-2 (op, input) pairs) or perturb (by how much the supernet's "
-                                "accuracy, or with search.perturb_by=score its zero-cost score, drops without each "
-                                "op; Wang et al. 2021, Xiang et al. 2023) or sample (the best of search.samples "
-                                "random cells, scored with the supernet's weights on the alpha half; Li & Talwalkar "
-                                "2019) or score (the best of search.samples cells by the zero-cost search.score at "
-                                "initialisation, e.g. NASWOT, Mellor et al. 2021)",
-                       choices=("darts", "gdas", "perturb", "sample", "score"))
+    derive: str = _key("darts", "genotype rule: " + either([f"{r} ({get_rule(r).summary})" for r in rule_names()])
+                       + "; or any name given to nas.searching.rules.register_rule")
     samples: int = _key(100, "search.derive=sample or score: cells scored at the end", low=1)
     score: tuple[str, ...] = _key(("naswot",), "zero-cost scores of search.derive=score, search.prior and "
                                                "search.perturb_by=score, each a function of an untrained network and "
@@ -299,46 +296,45 @@ class SearchOptions(SGDOptions):
 
     @property
     def zero_cost(self) -> bool:
-        """Whether a zero-cost rule runs: search.derive=score, search.prior > 0 or search.perturb_by=score."""
-        return self.derive == "score" or self.prior > 0 or self.perturb_by == "score"
+        """Whether a zero-cost rule runs: a search.derive rule that scores (score), search.prior > 0 or
+        search.perturb_by=score."""
+        return get_rule(self.derive).scores or self.prior > 0 or self.perturb_by == "score"
 
     def check(self) -> None:
         from nas.searching.mixing import (
             check_mixer_name,  # the registry is the authority on mixer names, as on op names
+            create_mixer,
         )
 
-        try:
+        try:  # the registries are the authority on mixer and rule names, as on op names
             check_mixer_name(self.mixer, "search.mixer")
+            check_rule_name(self.derive, "search.derive")
         except UserError as e:
             raise ConfigError(str(e)) from None
+        rule = get_rule(self.derive)
         if self.unrolled and self.mixer != "darts":
             raise ConfigError(f"search.unrolled=true needs search.mixer=darts (got {self.mixer!r}): the finite "
                               "differences need the same network on both sides, and a sampling mixer draws a new "
                               "one every forward pass")
-        if self.drnas_kl and self.mixer != "drnas":
-            raise ConfigError(f"search.drnas_kl={self.drnas_kl} applies only to search.mixer=drnas "
-                              f"(got {self.mixer!r})")
         if self.weight_sampling == "uniform" and self.mixer == "random":
             raise ConfigError("search.weight_sampling=uniform is what search.mixer=random does already; drop it")
-        if self.gdas_gradient != "all_ops" and self.mixer != "gdas":
-            raise ConfigError(f"search.gdas_gradient={self.gdas_gradient} applies only to search.mixer=gdas "
-                              f"(got {self.mixer!r})")
-        if self.mixer == "random" and self.derive not in ("sample", "score"):
-            raise ConfigError(f"search.mixer=random never steps alpha, so search.derive={self.derive!r} would read "
-                              "untrained logits; valid: search.derive=sample or score")
+        if rule.needs_alpha and not create_mixer(self.mixer).learns_alpha:
+            valid = either([r for r in rule_names() if not get_rule(r).needs_alpha])
+            raise ConfigError(f"search.mixer={self.mixer} never steps alpha, so search.derive={self.derive!r} would "
+                              f"read untrained logits; valid: search.derive={valid}")
         zero_cost = self.zero_cost
         if self.epochs == 0 and not zero_cost:
+            scoring = either([f"search.derive={r}" for r in rule_names() if get_rule(r).scores])
             raise ConfigError(f"search.epochs=0 trains nothing, which only the zero-cost rules can use "
-                              f"(search.derive=score, search.prior > 0 or search.perturb_by=score); got "
+                              f"({scoring}, search.prior > 0 or search.perturb_by=score); got "
                               f"search.derive={self.derive}")
+        self.check_rule_options()
         default = SearchOptions()
         if not zero_cost:
             for k in ("score", "ensemble", "score_batch"):
                 if getattr(self, k) != getattr(default, k):
                     raise ConfigError(f"search.{k} applies only to the zero-cost rules (search.derive=score, "
                                       "search.prior > 0 or search.perturb_by=score)")
-        if self.perturb_by != "accuracy" and self.derive != "perturb":
-            raise ConfigError("search.perturb_by applies only to search.derive=perturb")
         if len(set(self.score)) != len(self.score):
             raise ConfigError(f"search.score lists a score twice: {list(self.score)}")
         from nas.searching.scores import check_score_name
@@ -351,19 +347,11 @@ class SearchOptions(SGDOptions):
         if "zico" in self.score and self.score_batch < 4:
             raise ConfigError(f"search.score=zico compares the gradients of two halves of its batch; "
                               f"search.score_batch={self.score_batch} is too small; valid: 4 or more")
-        if self.pool == "alpha" and self.derive != "score":
-            raise ConfigError("search.pool=alpha applies only to search.derive=score")
-        if self.pool == "alpha" and self.mixer == "random" and not self.prior:
-            raise ConfigError("search.pool=alpha draws cells from alpha, which search.mixer=random never learns; "
-                              "valid: search.pool=random, or a search.prior")
-        if self.max_skip is not None and self.derive in ("perturb", "sample", "score"):
-            raise ConfigError(f"search.max_skip caps the alpha rules (search.derive=darts or gdas); "
-                              f"derive={self.derive} does not read alpha; drop one of them")
+        if self.pool == "alpha" and not create_mixer(self.mixer).learns_alpha and not self.prior:
+            raise ConfigError(f"search.pool=alpha draws cells from alpha, which search.mixer={self.mixer} never "
+                              "learns; valid: search.pool=random, or a search.prior")
         f = self.final
         if f.cells:
-            if self.derive not in ("score", "sample"):
-                raise ConfigError(f"search.final.cells={f.cells} trains the best cells of a ranking, which only "
-                                  f"search.derive=score or sample makes (got search.derive={self.derive})")
             if f.cells < 2 or f.cells > self.samples:
                 raise ConfigError(f"search.final.cells={f.cells} is not valid with search.samples={self.samples}; "
                                   "valid: 2 <= final.cells <= samples")
@@ -398,6 +386,71 @@ class SearchOptions(SGDOptions):
             raise ConfigError(f"search.tau_min={self.tau_min} is above search.tau_max={self.tau_max}; "
                               "valid: 0 < tau_min <= tau_max")
         super().check()
+
+    def check_rule_options(self) -> None:
+        """Refuse a key that only other search.derive rules read (their Rule.options) set to a value of its own:
+        the chosen rule would ignore it. search.final.* counts as set when any of its keys is."""
+        read = {name: get_rule(name).options for name in rule_names()}
+        ignored = self._ignored(read, self.derive, "search.derive={} reads")
+        if ignored:
+            raise ConfigError(f"{ignored[0]} applies only to search.derive={ignored[1]} (got "
+                              f"search.derive={self.derive})")
+
+    def check_mixer_options(self) -> None:
+        """Refuse a key that only other mixers take (their factories' options) set to a value of its own: the
+        chosen mixer would ignore it."""
+        from nas.searching.mixing import mixer_names, mixer_options
+
+        ignored = self._ignored({name: mixer_options(name) for name in mixer_names()}, self.mixer,
+                                "search.mixer={} takes")
+        if ignored:
+            raise ConfigError(f"{ignored[0]} applies only to search.mixer={ignored[1]} (got {self.mixer!r})")
+
+    def _ignored(self, read: dict[str, tuple[str, ...]], chosen: str, says: str) -> tuple[str, str] | None:
+        """The first key that some of ``read``'s rules or mixers (name -> the search.* keys it reads) read and
+        ``chosen`` does not, set to a value of its own: ("search.key=value", the names that read it as "a or b");
+        None when there is none. A key that is no search key is refused (``says``: how the message names its
+        reader)."""
+        readers: dict[str, list[str]] = {}  # key -> the names that read it, in their registration order
+        for name, keys in read.items():
+            for key in keys:
+                readers.setdefault(key, []).append(name)
+        for key, names in readers.items():
+            if key not in SEARCH_KEYS:
+                raise ConfigError(f"{says.format(names[0])} search.{key}, which is not a search key; valid: "
+                                  f"{', '.join(SEARCH_KEYS)}")
+            given = _first_set(f"search.{key}", getattr(self, key), getattr(DEFAULT_SEARCH, key))
+            if given is not None and key not in read[chosen]:
+                return given, either(names)
+        return None
+
+
+def _shown(value: Any) -> str:
+    """A key's value as a recipe writes it: true, null, [a, b], 0.1."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (tuple, list)):
+        return f"[{', '.join(_shown(v) for v in value)}]"
+    return str(value)
+
+
+def _first_set(dotted: str, value: Any, default: Any) -> str | None:
+    """"key=value" for the first key under ``dotted`` (itself, or a key of its section) whose value is not the
+    default; None when every one is."""
+    if value == default:
+        return None
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            given = _first_set(f"{dotted}.{f.name}", getattr(value, f.name), getattr(default, f.name))
+            if given is not None:
+                return given
+    return f"{dotted}={_shown(value)}"
+
+
+DEFAULT_SEARCH = SearchOptions()
+SEARCH_KEYS = tuple(f.name for f in dataclasses.fields(SearchOptions))
 
 
 @dataclass(frozen=True)
@@ -435,14 +488,8 @@ class SearchConfig:
     run: RunConfig = _key(RunConfig(), "run directory and device")
 
     def check(self) -> None:
-        s, default = self.search, SearchOptions()
-        from nas.searching.mixing import has_tau
-
-        if not has_tau(s.mixer):
-            for k in ("tau_max", "tau_min", "tau_schedule"):
-                if getattr(s, k) != getattr(default, k):
-                    raise ConfigError(f"search.{k} applies only to search.mixer=gdas or snas; the {s.mixer} "
-                                      "mixer has no temperature")
+        s = self.search
+        s.check_mixer_options()  # here, not in the search section: a study's search keys serve several mixers
         if self.run.compile:
             raise ConfigError("run.compile applies only to evaluate.py; a supernet's graph changes with every sample")
         if s.unrolled and self.run.amp != "off":

@@ -6,3 +6,10 @@ from __future__ import annotations
 def count(n: int, noun: str, plural: str | None = None) -> str:
     """"1 epoch", "3 epochs", "0 cells"; ``plural`` for nouns that do not take an s."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def either(names: list[str] | tuple[str, ...]) -> str:
+    """"a", "a or b", "a, b or c": the choices a message offers."""
+    if len(names) < 2:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} or {names[-1]}"

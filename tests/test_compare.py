@@ -267,7 +267,8 @@ BAD = [
     (["per_method.darts.ordr=alpha_first"], "unknown key 'per_method.darts.ordr' (did you mean "
                                             "'per_method.darts.order'?)"),
     (["search.mixer=darts"], "search.mixer is set per method in a study"),
-    (["search.tau_max=5"], "method 'darts': search.tau_max applies only to search.mixer=gdas or snas"),
+    (["search.tau_max=5"], "method 'darts': search.tau_max=5.0 applies only to search.mixer=gdas or snas (got "
+                           "'darts')"),
     (["seeds=[1,1]"], "seeds=[1, 1] lists a seed twice"),
     (["methods=[gdas,random]", "per_method.random.mixer=gdas"], "method name 'random' is not valid"),
     (["per_method.a/b.mixer=gdas"], "method name 'a/b' is not valid"),

@@ -107,7 +107,8 @@ def test_describe_lists_every_key_with_help() -> None:
      "data.synthetic.classes applies only to data.name=synthetic; this run has data.name=cifar10: drop "
      "data.synthetic.classes"),
     (["search.epochs=10", "search.warmup_epochs=10"], "search.warmup_epochs=10 leaves no epoch for alpha"),
-    (["search.derive=perturb", "search.max_skip=2"], "search.max_skip caps the alpha rules"),
+    (["search.derive=perturb", "search.max_skip=2"],
+     "search.max_skip=2 applies only to search.derive=darts or gdas (got search.derive=perturb)"),
     (["search.param_free_dropout=1"], "search.param_free_dropout=1.0 is out of range; valid: 0.0 <= "
                                       "param_free_dropout < 1.0"),
     (["search.max_skip=-1"], "search.max_skip=-1 is out of range"),

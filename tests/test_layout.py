@@ -329,3 +329,32 @@ def test_no_module_outside_the_space_package_names_a_space() -> None:
             elif node.value not in shared[said[0]]:
                 found.append(f"{m}: {node.value!r} is no {said[0]}")
     assert found == [], found
+
+
+def derive_comparisons(tree: ast.AST) -> list[str]:
+    """The comparisons in ``tree`` of ``derive`` (a name or an attribute: s.derive, cfg.search.derive) with a string
+    or a tuple, list or set of strings."""
+    def is_derive(n: ast.AST) -> bool:
+        return (isinstance(n, ast.Attribute) and n.attr == "derive") or (isinstance(n, ast.Name) and n.id == "derive")
+
+    def is_names(n: ast.AST) -> bool:
+        if isinstance(n, (ast.Tuple, ast.List, ast.Set)):
+            return bool(n.elts) and all(is_names(e) for e in n.elts)
+        return isinstance(n, ast.Constant) and isinstance(n.value, str)
+
+    return [f"line {node.lineno}: {ast.unparse(node)}" for node in ast.walk(tree) if isinstance(node, ast.Compare)
+            and any(map(is_derive, (node.left, *node.comparators)))
+            and any(map(is_names, (node.left, *node.comparators)))]
+
+
+def test_no_module_outside_the_rule_registry_compares_search_derive_with_a_name() -> None:
+    """How a cell is chosen is a registry (shared/DESIGN.md): outside nas/searching/rules.py, no module compares
+    search.derive with a rule's name or names; it asks the rule (get_rule(s.derive): its options, ranks, needs_alpha,
+    scores), so that a new rule is one registration."""
+    assert derive_comparisons(ast.parse('if s.derive in ("sample", "score") or "darts" != derive or '
+                                        'cfg.search.derive == "x": pass')) == [
+        "line 1: s.derive in ('sample', 'score')", "line 1: 'darts' != derive", "line 1: cfg.search.derive == 'x'"]
+    assert derive_comparisons(ast.parse("if s.derive in ALPHA_RULES or s.mixer == 'random': pass")) == []
+    found = [f"{m}: {c}" for m, path in MODULES.items() if m != "searching.rules"
+             for c in derive_comparisons(ast.parse(path.read_text()))]
+    assert found == [], found

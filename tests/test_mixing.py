@@ -149,10 +149,14 @@ def test_the_mixer_registry_refuses_a_second_name_and_an_option_a_mixer_does_not
     assert "lenient" not in mixing.mixer_names()
     with pytest.raises(ValueError, match="mixer 'darts' takes no option 'tau_max'; its options: none"):
         create_mixer("darts", tau_max=4.0)
-    with pytest.raises(ValueError, match="mixer 'snas' takes no option 'gradient'; its options: tau_max, tau_min, "
-                                         "schedule"):
-        create_mixer("snas", gradient="all_ops")
+    with pytest.raises(ValueError, match="mixer 'snas' takes no option 'gdas_gradient'; its options: tau_max, "
+                                         "tau_min, tau_schedule"):
+        create_mixer("snas", gdas_gradient="all_ops")
     assert mixing.has_tau("gdas") and mixing.has_tau("snas") and not mixing.has_tau("drnas")
+    # the options are the search.* keys each mixer reads, named as the config names them
+    assert mixing.mixer_options("gdas") == ("tau_max", "tau_min", "tau_schedule", "gdas_gradient")
+    assert mixing.mixer_options("drnas") == ("drnas_kl",)
+    assert create_mixer("gdas", tau_schedule="exponential", gdas_gradient="sampled_op").gradient == "sampled_op"
 
 
 def test_snas_weights_are_the_soft_sample_gdas_takes_its_argmax_of() -> None:

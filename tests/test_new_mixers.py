@@ -50,7 +50,7 @@ def test_dirichlet_kl_matches_torch_distributions_and_is_zero_at_the_prior() -> 
 
 def test_a_drnas_supernet_gives_alpha_a_gradient_in_an_alpha_step() -> None:
     torch.manual_seed(0)
-    model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer("drnas", kl=0.1))
+    model = build_supernet("nb201", C=4, layers=1, num_classes=3, mixer=create_mixer("drnas", drnas_kl=0.1))
     model.set_step("alpha")
     loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 0]))
     (loss + model.regularizer()).backward()

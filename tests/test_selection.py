@@ -183,16 +183,19 @@ def test_zero_cost_searches_end_with_a_valid_genotype(tmp_path: Path, space: str
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["search.final.cells=4"], "search.final.cells=4 trains the best cells of a ranking"),
+    (["search.final.cells=4"], "search.final.cells=4 applies only to search.derive=sample or score (got "
+                               "search.derive=darts)"),
     (["search.derive=score", "search.samples=3", "search.final.cells=4"], "valid: 2 <= final.cells <= samples"),
-    (["search.final.epochs=3"], "search.final.* applies only with search.final.cells > 0"),
+    (["search.final.epochs=3"], "search.final.epochs=3 applies only to search.derive=sample or score"),
+    (["search.derive=score", "search.final.epochs=3"], "search.final.* applies only with search.final.cells > 0"),
     (["search.score=[naswot]", "search.score_batch=16"], "search.score_batch applies only to the zero-cost rules"),
     (["search.derive=score", "search.score=[zicoo]"], "search.score='zicoo' is not a score (did you mean 'zico'?)"),
     (["search.derive=score", "search.score=[]"], "search.score=[] has the wrong type; expected a non-empty list"),
     (["search.derive=score", "search.score=[zico]", "search.score_batch=2"], "search.score_batch=2 is too small"),
-    (["search.perturb_by=score"], "search.perturb_by applies only to search.derive=perturb"),
+    (["search.perturb_by=score"], "search.perturb_by=score applies only to search.derive=perturb (got "
+                                  "search.derive=darts)"),
     (["search.epochs=0"], "search.epochs=0 trains nothing"),
-    (["search.pool=alpha"], "search.pool=alpha applies only to search.derive=score"),
+    (["search.pool=alpha"], "search.pool=alpha applies only to search.derive=score (got search.derive=darts)"),
     (["search.derive=score", "search.final.cells=2", "search.final.average=2"],
      "search.final.average=2 averages validation figures; rank=tse reads none"),
     (["search.derive=score", "search.final.cells=2", "search.final.rank=accuracy", "search.final.epochs=3",

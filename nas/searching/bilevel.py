@@ -212,11 +212,9 @@ def step_postfix(meter: EpochMeter, tau: float | None) -> dict[str, str]:
 
 
 def search_mixer(s: SearchOptions) -> Mixer:
-    """The mixer that search.mixer names, with those of the search.* options it takes (the config refused any
-    other of them set to a value of its own)."""
-    options = {"tau_max": s.tau_max, "tau_min": s.tau_min, "schedule": s.tau_schedule, "gradient": s.gdas_gradient,
-               "kl": s.drnas_kl}
-    return create_mixer(s.mixer, **{k: v for k, v in options.items() if k in mixer_options(s.mixer)})
+    """The mixer that search.mixer names, given the search.* keys it takes (the config refused any other mixer's
+    key set to a value of its own)."""
+    return create_mixer(s.mixer, **{k: getattr(s, k) for k in mixer_options(s.mixer)})
 
 
 def schedule_epoch(s: SearchOptions, mixer: Mixer, model: Supernet, epoch: int) -> None:

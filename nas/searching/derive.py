@@ -1,7 +1,8 @@
 """What a search makes of its supernet and the user's images, apart from its loop: the zero-cost prior that alpha
-starts from (search.prior), the genotype by the search.derive rule (alpha's argmax; the best of cells ranked by
-zero-cost scores or by the trained supernet; perturbation selection, Wang et al., ICLR 2021, and Zero-Cost-PT, Xiang et
-al. 2023) with the final stage of short-listed cells trained alone, and the cell fitted to the budget (search.budget).
+starts from (search.prior), the genotype by the search.derive rule (the registry of nas/searching/rules.py: alpha's
+argmax; the best of cells ranked by zero-cost scores or by the trained supernet; perturbation selection, Wang et al.,
+ICLR 2021, and Zero-Cost-PT, Xiang et al. 2023) with the final stage of short-listed cells trained alone, and the cell
+fitted to the budget (search.budget).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 from nas.data.datasets import ImageSet
 from nas.data.pipeline import Batches, SearchData, resize
 from nas.searching.budget import fmt
+from nas.searching.rules import Context, get_rule
 from nas.searching.supernet import Supernet
-from nas.space.derivation import alpha_rule
 from nas.space.genotype import Genotype
 
 if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time nas.config sits above the search code
@@ -23,56 +24,27 @@ if TYPE_CHECKING:  # the recipe's schema, read here as a type only: at run time 
 
 def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_batch: Any, amp: Any,
                     memory_format: torch.memory_format, log: Any) -> tuple[Genotype, dict[str, Any] | None]:
-    """The search's result by its search.derive rule: alpha's argmax (darts, gdas), the best of cells ranked by
-    zero-cost scores at initialisation (score) or by the trained supernet (sample), or each op judged by how much
-    the supernet's accuracy or score drops without it (perturb); then, with search.final.cells, the short list's
-    final stage. Returns the genotype and, with a final stage, its record (final.json)."""
+    """The search's result by its search.derive rule (nas/searching/rules.py): alpha's argmax (darts, gdas), the best
+    of cells ranked by zero-cost scores at initialisation (score) or by the trained supernet (sample), each op judged
+    by how much the supernet's accuracy or score drops without it (perturb), or any registered rule; then, for a rule
+    that ranks, with search.final.cells, the short list's final stage. Returns the genotype and, with a final stage,
+    its record (final.json)."""
     s, valid = cfg.search, d.valid
     device = valid.device
-    rule = alpha_rule(s.derive)
+    rule = get_rule(s.derive)
     mean, std = d.stats
     plain = Batches(ImageSet(valid.images, valid.labels, []), batch_size=cfg.data.batch_size, mean=mean, std=std,
                     device=device, shuffle=False, drop_last=False)  # the alpha half without augmentation
-    ranked: list[Genotype]
-    from nas.searching.zerocost import rank_cells
-
-    if s.derive == "score":
-        from nas.searching.zerocost import cells_from_alpha, random_cells
-
-        keep = model.budget.fits if model.budget is not None else None  # a budget: only the cells that fit compete
-        space = model.space
-        pool = (cells_from_alpha(space, dict(model.alpha), s.samples, cfg.seed, rule, keep) if s.pool == "alpha"
-                else random_cells(space, cfg.seed, s.samples, keep))
-        if not pool:  # none fits: the best of the unfiltered pool is repaired afterwards
-            log.print("  no cell drawn fits the budget; the scores choose among all, and the choice is repaired")
-            pool = (cells_from_alpha(space, dict(model.alpha), s.samples, cfg.seed, rule) if s.pool == "alpha"
-                    else random_cells(space, cfg.seed, s.samples))
-        if len(pool) < s.samples:
-            log.print(f"  alpha gives {len(pool)} distinct cells of the {s.samples} asked for (search.samples): it "
-                      "is peaked on few cells" if s.pool == "alpha" else
-                      f"  {len(pool)} of {s.samples} random cells fit the budget")
-        ranked = [g for g, _ in rank_cells(pool, s.score, s.ensemble, score_batch(), C=cfg.model.C,
-                                           layers=cfg.model.layers, num_classes=d.classes, seed=cfg.seed,
-                                           memory_format=memory_format, say=log.print,
-                                           what="cells drawn from alpha" if s.pool == "alpha" else "random cells")]
-    elif s.derive == "sample":
-        from nas.searching.perturb import select_by_sampling
-
-        ranked = select_by_sampling(model, plain, cfg.seed, s.samples, amp, memory_format, log.print)
-    elif s.derive == "perturb":
-        from nas.searching.perturb import select_by_perturbation, supernet_accuracy, supernet_score
-
-        if s.perturb_by == "score":
-            measure = supernet_score(model, s.score, s.ensemble, score_batch())
-        else:
-            measure = supernet_accuracy(model, plain, cfg.seed, amp, memory_format)
-        return select_by_perturbation(model, measure, cfg.seed, log.print), None
-    else:
-        return model.genotype(rule, s.max_skip), None
+    chosen = rule.choose(Context(cfg, model, d, plain, score_batch, amp, memory_format, log))
+    if isinstance(chosen, Genotype):
+        return chosen, None
+    assert rule.ranks and chosen, f"rule {rule.name!r} returned a ranking it did not declare, or an empty one"
+    ranked: list[Genotype] = chosen
     f = s.final
     if not f.cells:
         return ranked[0], None
     from nas.searching.finalists import halving, local_search
+    from nas.searching.zerocost import rank_cells
 
     train_images, pad = d.train.images, 4
     if f.image_size and f.image_size != train_images.shape[-1]:  # smaller (or larger) images, cropped in proportion
@@ -107,7 +79,7 @@ def derive_genotype(cfg: SearchConfig, model: Supernet, d: SearchData, score_bat
 
         def order(cells: list[Genotype]) -> list[Genotype]:  # the neighbours that fit, best first by the scores
             cells = [g for g in cells if fits is None or fits(g)]
-            if s.derive != "score" or not cells:
+            if not rule.scores or not cells:
                 return cells
             return [g for g, _ in rank_cells(cells, s.score, s.ensemble, score_batch(), C=cfg.model.C,
                                              layers=cfg.model.layers, num_classes=d.classes, seed=cfg.seed,

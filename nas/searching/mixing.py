@@ -290,10 +290,10 @@ _MIXERS: dict[str, tuple[MixerFactory, tuple[str, ...]]] = {}  # name -> (factor
 
 
 def register_mixer(name: str) -> Callable[[MixerFactory], MixerFactory]:
-    """Make a mixer available as search.mixer=name. The factory takes, as keyword arguments, those options of
-    create_mixer that it uses (tau_max, tau_min, schedule, gradient, kl) and no others: a mixer that takes tau_max
-    reads the temperature keys (search.tau_*), which the config refuses for the others. A name already registered
-    is refused."""
+    """Make a mixer available as search.mixer=name. The factory takes, as keyword arguments named as the search.*
+    keys, the keys it reads (tau_max, tau_min, tau_schedule, gdas_gradient, drnas_kl, ...) and no others: the search
+    passes it exactly those, and the config refuses any of them set to a value of its own under a mixer that does
+    not take it. A mixer that takes tau_max has a temperature (has_tau). A name already registered is refused."""
     def add(factory: MixerFactory) -> MixerFactory:
         if name in _MIXERS:
             raise ValueError(f"a mixer named {name!r} is already registered; registered: {', '.join(_MIXERS)}")
@@ -311,7 +311,7 @@ def mixer_names() -> tuple[str, ...]:
 
 
 def mixer_options(name: str) -> tuple[str, ...]:
-    """The options of create_mixer that the mixer ``name`` takes."""
+    """The options of create_mixer that the mixer ``name`` takes: the search.* keys it reads."""
     return _MIXERS[name][1]
 
 
@@ -337,16 +337,17 @@ def create_mixer(name: str, **options: Any) -> Mixer:
     return factory(**options)
 
 
-def _gdas(tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear", gradient: str = "all_ops") -> GDAS:
-    return GDAS(tau_max, tau_min, schedule, gradient)
+def _gdas(tau_max: float = 10.0, tau_min: float = 0.1, tau_schedule: str = "linear",
+          gdas_gradient: str = "all_ops") -> GDAS:
+    return GDAS(tau_max, tau_min, tau_schedule, gdas_gradient)
 
 
-def _snas(tau_max: float = 10.0, tau_min: float = 0.1, schedule: str = "linear") -> SNAS:
-    return SNAS(tau_max, tau_min, schedule)
+def _snas(tau_max: float = 10.0, tau_min: float = 0.1, tau_schedule: str = "linear") -> SNAS:
+    return SNAS(tau_max, tau_min, tau_schedule)
 
 
-def _drnas(kl: float = 0.0) -> DrNAS:
-    return DrNAS(kl)
+def _drnas(drnas_kl: float = 0.0) -> DrNAS:
+    return DrNAS(drnas_kl)
 
 
 register_mixer("gdas")(_gdas)
