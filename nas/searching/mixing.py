@@ -15,7 +15,6 @@ mixing, and is the only one that knows tau.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from nas.searching.gumbel import (
     gumbel_softmax_hard,
     zero_carrier,
 )
+from nas.text import did_you_mean
 
 
 class Mixing(Protocol):
@@ -322,8 +322,7 @@ def has_tau(name: str) -> bool:
 def check_mixer_name(name: str, key: str = "mixer") -> None:
     """Raise a one-line UserError, naming ``key``, for a name that is not a registered mixer."""
     if name not in _MIXERS:
-        near = difflib.get_close_matches(name, list(_MIXERS), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        hint = did_you_mean(name, tuple(_MIXERS))
         raise UserError(f"{key}={name!r} is not valid{hint}; valid: {', '.join(_MIXERS)}")
 
 

@@ -10,12 +10,12 @@ Light at import (the recipe schemas read it to check names): the rules' work imp
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from nas.errors import UserError
+from nas.text import did_you_mean
 
 if TYPE_CHECKING:  # types only: the rules' modules are imported when a rule runs
     import torch
@@ -88,8 +88,7 @@ def rule_names() -> tuple[str, ...]:
 def check_rule_name(name: str, key: str = "search.derive") -> None:
     """Raise a one-line UserError, naming ``key``, for a name that is not a registered rule."""
     if name not in _RULES:
-        near = difflib.get_close_matches(name, list(_RULES), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        hint = did_you_mean(name, tuple(_RULES))
         raise UserError(f"{key}={name!r} is not valid{hint}; valid: {', '.join(_RULES)}")
 
 

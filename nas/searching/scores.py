@@ -31,7 +31,6 @@ training flag, so that a score never changes what the next score, or the next ca
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import math
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from nas.errors import UserError
+from nas.text import did_you_mean
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, C, H, W), labels (N,)
 ScoreFn = Callable[[nn.Module, Batch], float]
@@ -96,8 +96,7 @@ def score_summary(name: str) -> str:
 def check_score_name(name: str, key: str = "search.score") -> None:
     """Raise a one-line UserError, naming ``key``, for a name that is not a registered score."""
     if name not in _SCORES:
-        near = difflib.get_close_matches(name, list(_SCORES), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        hint = did_you_mean(name, tuple(_SCORES))
         raise UserError(f"{key}={name!r} is not a score{hint}; valid: {', '.join(_SCORES)}")
 
 
