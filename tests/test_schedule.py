@@ -69,3 +69,22 @@ def test_bad_schedule_keys_are_refused_in_one_line(overrides: list[str], message
     with pytest.raises(ConfigError) as e:
         load_config(SearchConfig, None, overrides)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_budget_schedule_runs_in_the_darts_space_and_derives_a_valid_genotype(tmp_path: Path) -> None:
+    """GDAS with its schedule fitted to the run (alpha's learning rate from the step count, a uniform warm-up,
+    dropout on the parameter-free ops) in the DARTS space: alpha moves after the warm-up, and the genotype has two
+    inputs a node in both cells."""
+    from nas.space.genotype import check_genotype, read_genotype
+
+    cfg = load_config(SearchConfig, "configs/search/gdas-darts-small.yaml", [
+        "data.name=synthetic", "data.synthetic.train=64", "data.image_size=8", "data.batch_size=16", "model.C=4",
+        "model.layers=3", "search.epochs=3", "search.warmup_epochs=1", "search.warmup_sampling=uniform",
+        "search.schedule=steps", "search.param_free_dropout=0.3", "search.derive=gdas", "run.tensorboard=false",
+        f"run.dir={tmp_path}"])
+    run_search(cfg, quiet=True)
+    g = check_genotype(read_genotype(tmp_path / "genotype.json"))
+    assert g.space == "darts" and len(g.normal) == 4 and len(g.reduce) == 4
+    alpha = [json.loads(line) for line in (tmp_path / "alpha.jsonl").read_text().splitlines()]
+    assert alpha[0]["normal"] != alpha[-1]["normal"] and alpha[0]["reduce"] != alpha[-1]["reduce"]
+    assert "search.schedule=steps" in (tmp_path / "log.txt").read_text()
