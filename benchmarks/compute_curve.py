@@ -57,31 +57,54 @@ def alpha_top(search_dir: Path) -> float | None:
     return float(torch.tensor(last["normal"]).softmax(-1).max(-1).values.mean())
 
 
-def read_point(out: Path, point: tuple[int, int, int], bn: bool) -> list[dict[str, Any]]:
-    """One row per method of a finished point: percentile and accuracy of its cells, CPU-minutes, skips, and how far
-    alpha moved."""
-    path = point_dir(out, point, bn) / "report.json"
+def study_rows(study: Path, images: int | None = None, epochs: dict[str, int] | None = None,
+               bn: bool = True) -> list[dict[str, Any]]:
+    """One row per method of a finished study: percentile and accuracy of its cells, CPU-minutes, skips,
+    parameter-free edges and how far alpha moved."""
+    path = study / "report.json"
     if not path.exists():
         return []
     report = json.loads(path.read_text())
     quality = {q["method"]: q for q in report.get("quality", [])}
+    config = report.get("config") or {}
+    per_method = config.get("per_method") or {}
     rows = []
-    for m in METHODS:
+    for m in dict.fromkeys(c["method"] for c in report["cells"]):
         cells = [c for c in report["cells"] if c["method"] == m and c.get("benchmark")]
         if not cells:
             continue
         pcts = [c["benchmark"]["percentile"]["cifar10"] for c in cells]
         accs = [c["benchmark"]["200"]["cifar10"]["valid"] for c in cells]
-        rows.append({"method": m, "images": point[0], "epochs": point[1] if m == "gdas" else point[2], "bn_stats": bn,
-                     "cells": len(cells), "cpu_min": (quality[m]["cpu_s"] or 0) / 60,
+        tops = [t for c in cells if (t := alpha_top(study / "search" / c["id"])) is not None]
+        rows.append({"method": m, "images": images if images is not None else (config.get("data") or {}).get("subset"),
+                     "epochs": (epochs or {}).get(m, (per_method.get(m) or {}).get(
+                         "epochs", (config.get("search") or {}).get("epochs"))), "bn_stats": bn, "cells": len(cells),
+                     "cpu_min": (quality[m]["cpu_s"] or 0) / 60 if m in quality else None,
                      "pct_mean": statistics.fmean(pcts), "pct_min": min(pcts), "pct_max": max(pcts),
                      "acc_mean": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "skips": statistics.fmean(c["ops"]["skip_connect"] for c in cells),
                      "param_free": statistics.fmean(c["ops"]["parameter_free"] for c in cells),
-                     "alpha_top": statistics.fmean(tops) if (tops := [t for c in cells if (t := alpha_top(
-                         point_dir(out, point, bn) / "search" / c["id"])) is not None]) else None,
+                     "alpha_top": statistics.fmean(tops) if tops else None,
                      "genotypes": [c["genotype"] for c in cells]})
     return rows
+
+
+def read_point(out: Path, point: tuple[int, int, int], bn: bool) -> list[dict[str, Any]]:
+    """The rows of one finished point of the curve (GDAS and DARTS as published)."""
+    n, g, d = point
+    return [r for r in study_rows(point_dir(out, point, bn), n, {"gdas": g, "darts": d}, bn) if r["method"] in METHODS]
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("| method | images | epochs | BN running stats | cells | CPU-min per search | CIFAR-10 valid acc % | "
+          "CIFAR-10 percentile (min, max) | skips per cell | parameter-free edges per cell | alpha's top weight |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cpu = "" if r["cpu_min"] is None else f"{r['cpu_min']:.1f}"
+        print(f"| {r['method']} | {r['images']} | {r['epochs'] if r['epochs'] is not None else ''} | "
+              f"{'yes' if r['bn_stats'] else 'no'} | {r['cells']} | {cpu} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | "
+              f"{ordinal(r['pct_mean'])} ({ordinal(r['pct_min'])}, {ordinal(r['pct_max'])}) | {r['skips']:.1f} | "
+              f"{r['param_free']:.1f} | " + (f"{r['alpha_top']:.2f} |" if r.get("alpha_top") is not None else " |"))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -90,19 +113,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = {"gdas": "tab:blue", "darts": "tab:orange"}
-    for m in METHODS:
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fixed = {"gdas": "tab:blue", "darts": "tab:orange"}
+    others = iter(["tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:grey"])
+    for m in dict.fromkeys(r["method"] for r in rows):
+        colour = fixed.get(m) or next(others, "black")
         for bn in (True, False):
             pts = sorted((r for r in rows if r["method"] == m and r["bn_stats"] == bn), key=lambda r: r["cpu_min"])
             if not pts:
                 continue
             x = [r["cpu_min"] for r in pts]
             y = [r["pct_mean"] for r in pts]
-            err = [[r["pct_mean"] - r["pct_min"] for r in pts], [r["pct_max"] - r["pct_mean"] for r in pts]]
-            ax.errorbar(x, y, yerr=err, color=colours[m], marker="o" if bn else "s", capsize=3,
-                        linestyle="-" if bn else "none", mfc=colours[m] if bn else "none",
-                        label=m.upper() + ("" if bn else " (BatchNorm without running statistics)"))
+            err = [[max(0.0, r["pct_mean"] - r["pct_min"]) for r in pts],  # rounded records may cross by a point
+                   [max(0.0, r["pct_max"] - r["pct_mean"]) for r in pts]]
+            ax.errorbar(x, y, yerr=err, color=colour, marker="o" if bn else "s", capsize=3,
+                        linestyle="-" if bn else "none", mfc=colour if bn else "none",
+                        label=m + ("" if bn else " (BatchNorm without running statistics)"))
     for level, label in ((50, "median cell"), (90, "90th percentile")):
         ax.axhline(level, color="grey", linewidth=0.8, linestyle=":")
         ax.text(ax.get_xlim()[0], level + 1, label, color="grey", fontsize=8)
@@ -112,12 +138,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("CPU-minutes per search (one thread)")
     ax.set_ylabel("CIFAR-10 percentile in NAS-Bench-201 (mean, min-max)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("GDAS and DARTS as the compute grows (3 seeds a point)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("GDAS and DARTS as the compute grows (3 seeds a point unless the table says fewer)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["method"], row["images"], row["epochs"], row["bn_stats"]
+
+
+def merge(record: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The record with the rows measured now in place of the record's rows of the same method, images, epochs and
+    BatchNorm setting."""
+    fresh = {row_key(r): r for r in rows}
+    kept = [r for r in record if row_key(r) not in fresh]
+    return kept + list(fresh.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--report-only", action="store_true", help="run nothing: the table and plot of what finished")
+    p.add_argument("--study", action="append", default=[], metavar="DIR",
+                   help="a finished study run by hand (compare.py), every method of it a series of its own "
+                        "(for instance configs/compare/gdas-schedule.yaml); repeat for several")
+    p.add_argument("--record", default="", metavar="JSON",
+                   help="rows measured earlier, kept in this file: the rows measured now replace theirs and the "
+                        "table and plot show them all")
     p.add_argument("--plot", default="", help="where the plot goes (default OUT/compute-curve.png)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -137,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item]  # type: ignore[misc]
 
     todo = [(pt, True) for pt in parse(args.points)] + [(pt, False) for pt in parse(args.bn_points)]
+    for study in args.study:
+        if not (Path(study) / "report.json").exists():
+            raise SystemExit(f"error: --study {study}: no report.json there (run python compare.py --report {study})")
 
     def go() -> None:
         if not args.report_only:
@@ -150,14 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             return code
     rows = [r for pt, bn in todo for r in read_point(out, pt, bn)]
-    print("| method | images | epochs | BN running stats | cells | CPU-min per search | CIFAR-10 valid acc % | "
-          "CIFAR-10 percentile (min, max) | skips per cell | parameter-free edges per cell | alpha's top weight |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r["method"] != "gdas", not r["bn_stats"], r["cpu_min"])):
-        print(f"| {r['method']} | {r['images']} | {r['epochs']} | {'yes' if r['bn_stats'] else 'no'} | {r['cells']} | "
-              f"{r['cpu_min']:.1f} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {ordinal(r['pct_mean'])} "
-              f"({ordinal(r['pct_min'])}, {ordinal(r['pct_max'])}) | {r['skips']:.1f} | {r['param_free']:.1f} | "
-              + (f"{r['alpha_top']:.2f} |" if r.get("alpha_top") is not None else " |"))
+    rows += [r for study in args.study for r in study_rows(Path(study))]
+    if args.record:
+        record = Path(args.record)
+        rows = merge(json.loads(record.read_text()) if record.exists() else [], rows)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(rows, indent=1) + "\n")
+    order = {m: i for i, m in enumerate(METHODS)}
+    print_table(sorted(rows, key=lambda r: (order.get(r["method"], len(order)), r["method"], not r["bn_stats"],
+                                            r["cpu_min"] or 0)))
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps(rows, indent=2) + "\n")
     if rows:
