@@ -45,16 +45,32 @@ def run_point(out: Path, point: tuple[int, int, int], bn: bool, data: str, jobs:
     run_study(load_plan(str(CONFIG), overrides), "nb201-compute", jobs=jobs)
 
 
-def alpha_top(search_dir: Path) -> float | None:
-    """How far alpha moved from uniform by the search's end: the mean over edges of the largest softmax(alpha)
-    weight (0.2 for NAS-Bench-201's five ops at the start), from the last line of the run's alpha.jsonl."""
+def alpha_end(search_dir: Path) -> Any:
+    """softmax(alpha) of the normal cell at the search's end, (edges, ops), from the last line of alpha.jsonl; None
+    where the run wrote none."""
     path = search_dir / "alpha.jsonl"
     if not path.exists() or not path.read_text().strip():
         return None
     import torch
 
     last = json.loads(path.read_text().strip().splitlines()[-1])
-    return float(torch.tensor(last["normal"]).softmax(-1).max(-1).values.mean())
+    return torch.tensor(last["normal"]).softmax(-1)
+
+
+def alpha_top(search_dir: Path) -> float | None:
+    """How far alpha moved from uniform by the search's end: the mean over edges of the largest softmax(alpha)
+    weight (0.2 for NAS-Bench-201's five ops at the start)."""
+    w = alpha_end(search_dir)
+    return None if w is None else float(w.max(-1).values.mean())
+
+
+def alpha_per_op(search_dirs: list[Path], ops: tuple[str, ...]) -> dict[str, float] | None:
+    """Where alpha moved: each op's softmax weight at the end, averaged over edges and searches."""
+    ends = [w for d in search_dirs if (w := alpha_end(d)) is not None and w.shape[-1] == len(ops)]
+    if not ends:
+        return None
+    mean = sum(w.mean(0) for w in ends) / len(ends)
+    return {op: round(float(v), 3) for op, v in zip(ops, mean, strict=True)}
 
 
 def study_rows(study: Path, images: int | None = None, epochs: dict[str, int] | None = None,
@@ -68,6 +84,9 @@ def study_rows(study: Path, images: int | None = None, epochs: dict[str, int] | 
     quality = {q["method"]: q for q in report.get("quality", [])}
     config = report.get("config") or {}
     per_method = config.get("per_method") or {}
+    from nas.space.spaces import get_space
+
+    ops = get_space((config.get("model") or {}).get("space", "nb201")).ops
     rows = []
     for m in dict.fromkeys(c["method"] for c in report["cells"]):
         cells = [c for c in report["cells"] if c["method"] == m and c.get("benchmark")]
@@ -76,6 +95,7 @@ def study_rows(study: Path, images: int | None = None, epochs: dict[str, int] | 
         pcts = [c["benchmark"]["percentile"]["cifar10"] for c in cells]
         accs = [c["benchmark"]["200"]["cifar10"]["valid"] for c in cells]
         tops = [t for c in cells if (t := alpha_top(study / "search" / c["id"])) is not None]
+        by_op = alpha_per_op([study / "search" / c["id"] for c in cells], ops)
         rows.append({"method": m, "images": images if images is not None else (config.get("data") or {}).get("subset"),
                      "epochs": (epochs or {}).get(m, (per_method.get(m) or {}).get(
                          "epochs", (config.get("search") or {}).get("epochs"))), "bn_stats": bn, "cells": len(cells),
@@ -84,7 +104,7 @@ def study_rows(study: Path, images: int | None = None, epochs: dict[str, int] | 
                      "acc_mean": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "skips": statistics.fmean(c["ops"]["skip_connect"] for c in cells),
                      "param_free": statistics.fmean(c["ops"]["parameter_free"] for c in cells),
-                     "alpha_top": statistics.fmean(tops) if tops else None,
+                     "alpha_top": statistics.fmean(tops) if tops else None, "alpha_per_op": by_op,
                      "genotypes": [c["genotype"] for c in cells]})
     return rows
 
@@ -97,14 +117,17 @@ def read_point(out: Path, point: tuple[int, int, int], bn: bool) -> list[dict[st
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print("| method | images | epochs | BN running stats | cells | CPU-min per search | CIFAR-10 valid acc % | "
-          "CIFAR-10 percentile (min, max) | skips per cell | parameter-free edges per cell | alpha's top weight |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "CIFAR-10 percentile (min, max) | skips per cell | parameter-free edges per cell | alpha's top weight | "
+          "alpha's mean weight per op |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cpu = "" if r["cpu_min"] is None else f"{r['cpu_min']:.1f}"
         print(f"| {r['method']} | {r['images']} | {r['epochs'] if r['epochs'] is not None else ''} | "
               f"{'yes' if r['bn_stats'] else 'no'} | {r['cells']} | {cpu} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | "
               f"{ordinal(r['pct_mean'])} ({ordinal(r['pct_min'])}, {ordinal(r['pct_max'])}) | {r['skips']:.1f} | "
-              f"{r['param_free']:.1f} | " + (f"{r['alpha_top']:.2f} |" if r.get("alpha_top") is not None else " |"))
+              f"{r['param_free']:.1f} | " + (f"{r['alpha_top']:.2f} |" if r.get("alpha_top") is not None else " |")
+              + (" " + ", ".join(f"{op} {w:.2f}" for op, w in r["alpha_per_op"].items()) + " |"
+                 if r.get("alpha_per_op") else " |"))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -27,7 +27,7 @@ def fake_study(root: Path) -> Path:
     report = {"cells": cells, "quality": [{"method": "gdas-steps", "cpu_s": 360.0},
                                           {"method": "gdas-steps-warm", "cpu_s": 300.0}],
               "config": {"per_method": {"gdas-steps-warm": {"epochs": 26}}, "search": {"epochs": 100},
-                         "data": {"subset": 5000}}}
+                         "data": {"subset": 5000}, "model": {"space": "nb201"}}}
     (study / "report.json").write_text(json.dumps(report))
     return study
 
@@ -49,6 +49,8 @@ def test_a_hand_run_study_gives_one_row_a_method_and_replaces_its_rows_in_the_re
     assert rows["gdas-steps"]["epochs"] == 100 and rows["gdas-steps-warm"]["epochs"] == 26
     assert abs(rows["gdas-steps"]["alpha_top"] - 0.2) < 1e-6  # uniform logits
     assert rows["gdas-steps-warm"]["alpha_top"] > 0.6  # exp(2) / (exp(2) + 4)
+    assert max(rows["gdas-steps-warm"]["alpha_per_op"].items(), key=lambda kv: kv[1])[0] == "none"  # column 0
+    assert sum(rows["gdas-steps"]["alpha_per_op"].values()) > 0.999
     assert rows["gdas-steps-warm"]["param_free"] == 1.0 and rows["gdas-steps-warm"]["pct_min"] == 95.0
     assert "| gdas-steps-warm | 5000 | 26 | yes | 2 | 5.0 | 89.60 ± 0.14 | 96th (95th, 97th)" in out
     assert (tmp_path / "curve.png").stat().st_size > 0
